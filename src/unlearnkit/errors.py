@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Every problem caused by what the user passed (a file, a name, an option) raises
+:class:`UnlearnkitError`. The command line prints its message alone, without a
+traceback, and exits with status 2; nothing has been written by then.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UnlearnkitError(Exception):
+    """A problem with the user's input: the message says what was wrong and how to fix it."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean: X?' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
