@@ -1,0 +1,30 @@
+# The two commands of the README:
+#   make demo  - create the environment and run the built-in benchmark end to end
+#   make test  - create the environment and run the test suite
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: demo test test-all env clean
+
+$(BIN)/unlearnkit: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned to the CPU build, so that no dependency pulls a CUDA build.
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+env: $(BIN)/unlearnkit
+
+demo: env
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/unlearnkit demo --output runs/demo --overwrite
+
+test: env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+test-all: env
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m ""
+
+clean:
+	rm -rf $(VENV) runs

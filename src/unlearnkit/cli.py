@@ -1,0 +1,321 @@
+"""The ``unlearnkit`` command line. It only parses options and calls the library (``jobs``)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+
+from unlearnkit.errors import UnlearnkitError
+
+app = typer.Typer(
+    help="Machine unlearning for LLMs: methods, trusted metrics and an offline benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="The built-in benchmark's data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+_state: dict[str, Any] = {"progress": True}
+
+Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: $OMP_NUM_THREADS, else 1).")]
+Output = Annotated[Path, typer.Option("--output", "-o", help="Results folder (must be new or empty unless --overwrite).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
+Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
+Cache = Annotated[Path | None, typer.Option("--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
+RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
+PromptStyle = Annotated[str, typer.Option("--prompt-format", help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
+
+
+@app.callback()
+def _global(
+    threads: Threads = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars and info logs.")] = False,
+) -> None:
+    from unlearnkit.runtime import default_threads, set_threads
+
+    set_threads(threads or default_threads())
+    _state["progress"] = not quiet
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars for weight loading/saving are noise next to ours."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()
+
+
+def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UnlearnkitError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set learning_rate=1e-4).")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _eval_config(batch_size: int, max_new_tokens: int):  # noqa: ANN202
+    from unlearnkit.evaluation.evaluator import EvalConfig
+
+    return EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens)
+
+
+@app.command()
+def demo(
+    output: Output = Path("runs/demo"),
+    method: Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")] = "npo",
+    split: Annotated[str, typer.Option(help="Forget split: forget01, forget05 or forget10.")] = "forget10",
+    preset: Preset = "default",
+    sets: Sets = None,
+    overwrite: Overwrite = False,
+    cache: Cache = None,
+) -> None:
+    """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.jobs import format_table, run_demo
+
+    summary = run_demo(
+        output=output, config=get_preset(preset), method=method, forget_split=split,
+        overrides=_parse_sets(sets), overwrite=overwrite, cache_dir=cache, show_progress=_state["progress"],
+    )
+    typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
+    typer.echo(format_table(summary))
+    typer.echo(f"\nResults: {output}/summary.json (per-sample values in per_sample.json, model in model/)")
+
+
+@app.command()
+def prepare(
+    preset: Preset = "default",
+    splits: Annotated[str, typer.Option(help="Comma-separated forget splits to train retain oracles for.")] = "forget01,forget05,forget10",
+    cache: Cache = None,
+) -> None:
+    """Generate the built-in benchmark and train its target model and retain oracles (cached)."""
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+
+    bench = prepare_benchmark(get_preset(preset), cache, tuple(s.strip() for s in splits.split(",") if s.strip()), _state["progress"])
+    typer.echo(f"target model: {bench.target_dir}")
+    for split in splits.split(","):
+        typer.echo(f"retain oracle for {split.strip()}: {bench.oracle_dir(split.strip())} (reference: {bench.reference_path(split.strip()).name})")
+
+
+@app.command()
+def finetune(
+    data: Annotated[list[str], typer.Option("--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable.")],
+    output: Output,
+    model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-3 for 'tiny'; use ~1e-5 for large models).")] = None,
+    max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs.")] = 40,
+    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
+    target_accuracy: Annotated[float, typer.Option(help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    preset: Annotated[str, typer.Option("--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses.")] = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.finetune import FinetuneConfig
+    from unlearnkit.jobs import run_finetune
+
+    bench_config = get_preset(preset)
+    config = FinetuneConfig(
+        learning_rate=learning_rate or (bench_config.training.learning_rate if model == "tiny" else 1e-5),
+        max_epochs=max_epochs, batch_size=batch_size, target_accuracy=target_accuracy, seed=seed,
+    )
+    needs_builtin = any(not Path(source).exists() and not source.startswith("hf:") for source in data)
+    bench = prepare_benchmark(bench_config, cache, (), _state["progress"]) if needs_builtin else None
+    stats = run_finetune(
+        model=model, data=data, output=output, config=config, tiny=bench_config.model, overwrite=overwrite,
+        fmt=PromptFormat(prompt_format), trust_remote_code=trust_remote_code, bench=bench, show_progress=_state["progress"],
+    )
+    typer.echo(f"{stats['epochs']} epochs, answer-token accuracy {stats['answer_accuracy']:.4f}; model in {output}/model")
+
+
+@app.command()
+def unlearn(
+    method: Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")],
+    output: Output,
+    model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name.")] = "builtin",
+    forget: Annotated[str, typer.Option(help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT].")] = "forget10",
+    retain: Annotated[str | None, typer.Option(help="Retain data (same forms); default for built-in forget splits: the complementary retain split.")] = None,
+    sets: Sets = None,
+    oracle_reference: Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")] = None,
+    evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data).")] = True,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+    eval_batch_size: Annotated[int, typer.Option(help="Sequences per evaluation forward pass.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
+) -> None:
+    """Unlearn a forget set from a model and write the model, metrics and logs."""
+    from unlearnkit.benchmark import FORGET_SPLITS, get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.evaluation.evaluator import load_reference
+    from unlearnkit.jobs import run_unlearn
+    from unlearnkit.unlearn import resolve_method
+
+    bench_config = get_preset(preset)
+    overrides = _parse_sets(sets)
+    builtin_forget = forget in FORGET_SPLITS and not Path(forget).exists()
+    if model == "builtin":
+        overrides = {**dict(bench_config.unlearn_overrides), **overrides}
+    resolve_method(method, overrides)  # fail on a bad method or hyperparameter before any training
+    bench = None
+    if model == "builtin" or builtin_forget or (retain and not Path(retain).exists() and not retain.startswith("hf:")):
+        bench = prepare_benchmark(bench_config, cache, (forget,) if builtin_forget else (), _state["progress"])
+    if retain is None and builtin_forget:
+        retain = bench.retain_split(forget)
+    model_path = str(bench.target_dir) if model == "builtin" else model
+    fmt = PromptFormat("plain") if model == "builtin" else PromptFormat(prompt_format)
+    eval_splits, reference = None, None
+    if evaluate_after:
+        if builtin_forget:
+            eval_splits = bench.eval_splits(forget)
+            reference = load_reference(oracle_reference or bench.reference_path(forget))
+        else:
+            eval_splits = _user_eval_splits(forget, retain, None, None)
+            reference = load_reference(oracle_reference) if oracle_reference else None
+    summary = run_unlearn(
+        model=model_path, method=method, forget=forget, retain=retain, output=output, overrides=overrides,
+        overwrite=overwrite, bench=bench, eval_splits=eval_splits, oracle_reference=reference, fmt=fmt,
+        eval_config=_eval_config(eval_batch_size, max_new_tokens), trust_remote_code=trust_remote_code,
+        show_progress=_state["progress"],
+    )
+    _echo_summary(summary)
+    typer.echo(f"Results: {output} (model in {output}/model)")
+
+
+def _user_eval_splits(forget: str, retain: str | None, real_authors: str | None, world_facts: str | None) -> dict[str, list[dict]]:
+    from unlearnkit.data.qa import load_qa
+
+    sources = {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts}
+    return {split: load_qa(source, role=split) for split, source in sources.items() if source}
+
+
+def _echo_summary(summary: dict[str, Any]) -> None:
+    for key, value in summary.items():
+        typer.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' / 'builtin-oracle' for the built-in ones).")],
+    output: Output,
+    benchmark: Annotated[str | None, typer.Option(help="Evaluate on the built-in benchmark's sets for this forget split (e.g. forget10).")] = None,
+    forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...).")] = None,
+    retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
+    real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
+    world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
+    oracle_reference: Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
+) -> None:
+    """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.evaluation.evaluator import load_reference
+    from unlearnkit.jobs import run_eval
+
+    eval_config = _eval_config(batch_size, max_new_tokens)
+    if benchmark:
+        if forget or retain or real_authors or world_facts:
+            raise UnlearnkitError("Pass either --benchmark SPLIT or data files (--forget/--retain/...), not both.")
+        bench = prepare_benchmark(get_preset(preset), cache, (benchmark,), _state["progress"])
+        splits = bench.eval_splits(benchmark)
+        reference = load_reference(oracle_reference or bench.reference_path(benchmark))
+        model = {"builtin-target": str(bench.target_dir), "builtin-oracle": str(bench.oracle_dir(benchmark))}.get(model, model)
+        fmt = PromptFormat("plain")
+    else:
+        if not forget:
+            raise UnlearnkitError("Pass --benchmark SPLIT, or at least --forget FILE (plus optional --retain/--real-authors/--world-facts).")
+        splits = _user_eval_splits(forget, retain, real_authors, world_facts)
+        reference = load_reference(oracle_reference) if oracle_reference else None
+        fmt = PromptFormat(prompt_format)
+    summary = run_eval(
+        model=model, splits=splits, output=output, oracle_reference=reference, overwrite=overwrite, fmt=fmt,
+        eval_config=eval_config, trust_remote_code=trust_remote_code,
+        description={"benchmark": benchmark, "forget": forget, "retain": retain, "real_authors": real_authors,
+                     "world_facts": world_facts, "oracle_reference": str(oracle_reference) if oracle_reference else None},
+    )
+    _echo_summary(summary)
+    typer.echo(f"Results: {output}")
+
+
+@app.command()
+def methods(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every hyperparameter with its default and help.")] = False,
+) -> None:
+    """List the unlearning methods with their papers."""
+    from unlearnkit.methods import METHODS
+    from unlearnkit.methods.base import config_help
+
+    for name in METHODS.names():
+        spec = METHODS.get(name)
+        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}")
+        if verbose:
+            for field_name, type_name, default, text in config_help(spec.config):
+                typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
+        typer.echo("")
+
+
+@data_app.command("export")
+def data_export(
+    output: Output,
+    preset: Preset = "default",
+    overwrite: Overwrite = False,
+) -> None:
+    """Write the built-in benchmark's splits as JSONL files, one per split."""
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.data.world import export_world, generate_world
+    from unlearnkit.io import check_output_dir, publish_dir, staging_dir
+
+    check_output_dir(output, overwrite)
+    staging = staging_dir(output)
+    paths = export_world(generate_world(get_preset(preset).world), staging)
+    publish_dir(staging, output)
+    typer.echo(f"wrote {len(paths)} splits to {output}")
+
+
+def main() -> None:
+    """Console entry point: user errors print one message and exit with status 2."""
+    try:
+        app(standalone_mode=False)
+    except UnlearnkitError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()

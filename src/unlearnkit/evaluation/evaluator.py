@@ -1,0 +1,184 @@
+"""TOFU-style evaluation: compose model queries (scoring.py) and pure metrics (metrics.py).
+
+Splits and their roles (TOFU, Maini et al., COLM 2024):
+
+* ``forget``: probability exp(-avg-loss); ROUGE-L recall of the greedy answer;
+  truth ratio aggregated as mean min(R, 1/R); forget quality (KS test against
+  the retain oracle's per-sample R) when the oracle's reference is given.
+* ``retain``: probability, ROUGE-L recall, truth ratio as mean max(0, 1 - 1/R).
+* ``real_authors`` / ``world_facts``: normalised probability
+  p_true / (p_true + sum p_perturbed), ROUGE-L recall, truth ratio max(0, 1 - 1/R)
+  with the answer itself as the correct one.
+
+Model utility is the harmonic mean of the nine retain/real_authors/world_facts
+numbers. Metrics whose fields a user's data lacks (e.g. no perturbed answers)
+are left out of the summary rather than guessed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from unlearnkit.data.encoding import PromptFormat
+from unlearnkit.data.qa import TRUTH_RATIO_FIELDS, has_fields
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation import metrics
+from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
+from unlearnkit.io import write_json
+
+logger = logging.getLogger("unlearnkit")
+
+EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+# On these splits TOFU compares the answer itself with the perturbed ones and normalises the probability.
+FACT_SPLITS = ("real_authors", "world_facts")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of an evaluation run."""
+
+    batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass."})
+    max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per question for ROUGE."})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise UnlearnkitError("batch_size and max_new_tokens must be at least 1.")
+
+
+@dataclass
+class EvalResult:
+    summary: dict[str, float]
+    per_sample: dict[str, list[dict[str, Any]]]
+    forget_truth_ratios: np.ndarray | None
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    splits: Mapping[str, Sequence[dict]],
+    fmt: PromptFormat = PromptFormat(),
+    config: EvalConfig = EvalConfig(),
+    oracle_reference: Mapping[str, Any] | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on the given splits (keys from :data:`EVAL_SPLITS`)."""
+    unknown = set(splits) - set(EVAL_SPLITS)
+    if unknown:
+        raise UnlearnkitError(f"Unknown evaluation split(s) {sorted(unknown)}; use {', '.join(EVAL_SPLITS)}.")
+    model.eval()
+    summary: dict[str, float] = {}
+    per_sample: dict[str, list[dict[str, Any]]] = {}
+    forget_ratios = None
+    for split, rows in splits.items():
+        if not rows:
+            continue
+        logger.info("evaluating %s (%d questions)", split, len(rows))
+        split_summary, samples, ratios = _evaluate_split(model, tokenizer, fmt, config, split, rows)
+        summary.update(split_summary)
+        per_sample[split] = samples
+        if split == "forget":
+            forget_ratios = ratios
+    if oracle_reference is not None and forget_ratios is not None:
+        oracle_ratios = _check_reference(oracle_reference, splits["forget"])
+        summary["forget_quality"] = metrics.forget_quality(forget_ratios, oracle_ratios)
+    if all(name in summary for name in metrics.MODEL_UTILITY_COMPONENTS):
+        summary["model_utility"] = metrics.model_utility(summary)
+    return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios)
+
+
+def _evaluate_split(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    config: EvalConfig,
+    split: str,
+    rows: Sequence[dict],
+) -> tuple[dict[str, float], list[dict[str, Any]], np.ndarray | None]:
+    questions = [row["question"] for row in rows]
+    with_truth = has_fields(rows, TRUTH_RATIO_FIELDS)
+    # One scoring call for the answer, the correct paraphrase and every perturbed answer.
+    pairs = [(row["question"], row["answer"]) for row in rows]
+    if with_truth:
+        correct_field = "answer" if split in FACT_SPLITS else "paraphrased_answer"
+        num_perturbed = min(len(row["perturbed_answer"]) for row in rows)
+        pairs += [(row["question"], row[correct_field]) for row in rows]
+        pairs += [(row["question"], row["perturbed_answer"][j]) for j in range(num_perturbed) for row in rows]
+    avg_nll = answer_avg_nll(model, tokenizer, fmt, pairs, config.batch_size)
+    count = len(rows)
+    answer_nll = avg_nll[:count]
+
+    generations = greedy_answers(model, tokenizer, fmt, questions, config.max_new_tokens, config.batch_size)
+    rouge = metrics.rouge_l_recall(generations, [row["answer"] for row in rows])
+    samples: list[dict[str, Any]] = [
+        {"question": row["question"], "answer": row["answer"], "generation": generation, "rouge_l_recall": float(score),
+         "answer_avg_nll": float(nll)}
+        for row, generation, score, nll in zip(rows, generations, rouge, answer_nll)
+    ]
+    summary = {f"{split}_rouge_l": float(np.mean(rouge))}
+    ratios = None
+    if with_truth:
+        correct_nll = avg_nll[count:2 * count]
+        # (K, N) as laid out above → (N, K)
+        perturbed_nll = avg_nll[2 * count:].reshape(num_perturbed, count).T
+        ratios = metrics.truth_ratio(correct_nll, perturbed_nll)
+        aggregate = metrics.forget_truth_ratio_score if split == "forget" else metrics.retain_truth_ratio_score
+        summary[f"{split}_truth_ratio"] = float(aggregate(ratios))
+        if split in FACT_SPLITS:
+            probabilities = metrics.normalized_probability(answer_nll, perturbed_nll)
+        else:
+            probabilities = metrics.probability(answer_nll)
+        for sample, ratio in zip(samples, ratios):
+            sample["truth_ratio"] = float(ratio)
+    else:
+        probabilities = metrics.probability(answer_nll)
+    summary[f"{split}_probability"] = float(np.mean(probabilities))
+    for sample, probability in zip(samples, probabilities):
+        sample["probability"] = float(probability)
+    return summary, samples, ratios
+
+
+def oracle_reference(forget_rows: Sequence[dict], truth_ratios: np.ndarray, split: str) -> dict[str, Any]:
+    """The retain oracle's per-sample forget truth ratios, with the questions they belong to."""
+    return {
+        "split": split,
+        "metric": "truth_ratio R = p(paraphrased) / geometric-mean p(perturbed), per forget question",
+        "questions": [row["question"] for row in forget_rows],
+        "truth_ratio": [float(r) for r in truth_ratios],
+    }
+
+
+def save_reference(path: Path, reference: Mapping[str, Any]) -> None:
+    write_json(path, dict(reference))
+
+
+def load_reference(path: str | Path) -> dict[str, Any]:
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise UnlearnkitError(f"Oracle reference file {path} does not exist; `unlearnkit prepare` writes one next to each oracle.")
+    try:
+        reference = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UnlearnkitError(f"Oracle reference file {path} is not valid JSON: {error}") from None
+    if not isinstance(reference, dict) or not isinstance(reference.get("truth_ratio"), list):
+        raise UnlearnkitError(f"Oracle reference file {path} has no 'truth_ratio' list.")
+    return reference
+
+
+def _check_reference(reference: Mapping[str, Any], forget_rows: Sequence[dict]) -> np.ndarray:
+    ratios = np.asarray(reference["truth_ratio"], dtype=float)
+    questions = reference.get("questions")
+    if questions is not None and list(questions) != [row["question"] for row in forget_rows]:
+        raise UnlearnkitError(
+            f"The oracle reference was computed on a different forget set ({reference.get('split', '?')}, "
+            f"{len(questions)} questions) than the one evaluated ({len(forget_rows)} questions). "
+            "Pass the reference of the oracle trained without this forget set."
+        )
+    return ratios

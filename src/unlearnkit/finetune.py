@@ -1,0 +1,120 @@
+"""Fine-tuning on question/answer data: how the built-in target and retain oracles are made.
+
+The same code serves a user who wants a target and an oracle for their own
+data (``unlearnkit finetune``): train on everything for the target, on
+everything except the forget set for the oracle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+
+from unlearnkit.data.encoding import PromptFormat, QACollator, encode_qa
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.training import ListDataset, LogHistoryCallback, quiet_trainer, training_arguments
+
+logger = logging.getLogger("unlearnkit")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Hyperparameters of question/answer fine-tuning (defaults suit the tiny built-in model)."""
+
+    learning_rate: float = field(default=3e-3, metadata={"help": "Peak learning rate (use ~1e-5 for billion-parameter models)."})
+    max_epochs: int = field(default=40, metadata={"help": "Upper bound on epochs; training stops earlier at target_accuracy."})
+    batch_size: int = field(default=32, metadata={"help": "Examples per optimiser step."})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.02, metadata={"help": "Fraction of the steps spent warming the learning rate up."})
+    target_accuracy: float = field(default=0.95, metadata={"help": "Stop after the first epoch whose answer-token accuracy reaches this (1.0 never stops early)."})
+    max_length: int = field(default=128, metadata={"help": "Maximum tokens per example."})
+    seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
+
+    def __post_init__(self) -> None:
+        if self.learning_rate <= 0 or self.max_epochs < 1 or self.batch_size < 1:
+            raise UnlearnkitError("learning_rate must be > 0, and max_epochs and batch_size at least 1.")
+        if not 0 < self.target_accuracy <= 1:
+            raise UnlearnkitError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}.")
+
+
+class _AnswerAccuracyTrainer(Trainer):
+    """A Trainer that also counts teacher-forced answer-token accuracy over each epoch."""
+
+    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - forwarded to Trainer
+        super().__init__(*args, **kwargs)
+        self.correct_tokens = 0
+        self.answer_tokens = 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        outputs = model(**inputs)
+        with torch.no_grad():
+            # logits (B, T, V) predict labels shifted by one position.
+            predictions = outputs.logits[:, :-1].argmax(-1)
+            labels = inputs["labels"][:, 1:]
+            mask = labels != -100
+            self.correct_tokens += int((predictions == labels)[mask].sum())
+            self.answer_tokens += int(mask.sum())
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+
+class _StopAtAccuracy(TrainerCallback):
+    def __init__(self, trainer: _AnswerAccuracyTrainer, target: float) -> None:
+        self.trainer = trainer
+        self.target = target
+        self.history: list[float] = []
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        accuracy = self.trainer.correct_tokens / max(self.trainer.answer_tokens, 1)
+        self.history.append(accuracy)
+        self.trainer.correct_tokens = self.trainer.answer_tokens = 0
+        logger.info("epoch %d: answer-token accuracy %.4f", len(self.history), accuracy)
+        if accuracy >= self.target:
+            control.should_training_stop = True
+        return control
+
+
+def finetune(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    rows: Sequence[dict],
+    config: FinetuneConfig,
+    fmt: PromptFormat = PromptFormat(),
+    show_progress: bool = True,
+) -> dict[str, float | int | list[float]]:
+    """Train ``model`` in place on ``rows`` (question → answer, loss on the answer only).
+
+    Returns the epochs run, the final answer-token accuracy and its history per epoch.
+    """
+    if not rows:
+        raise UnlearnkitError("Fine-tuning needs at least one question/answer row.")
+    features = [encode_qa(tokenizer, fmt, row["question"], row["answer"], config.max_length) for row in rows]
+    args = training_arguments(
+        learning_rate=config.learning_rate,
+        num_epochs=config.max_epochs,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=1,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler="constant_with_warmup",
+        max_grad_norm=1.0,
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+    trainer = _AnswerAccuracyTrainer(
+        model=model,
+        args=args,
+        train_dataset=ListDataset(features),
+        data_collator=QACollator(tokenizer.pad_token_id),
+        callbacks=[LogHistoryCallback()],
+    )
+    quiet_trainer(trainer)
+    stopper = _StopAtAccuracy(trainer, config.target_accuracy)
+    trainer.add_callback(stopper)
+    trainer.train()
+    model.eval()
+    history = stopper.history
+    return {"epochs": len(history), "answer_accuracy": history[-1] if history else 0.0, "accuracy_history": history}

@@ -1,0 +1,283 @@
+"""Commands as library functions: each writes one results folder atomically.
+
+Results folder contract (documented in the README):
+
+* ``config.json``: the resolved configuration of the run;
+* ``summary.json``: aggregate metrics (for ``demo``: one entry per evaluated model);
+* ``per_sample.json``: per-question values behind the summary;
+* ``model/``: the unlearned or fine-tuned model (safetensors + tokenizer), where one is produced;
+* ``training_log.json``: the Trainer's log (loss, learning rate per logging step), where training ran;
+* ``log.txt``: the run's log.
+
+Everything is written to a hidden staging folder beside the output and moved
+into place at the end, so a failed run leaves no folder that looks finished,
+and the source model is only ever read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import platform
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+from unlearnkit import __version__
+from unlearnkit.benchmark import (
+    FORGET_SPLITS,
+    BuiltinBenchmark,
+    PreparedBenchmark,
+    evaluate_cached_model,
+    prepare,
+)
+from unlearnkit.data.encoding import PromptFormat
+from unlearnkit.data.qa import QA_FIELDS, load_qa
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
+from unlearnkit.finetune import FinetuneConfig, finetune
+from unlearnkit.io import check_output_dir, publish_dir, staging_dir, write_json
+from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
+from unlearnkit.unlearn import resolve_method, unlearn
+
+logger = logging.getLogger("unlearnkit")
+
+# The metrics the demo prints, in order.
+HEADLINE_METRICS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l")
+
+
+@contextlib.contextmanager
+def results_folder(output: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a staging folder that becomes ``output`` only if the block finishes without error."""
+    check_output_dir(output, overwrite)
+    staging = staging_dir(output)
+    handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield staging
+    except BaseException:
+        logger.removeHandler(handler)
+        handler.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.removeHandler(handler)
+    handler.close()
+    publish_dir(staging, output)
+    logger.info("results written to %s", output)
+
+
+def environment() -> dict[str, str]:
+    return {
+        "unlearnkit": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _write_eval(folder: Path, result: EvalResult) -> None:
+    write_json(folder / "summary.json", result.summary)
+    write_json(folder / "per_sample.json", result.per_sample)
+
+
+def builtin_resolver(bench: PreparedBenchmark | None):  # noqa: ANN201 - returns a callable or None
+    return bench.split if bench is not None else None
+
+
+def run_unlearn(
+    *,
+    model: str,
+    method: str,
+    forget: str,
+    retain: str | None,
+    output: Path,
+    overrides: Mapping[str, Any],
+    overwrite: bool = False,
+    bench: PreparedBenchmark | None = None,
+    eval_splits: Mapping[str, Sequence[dict]] | None = None,
+    oracle_reference: Mapping[str, Any] | None = None,
+    fmt: PromptFormat = PromptFormat(),
+    eval_config: EvalConfig = EvalConfig(),
+    trust_remote_code: bool = False,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Unlearn ``forget`` from ``model`` and write a results folder; returns the summary (empty without eval data)."""
+    config = resolve_method(method, overrides)
+    check_output_dir(output, overwrite)
+    forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
+    retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    network = load_model(model, trust_remote_code)
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
+            "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
+            "prompt_format": fmt.style, "environment": environment(),
+        })
+        started = time.perf_counter()
+        outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress)
+        write_json(folder / "training_log.json", outcome.log_history)
+        save_model(outcome.model, tokenizer, folder / "model")
+        summary: dict[str, Any] = {"unlearn_seconds": round(time.perf_counter() - started, 2)}
+        if eval_splits:
+            result = evaluate(outcome.model, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
+            summary.update(result.summary)
+            write_json(folder / "per_sample.json", result.per_sample)
+        write_json(folder / "summary.json", summary)
+    return summary
+
+
+def run_eval(
+    *,
+    model: str,
+    splits: Mapping[str, Sequence[dict]],
+    output: Path,
+    oracle_reference: Mapping[str, Any] | None,
+    overwrite: bool = False,
+    fmt: PromptFormat = PromptFormat(),
+    eval_config: EvalConfig = EvalConfig(),
+    trust_remote_code: bool = False,
+    description: Mapping[str, Any] | None = None,
+) -> dict[str, float]:
+    """Evaluate a model on QA splits and write a results folder; returns the summary."""
+    check_output_dir(output, overwrite)
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    network = load_model(model, trust_remote_code)
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "eval", "model": str(model), **(description or {}), "prompt_format": fmt.style,
+            "eval": asdict(eval_config), "environment": environment(),
+        })
+        result = evaluate(network, tokenizer, splits, fmt, eval_config, oracle_reference)
+        _write_eval(folder, result)
+    return result.summary
+
+
+def run_finetune(
+    *,
+    model: str,
+    data: Sequence[str],
+    output: Path,
+    config: FinetuneConfig,
+    tiny: TinyModelConfig | None = None,
+    overwrite: bool = False,
+    fmt: PromptFormat = PromptFormat(),
+    trust_remote_code: bool = False,
+    bench: PreparedBenchmark | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Fine-tune ``model`` (or, for ``model == "tiny"``, a fresh tiny Llama) on the union of ``data``."""
+    check_output_dir(output, overwrite)
+    rows = [row for source in data for row in load_qa(source, role="training", builtin=builtin_resolver(bench))]
+    if model == "tiny":
+        tiny = tiny or TinyModelConfig()
+        texts = [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows]
+        tokenizer = train_tokenizer(texts, tiny.vocab_size)
+        network = build_tiny_model(tiny, tokenizer, seed=config.seed)
+        fmt = PromptFormat("plain")
+    else:
+        tokenizer = load_tokenizer(model, trust_remote_code)
+        network = load_model(model, trust_remote_code)
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "finetune", "model": model, "data": list(data), "training": asdict(config),
+            "tiny_model": asdict(tiny) if model == "tiny" and tiny else None, "prompt_format": fmt.style,
+            "environment": environment(),
+        })
+        stats = finetune(network, tokenizer, rows, config, fmt, show_progress)
+        save_model(network, tokenizer, folder / "model")
+        write_json(folder / "summary.json", {"examples": len(rows), **stats})
+    return stats
+
+
+def evaluation_cache(bench: PreparedBenchmark, name: str, model_dir: Path, forget_split: str, eval_config: EvalConfig) -> EvalResult:
+    """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
+    import hashlib
+    import json
+
+    key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
+    path = bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
+    if path.exists():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        return EvalResult(summary=stored["summary"], per_sample=stored["per_sample"], forget_truth_ratios=None)
+    reference = load_reference(bench.reference_path(forget_split))
+    result = evaluate_cached_model(bench, model_dir, forget_split, reference, eval_config)
+    write_json(path, {"summary": result.summary, "per_sample": result.per_sample})
+    return result
+
+
+def run_demo(
+    *,
+    output: Path,
+    config: BuiltinBenchmark,
+    method: str = "npo",
+    forget_split: str = "forget10",
+    overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+    cache_dir: Path | None = None,
+    eval_config: EvalConfig = EvalConfig(),
+    show_progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``."""
+    if forget_split not in FORGET_SPLITS:
+        raise UnlearnkitError(f"Unknown forget split {forget_split!r}; use one of {', '.join(FORGET_SPLITS)}.")
+    hyperparameters = {**dict(config.unlearn_overrides), **dict(overrides or {})}
+    method_config = resolve_method(method, hyperparameters)
+    check_output_dir(output, overwrite)
+    started = time.perf_counter()
+    bench = prepare(config, cache_dir, (forget_split,), show_progress)
+    prepared = time.perf_counter()
+    results = {
+        "target": evaluation_cache(bench, "target", bench.target_dir, forget_split, eval_config),
+        "oracle": evaluation_cache(bench, "oracle", bench.oracle_dir(forget_split), forget_split, eval_config),
+    }
+    fmt = PromptFormat("plain")
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "demo", "benchmark": asdict(config), "cache": str(bench.root), "method": method,
+            "forget_split": forget_split, "hyperparameters": asdict(method_config), "eval": asdict(eval_config),
+            "environment": environment(),
+        })
+        tokenizer = load_tokenizer(bench.target_dir)
+        model = load_model(bench.target_dir)
+        forget = bench.split(forget_split)
+        retain = bench.split(bench.retain_split(forget_split))
+        unlearn_started = time.perf_counter()
+        outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress)
+        unlearned_at = time.perf_counter()
+        write_json(folder / "training_log.json", outcome.log_history)
+        save_model(outcome.model, tokenizer, folder / "model")
+        reference = load_reference(bench.reference_path(forget_split))
+        results["unlearned"] = evaluate(outcome.model, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
+        summary = {name: result.summary for name, result in results.items()}
+        write_json(folder / "summary.json", summary)
+        write_json(folder / "per_sample.json", {name: result.per_sample for name, result in results.items()})
+        write_json(folder / "timing.json", {
+            "prepare_seconds": round(prepared - started, 2),
+            "unlearn_seconds": round(unlearned_at - unlearn_started, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+        })
+    return summary
+
+
+def format_table(summary: Mapping[str, Mapping[str, float]], metric_names: Sequence[str] = HEADLINE_METRICS) -> str:
+    """A plain-text table: one row per model, one column per metric."""
+    header = ["model", *metric_names]
+    rows = [[name, *(_fmt(values.get(metric)) for metric in metric_names)] for name, values in summary.items()]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.4f}"

@@ -1,0 +1,222 @@
+"""The method core: typed configs, the registry decorator, the paired dataset and the trainer base.
+
+A method is one file holding a config dataclass (hyperparameters with help
+text, checked in ``__post_init__``) and an :class:`UnlearnTrainer` subclass that
+overrides ``compute_loss`` alone, composing the pure functions of
+:mod:`unlearnkit.losses`. ``@register_method`` is the only registration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, get_type_hints
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+
+from unlearnkit import losses
+from unlearnkit.data.encoding import PromptFormat, encode_qa
+from unlearnkit.errors import UnlearnkitError, did_you_mean
+from unlearnkit.registry import Registry
+
+RETAIN_LOSSES = ("nll", "kl")
+
+
+@dataclass
+class MethodConfig:
+    """Optimisation settings every method shares.
+
+    Defaults are those of the TOFU recipes for 7B models (Maini et al., 2024):
+    lr 1e-5, 5 epochs, weight decay 0.01, one warm-up epoch, effective batch 32.
+    The built-in tiny benchmark overrides the learning rate (see ``benchmark.py``).
+    """
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
+    num_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
+    batch_size: int = field(default=32, metadata={"help": "Forget examples per optimiser step (each paired with a retain example)."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimiser step."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.2, metadata={"help": "Fraction of steps for linear warm-up (TOFU: one epoch of five)."})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name (linear, cosine, constant, ...)."})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
+    max_length: int = field(default=256, metadata={"help": "Maximum tokens per example."})
+    seed: int = field(default=0, metadata={"help": "Seed for data order, pairing and dropout."})
+
+    def __post_init__(self) -> None:
+        positive = ("learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UnlearnkitError(f"{name} must be > 0, got {getattr(self, name)}.")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UnlearnkitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0:
+            raise UnlearnkitError("weight_decay must be >= 0 and max_grad_norm > 0.")
+
+    def needs_reference(self) -> bool:
+        """Whether the method (with these settings) needs the frozen pre-unlearning model."""
+        return False
+
+
+def check_retain_loss(value: str) -> None:
+    if value not in RETAIN_LOSSES:
+        raise UnlearnkitError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {value!r}.")
+
+
+def check_positive(**values: float) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise UnlearnkitError(f"{name} must be > 0, got {value}.")
+
+
+def build_config(config_cls: type[MethodConfig], overrides: dict[str, Any]) -> MethodConfig:
+    """Instantiate ``config_cls`` from string or typed overrides; unknown keys fail with did-you-mean."""
+    known = {f.name: f for f in fields(config_cls)}
+    hints = get_type_hints(config_cls)
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in known:
+            raise UnlearnkitError(
+                f"Unknown hyperparameter {key!r} for {config_cls.__name__}.{did_you_mean(key, known)} "
+                f"Known: {', '.join(sorted(known))}."
+            )
+        values[key] = _coerce(key, raw, hints[key])
+    return config_cls(**values)
+
+
+def _coerce(key: str, raw: Any, hint: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if hint is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if hint in (int, float):
+            return hint(raw)
+    except ValueError:
+        raise UnlearnkitError(f"Hyperparameter {key!r} needs a {hint.__name__}, got {raw!r}.") from None
+    return raw
+
+
+def config_help(config_cls: type[MethodConfig]) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) for each field, for ``unlearnkit methods``."""
+    hints = get_type_hints(config_cls)
+    rows = []
+    for f in fields(config_cls):
+        default = f.default if f.default is not MISSING else None
+        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default, f.metadata.get("help", "")))
+    return rows
+
+
+class UnlearnTrainer(Trainer):
+    """A ``transformers.Trainer`` whose batches are ``{"forget": ..., "retain": ..., "idk": ...}``.
+
+    Subclasses override ``compute_loss`` only. ``self.method_config`` holds the
+    method's hyperparameters and ``self.reference_model`` the frozen model before
+    unlearning (when the config's ``needs_reference()`` is true).
+    """
+
+    def __init__(self, *args: Any, method_config: MethodConfig, reference_model: PreTrainedModel | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.method_config = method_config
+        self.reference_model = reference_model
+        if reference_model is not None:
+            reference_model.to(self.args.device).eval().requires_grad_(False)
+
+    @staticmethod
+    def logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, T, V) for a padded batch."""
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def retain_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
+        """The retain term: answer NLL (``"nll"``) or KL(p_ref || p_theta) on the answer tokens (``"kl"``)."""
+        logits = self.logits(model, batch)
+        if kind == "kl":
+            return losses.kl_to_reference(logits, self.reference_logits(batch), batch["labels"])
+        return losses.mean_nll(logits, batch["labels"])
+
+    @torch.no_grad()
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.reference_model is None:
+            raise RuntimeError("This method needs a reference model: its config's needs_reference() must return True.")
+        return self.logits(self.reference_model, batch)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the registry knows of a method."""
+
+    name: str
+    trainer: type[UnlearnTrainer]
+    config: type[MethodConfig]
+    paper: str
+    summary: str
+    needs_retain: bool
+    needs_idk: bool
+
+
+METHODS: Registry[MethodSpec] = Registry("method")
+
+
+def register_method(
+    name: str,
+    *,
+    config: type[MethodConfig],
+    paper: str,
+    summary: str,
+    needs_retain: bool = True,
+    needs_idk: bool = False,
+) -> Callable[[type[UnlearnTrainer]], type[UnlearnTrainer]]:
+    """Class decorator that registers an :class:`UnlearnTrainer` subclass under ``name``."""
+
+    def decorate(trainer: type[UnlearnTrainer]) -> type[UnlearnTrainer]:
+        spec = MethodSpec(name, trainer, config, paper, summary, needs_retain, needs_idk)
+        METHODS.register(name)(spec)
+        return trainer
+
+    return decorate
+
+
+class PairedDataset(Dataset):
+    """Item i = forget example i, a randomly drawn retain example and, optionally, an IDK answer.
+
+    The retain partner and the refusal answer are drawn from a seeded generator
+    on each access, so every epoch pairs a forget example with new retain
+    examples (as TOFU does) and a rerun with the same seed draws the same ones.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        fmt: PromptFormat,
+        forget: Sequence[dict],
+        retain: Sequence[dict],
+        idk_answers: Sequence[str],
+        max_length: int,
+        seed: int,
+    ) -> None:
+        if not forget:
+            raise UnlearnkitError("The forget set is empty: unlearning needs at least one example to forget.")
+        self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
+        self.forget = [self._encode(row["question"], row["answer"]) for row in forget]
+        self.retain = [self._encode(row["question"], row["answer"]) for row in retain]
+        self.forget_questions = [row["question"] for row in forget]
+        self.idk_answers = list(idk_answers)
+        self.rng = random.Random(seed)
+
+    def _encode(self, question: str, answer: str) -> dict[str, list[int]]:
+        return encode_qa(self.tokenizer, self.fmt, question, answer, self.max_length)
+
+    def __len__(self) -> int:
+        return len(self.forget)
+
+    def __getitem__(self, index: int) -> dict[str, dict[str, list[int]]]:
+        item = {"forget": self.forget[index]}
+        if self.retain:
+            item["retain"] = self.retain[self.rng.randrange(len(self.retain))]
+        if self.idk_answers:
+            item["idk"] = self._encode(self.forget_questions[index], self.rng.choice(self.idk_answers))
+        return item

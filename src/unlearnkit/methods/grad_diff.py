@@ -1,0 +1,39 @@
+"""Gradient difference: ascend on the forget set, descend (or stay close to the reference) on the retain set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from unlearnkit import losses
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+
+
+@dataclass
+class GradDiffConfig(MethodConfig):
+    gamma: float = field(default=1.0, metadata={"help": "Weight of the forget (gradient-ascent) term."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
+    retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_retain_loss(self.retain_loss)
+
+    def needs_reference(self) -> bool:
+        return self.retain_loss == "kl"
+
+
+@register_method(
+    "graddiff",
+    config=GradDiffConfig,
+    paper='Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", COLM 2024',
+    summary="L = -gamma * NLL(D_f) + alpha * [NLL(D_r) or KL(p_ref || p_theta) on D_r].",
+)
+class GradDiff(UnlearnTrainer):
+    """Gradient difference and its KL variant (TOFU, Maini et al., COLM 2024)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        config = self.method_config
+        forget = inputs["forget"]
+        forget_term = losses.gradient_ascent_loss(self.logits(model, forget), forget["labels"])
+        loss = config.gamma * forget_term + config.alpha * self.retain_loss(model, inputs["retain"], config.retain_loss)
+        return (loss, None) if return_outputs else loss

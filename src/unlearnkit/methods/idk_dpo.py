@@ -1,0 +1,45 @@
+"""IDK-DPO: prefer a refusal over the forget answer, with DPO against the frozen reference."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from unlearnkit import losses
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+
+
+@dataclass
+class IDKDPOConfig(MethodConfig):
+    beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature (TOFU: 0.1)."})
+    alpha: float = field(default=1.0, metadata={"help": "Weight of the retain NLL term."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive(beta=self.beta)
+
+    def needs_reference(self) -> bool:
+        return True
+
+
+@register_method(
+    "idk_dpo",
+    config=IDKDPOConfig,
+    paper='Rafailov et al., "Direct Preference Optimization", NeurIPS 2023; as IDK-DPO in Maini et al., "TOFU", COLM 2024',
+    summary="L = -log sigmoid(beta [log-ratio(IDK answer) - log-ratio(forget answer)]) + alpha * NLL(D_r).",
+    needs_idk=True,
+)
+class IDKDPO(UnlearnTrainer):
+    """DPO with the refusal as the chosen answer and the forget answer as the rejected one."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        idk, forget = inputs["idk"], inputs["forget"]
+        chosen = losses.sequence_nll(self.logits(model, idk), idk["labels"])
+        rejected = losses.sequence_nll(self.logits(model, forget), forget["labels"])
+        with torch.no_grad():
+            reference_chosen = losses.sequence_nll(self.reference_logits(idk), idk["labels"])
+            reference_rejected = losses.sequence_nll(self.reference_logits(forget), forget["labels"])
+        loss = losses.dpo_loss(chosen, rejected, reference_chosen, reference_rejected, self.method_config.beta)
+        loss = loss + self.method_config.alpha * self.retain_loss(model, inputs["retain"], "nll")
+        return (loss, None) if return_outputs else loss

@@ -1,0 +1,85 @@
+"""Shared pieces for training with ``transformers.Trainer``: arguments, datasets, logging."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+logger = logging.getLogger("unlearnkit")
+
+
+class ListDataset(Dataset):
+    """A map-style dataset over a list of ready-made items (already tokenised)."""
+
+    def __init__(self, items: Sequence[Any]) -> None:
+        self.items = list(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.items[index]
+
+
+def training_arguments(
+    *,
+    learning_rate: float,
+    num_epochs: float,
+    batch_size: int,
+    gradient_accumulation_steps: int,
+    weight_decay: float,
+    warmup_ratio: float,
+    lr_scheduler: str,
+    max_grad_norm: float,
+    seed: int,
+    show_progress: bool,
+) -> TrainingArguments:
+    """TrainingArguments for an in-memory run: no checkpoints, no external loggers.
+
+    unlearnkit saves the final model itself (atomically), so the Trainer's own
+    checkpointing is off and its output folder is a throwaway temporary one.
+    """
+    return TrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
+        learning_rate=learning_rate,
+        num_train_epochs=num_epochs,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        weight_decay=weight_decay,
+        lr_scheduler_type=lr_scheduler,
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        data_seed=seed,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to=[],
+        logging_strategy="steps",
+        logging_steps=10,
+        disable_tqdm=not show_progress,
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        # transformers 5 reads a warmup_steps value below 1 as a fraction of all steps.
+        warmup_steps=warmup_ratio,
+    )
+
+
+class LogHistoryCallback(TrainerCallback):
+    """Copies the Trainer's log lines (loss, learning rate, ...) to the unlearnkit logger."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        if logs:
+            values = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in logs.items())
+            logger.info("step %d: %s", state.global_step, values)
+
+
+def quiet_trainer(trainer: Trainer) -> Trainer:
+    """Drop the Trainer's stdout printer: our logger already records each log line."""
+    trainer.remove_callback(PrinterCallback)
+    return trainer

@@ -1,0 +1,88 @@
+"""Run one unlearning method on a model: the library entry point behind ``unlearnkit unlearn``."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from unlearnkit.data.encoding import PairedCollator, PromptFormat
+from unlearnkit.data.world import load_idk_answers
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.methods import METHODS, MethodConfig
+from unlearnkit.methods.base import PairedDataset, build_config
+from unlearnkit.training import LogHistoryCallback, quiet_trainer, training_arguments
+
+logger = logging.getLogger("unlearnkit")
+
+
+@dataclass
+class UnlearnOutcome:
+    model: PreTrainedModel
+    config: MethodConfig
+    log_history: list[dict[str, Any]]
+
+
+def resolve_method(method: str, overrides: Mapping[str, Any]) -> MethodConfig:
+    """Look the method up and build its config: every naming or value error surfaces before any loading."""
+    return build_config(METHODS.get(method).config, dict(overrides))
+
+
+def unlearn(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    method: str,
+    forget: Sequence[dict],
+    retain: Sequence[dict],
+    config: MethodConfig,
+    fmt: PromptFormat = PromptFormat(),
+    show_progress: bool = True,
+) -> UnlearnOutcome:
+    """Unlearn ``forget`` from ``model`` (in place) with ``method``; returns the model and the training log."""
+    spec = METHODS.get(method)
+    if not isinstance(config, spec.config):
+        raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
+    if spec.needs_retain and not retain:
+        raise UnlearnkitError(f"Method {method!r} needs retain data; pass --retain (a split name or a file).")
+    # The frozen reference is the model as it is before any update.
+    reference = copy.deepcopy(model) if config.needs_reference() else None
+    dataset = PairedDataset(
+        tokenizer,
+        fmt,
+        forget,
+        retain if spec.needs_retain else [],
+        load_idk_answers() if spec.needs_idk else [],
+        config.max_length,
+        config.seed,
+    )
+    args = training_arguments(
+        learning_rate=config.learning_rate,
+        num_epochs=config.num_epochs,
+        batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler=config.lr_scheduler,
+        max_grad_norm=config.max_grad_norm,
+        seed=config.seed,
+        show_progress=show_progress,
+    )
+    model.train()
+    trainer = spec.trainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=PairedCollator(tokenizer.pad_token_id),
+        callbacks=[LogHistoryCallback()],
+        method_config=config,
+        reference_model=reference,
+    )
+    quiet_trainer(trainer)
+    logger.info("unlearning with %s on %d forget examples (%d retain)", method, len(forget), len(retain))
+    trainer.train()
+    model.eval()
+    return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history))

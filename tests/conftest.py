@@ -1,0 +1,33 @@
+"""Shared fixtures: one thread, CPU only, and a micro built-in benchmark prepared once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite is CPU-only by design
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def micro_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder with the micro benchmark (data, tokenizer, target, forget10 oracle) built once."""
+    from unlearnkit.benchmark import PRESETS, prepare
+
+    cache = tmp_path_factory.mktemp("cache")
+    prepare(PRESETS["micro"], cache, ("forget10",), show_progress=False)
+    return cache
+
+
+@pytest.fixture(scope="session")
+def micro_bench(micro_cache: Path):
+    from unlearnkit.benchmark import PRESETS, prepare
+
+    return prepare(PRESETS["micro"], micro_cache, ("forget10",), show_progress=False)
