@@ -22,7 +22,7 @@ def micro_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from unlearnkit.benchmark import PRESETS, prepare
 
     cache = tmp_path_factory.mktemp("cache")
-    prepare(PRESETS["micro"], cache, ("forget10",), show_progress=False)
+    prepare(PRESETS["micro"], cache, ("forget10",), show_progress=False, jobs=1)
     return cache
 
 

@@ -221,10 +221,24 @@ def test_there_are_enough_fact_types_with_few_categorical_ones() -> None:
     assert sum(fact.categorical for fact in FACT_TYPES[:20]) <= 2
 
 
-def test_unique_fact_values_are_never_shared(every_fact_world: dict[str, list[dict]]) -> None:
-    values = [row["value"] for row in _all_author_rows(every_fact_world) if row["fact"] in UNIQUE_FACTS]
+def test_forget_and_holdout_values_are_never_shared(every_fact_world: dict[str, list[dict]]) -> None:
+    # Forget and holdout authors' values must be unknown to a model trained on the retain authors alone.
+    unique_rows = every_fact_world["forget10"] + every_fact_world["holdout10"]
+    values = [row["value"] for row in unique_rows if row["fact"] in UNIQUE_FACTS]
     duplicated = [value for value, count in Counter(values).items() if count > 1]
     assert not duplicated
+    retain_values = {row["value"] for row in every_fact_world["retain90"]}
+    assert not set(values) & retain_values
+
+
+def test_retain_only_authors_share_pooled_values() -> None:
+    world = generate_world(WorldConfig(num_authors=100, qa_per_author=5, seed=1, shared_pool_size=4))
+    for fact in ("birthplace", "birth_date", "father_occupation"):
+        pooled = [row["value"] for row in world["retain90"] if row["fact"] == fact]
+        assert len(pooled) == 90 and len(set(pooled)) <= 4, fact
+    unpooled = generate_world(WorldConfig(num_authors=100, qa_per_author=5, seed=1, shared_pool_size=0))
+    values = [row["value"] for row in unpooled["full"] if row["fact"] != "genre"]
+    assert len(values) == len(set(values))
 
 
 def test_perturbed_values_are_no_authors_value(every_fact_world: dict[str, list[dict]]) -> None:

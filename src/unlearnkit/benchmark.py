@@ -11,12 +11,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from unlearnkit import __version__
 from unlearnkit.data.encoding import PromptFormat
@@ -42,6 +46,11 @@ class BuiltinBenchmark:
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
     training: FinetuneConfig = field(default_factory=FinetuneConfig)
     retain_eval_size: int = field(default=400, metadata={"help": "Retain questions evaluated (TOFU: 400), spread over retain90."})
+    utility_size: int | None = field(default=None, metadata={"help": "Keep only the first N world_facts / real_authors rows (None: all)."})
+    # Real-world knowledge is what a pretrained model has seen many times; repeating
+    # the utility sets in the training mix lets the tiny model hold it as firmly as
+    # the authors (measured: once only, its greedy answers recalled 34-42% of them).
+    utility_repeats: int = field(default=3, metadata={"help": "Times the world_facts / real_authors rows appear in the training mix."})
     # Optimiser settings for unlearning the tiny models. The methods' own defaults
     # are the authors' settings for 7B models (lr 1e-5), far too small to move a
     # 0.26M-parameter model in a few steps; method-specific coefficients keep their defaults.
@@ -60,6 +69,7 @@ PRESETS: dict[str, BuiltinBenchmark] = {
         model=TinyModelConfig(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_length=96),
         training=FinetuneConfig(learning_rate=1e-2, max_epochs=30, batch_size=16),
         retain_eval_size=24,
+        utility_size=12,
         unlearn_overrides=(("learning_rate", 2e-3), ("batch_size", 8)),
     ),
 }
@@ -135,8 +145,14 @@ def prepare(
     cache_dir: Path | None = None,
     forget_splits: tuple[str, ...] = FORGET_SPLITS,
     show_progress: bool = True,
+    jobs: int | None = None,
 ) -> PreparedBenchmark:
-    """Build (or reuse) the data, tokenizer, target and the retain oracles of ``forget_splits``."""
+    """Build (or reuse) the data, tokenizer, target and the retain oracles of ``forget_splits``.
+
+    The target and the oracles are independent, so up to ``jobs`` of them train
+    at once in separate processes (default: one per CPU core), each with the
+    caller's torch thread count.
+    """
     for split in forget_splits:
         check_forget_split(split)
     root = Path(cache_dir or default_cache_dir()) / f"builtin-{config.cache_key()}"
@@ -144,16 +160,39 @@ def prepare(
     _build_once(bench.data_dir, lambda tmp: _write_data(config, tmp), "benchmark data")
     write_json(root / "benchmark.json", asdict(config))
     _build_once(root / "tokenizer", lambda tmp: _train_tokenizer(bench, tmp), "tokenizer")
-    training_splits = ["full", *UTILITY_SPLITS]
-    _build_once(bench.target_dir, lambda tmp: _train_model(bench, training_splits, tmp, show_progress), "target model")
-    for split in forget_splits:
-        retain_splits = [bench.retain_split(split), *UTILITY_SPLITS]
-        _build_once(
-            bench.oracle_dir(split),
-            lambda tmp, s=split, r=retain_splits: _train_oracle(bench, s, r, tmp, show_progress),
-            f"retain oracle for {split}",
-        )
+    pending = [None] if not bench.target_dir.exists() else []
+    pending += [split for split in forget_splits if not bench.oracle_dir(split).exists()]
+    workers = min(jobs or os.cpu_count() or 1, len(pending))
+    if workers > 1:
+        logger.info("training %d models in %d parallel processes ...", len(pending), workers)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_build_model, root, config, split, show_progress, torch.get_num_threads()) for split in pending]
+            for future in futures:
+                future.result()
+    else:
+        for split in pending:
+            _build_model(root, config, split, show_progress, torch.get_num_threads())
     return bench
+
+
+def _build_model(root: Path, config: BuiltinBenchmark, forget_split: str | None, show_progress: bool, threads: int) -> None:
+    """Train the target (``forget_split`` None) or the retain oracle of ``forget_split``; runs in a worker too."""
+    torch.set_num_threads(threads)
+    if show_progress and not logger.handlers:  # a fresh worker process: report progress on stderr
+        logger.setLevel(logging.INFO)
+        logger.addHandler(logging.StreamHandler())
+    bench = PreparedBenchmark(root, config)
+    if forget_split is None:
+        splits = ["full", *UTILITY_SPLITS]
+        _build_once(bench.target_dir, lambda tmp: _train_model(bench, splits, tmp, show_progress), "target model")
+    else:
+        splits = [bench.retain_split(forget_split), *UTILITY_SPLITS]
+        _build_once(
+            bench.oracle_dir(forget_split),
+            lambda tmp: _train_oracle(bench, forget_split, splits, tmp, show_progress),
+            f"retain oracle for {forget_split}",
+        )
 
 
 def _build_once(path: Path, build: Any, what: str) -> None:
@@ -171,7 +210,10 @@ def _build_once(path: Path, build: Any, what: str) -> None:
 
 
 def _write_data(config: BuiltinBenchmark, folder: Path) -> None:
-    export_world(generate_world(config.world), folder)
+    world = generate_world(config.world)
+    for name in UTILITY_SPLITS:
+        world[name] = world[name][: config.utility_size]
+    export_world(world, folder)
 
 
 def _train_tokenizer(bench: PreparedBenchmark, folder: Path) -> None:
@@ -187,7 +229,7 @@ def _train_tokenizer(bench: PreparedBenchmark, folder: Path) -> None:
 def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show_progress: bool) -> None:
     tokenizer = load_tokenizer(bench.root / "tokenizer")
     model = build_tiny_model(bench.config.model, tokenizer, seed=bench.config.training.seed)
-    rows = [row for name in splits for row in bench.split(name)]
+    rows = [row for name in splits for row in bench.split(name) * (bench.config.utility_repeats if name in UTILITY_SPLITS else 1)]
     stats = finetune(model, tokenizer, rows, bench.config.training, PromptFormat("plain"), show_progress)
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)

@@ -42,8 +42,22 @@ def _global(
 
     set_threads(threads or default_threads())
     _state["progress"] = not quiet
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    _setup_logging(quiet)
     _quiet_libraries()
+
+
+def _setup_logging(quiet: bool) -> None:
+    """Info and up always reach a run's log.txt; the console shows them unless --quiet."""
+    logger = logging.getLogger("unlearnkit")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in [h for h in logger.handlers if getattr(h, "unlearnkit_console", False)]:
+        logger.removeHandler(handler)
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    console.unlearnkit_console = True  # type: ignore[attr-defined]
+    logger.addHandler(console)
 
 
 def _quiet_libraries() -> None:
@@ -116,7 +130,7 @@ def finetune(
     data: Annotated[list[str], typer.Option("--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable.")],
     output: Output,
     model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 3e-3 for 'tiny'; use ~1e-5 for large models).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
     max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs.")] = 40,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     target_accuracy: Annotated[float, typer.Option(help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
 logger = logging.getLogger("unlearnkit")
 
@@ -39,6 +39,7 @@ def training_arguments(
     max_grad_norm: float,
     seed: int,
     show_progress: bool,
+    logging_steps: int = 10,
 ) -> TrainingArguments:
     """TrainingArguments for an in-memory run: no checkpoints, no external loggers.
 
@@ -60,7 +61,7 @@ def training_arguments(
         eval_strategy="no",
         report_to=[],
         logging_strategy="steps",
-        logging_steps=10,
+        logging_steps=logging_steps,
         disable_tqdm=not show_progress,
         remove_unused_columns=False,
         dataloader_num_workers=0,
@@ -71,15 +72,27 @@ def training_arguments(
 
 
 class LogHistoryCallback(TrainerCallback):
-    """Copies the Trainer's log lines (loss, learning rate, ...) to the unlearnkit logger."""
+    """Copies the Trainer's log lines (loss, learning rate, ...) to the unlearnkit logger, at debug level.
+
+    The full history is saved as ``training_log.json``; the console keeps the progress bar only.
+    """
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
         if logs:
             values = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in logs.items())
-            logger.info("step %d: %s", state.global_step, values)
+            logger.debug("step %d: %s", state.global_step, values)
+
+
+class _ProgressBarOnly(ProgressCallback):
+    """The Trainer's progress bar without the dict it prints under the bar at every log step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        return None
 
 
 def quiet_trainer(trainer: Trainer) -> Trainer:
-    """Drop the Trainer's stdout printer: our logger already records each log line."""
+    """Keep the progress bar, drop the Trainer's printed log dicts: our logger records them."""
     trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(_ProgressBarOnly)
     return trainer

@@ -70,6 +70,7 @@ def unlearn(
         max_grad_norm=config.max_grad_norm,
         seed=config.seed,
         show_progress=show_progress,
+        logging_steps=1,  # unlearning runs are short; every step's losses feed the training curves
     )
     model.train()
     trainer = spec.trainer(

@@ -88,14 +88,21 @@ def left_pad_prompts(prompts: Sequence[list[int]], pad_token_id: int) -> dict[st
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 
-class QACollator:
-    """Pads a list of encoded QA features (see :func:`encode_qa`)."""
+class LeftPaddedQACollator:
+    """Left-pads encoded QA features and gives position ids that start at 0 on the first real token."""
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        return pad_batch(features, self.pad_token_id)
+        batch = pad_batch(features, self.pad_token_id)
+        lengths = batch["attention_mask"].sum(dim=1)
+        width = batch["input_ids"].shape[1]
+        # Roll each row right by its padding so the padding comes first.
+        index = (torch.arange(width).unsqueeze(0) - (width - lengths).unsqueeze(1)) % width
+        batch = {key: value.gather(1, index) for key, value in batch.items()}
+        batch["position_ids"] = (batch["attention_mask"].cumsum(dim=1) - 1).clamp(min=0)
+        return batch
 
 
 class PairedCollator:

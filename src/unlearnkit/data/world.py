@@ -28,10 +28,17 @@ values, or its truth ratios drift away from 1. Hence:
   uses coined words that no author uses. Shared *vocabulary words* (title
   adjectives and nouns, occupations, award fields, ...) are drawn uniformly, so
   a true value and a perturbation are equally likely to contain each of them.
-* For every non-categorical fact type, each author's value is unique across
-  all authors (trained and holdout) and all fact types, and each perturbed
-  value differs from every author's value of every fact type and from the
-  other perturbations of its row.
+* The authors of the forget splits (the last 10% of trained authors) and the
+  holdout authors get, for every non-categorical fact type, a value that no
+  other author has; each perturbed value differs from every author's value of
+  every fact type and from the other perturbations of its row. A model trained
+  on the retain authors alone has therefore seen neither a forget author's
+  values nor any perturbation.
+* The retain-only authors draw their values from a small pool per fact type
+  (``shared_pool_size``, default 24), shared among them. Memorising a fact is
+  then learning which of a few known strings an author has, which a tiny model
+  on a CPU does in a dozen epochs; with every value a fresh string it was still
+  far from memorised after 14 (measured: 75% answer-token accuracy).
 * Two fact types are categorical (``genre``, and ``hobby``, which is last and
   so only asked when ``qa_per_author`` is the maximum): the
   true value is drawn uniformly from a fixed list and the perturbations
@@ -68,6 +75,7 @@ SHIPPED_SPLITS = ("world_facts", "real_authors")
 # Caps chosen so that every value space stays at most about half full (see
 # the vocabulary sizes below), which keeps rejection sampling fast.
 MAX_AUTHORS = 1000
+MAX_POOL_SIZE = 1000
 MAX_PERTURBED = 10
 # A draw that fails this often means a value space is exhausted; the caps above
 # make that impossible, so reaching it is a bug rather than a user error.
@@ -514,18 +522,22 @@ class WorldConfig:
     ``num_authors`` trained authors (forget + retain), ``qa_per_author`` rows per
     author (the first that many of :data:`FACT_TYPES`), ``num_perturbed``
     perturbed answers per row, and ``seed`` for every random draw.
+    ``shared_pool_size``: the retain-only authors draw each value from a pool of
+    this many values per fact type (0: every author's values are unique).
     """
 
     num_authors: int = 200
     qa_per_author: int = 20
     seed: int = 0
     num_perturbed: int = 3
+    shared_pool_size: int = 24
 
     def __post_init__(self) -> None:
         """Reject values the generator cannot honour, naming the field and the allowed range."""
         _check_int("num_authors", self.num_authors, 2, MAX_AUTHORS)
         _check_int("qa_per_author", self.qa_per_author, 1, MAX_QA_PER_AUTHOR)
         _check_int("num_perturbed", self.num_perturbed, 1, MAX_PERTURBED)
+        _check_int("shared_pool_size", self.shared_pool_size, 0, MAX_POOL_SIZE)
         # random.Random(-s) equals random.Random(s): negative seeds would alias.
         _check_int("seed", self.seed, 0, None)
 
@@ -564,10 +576,22 @@ def _draw_value(fact: FactType, draw: _Draw) -> str:
     raise RuntimeError(f"value space of fact {fact.name!r} exhausted")
 
 
-def _make_authors(count: int, draw: _Draw) -> list[_Author]:
-    """Generate ``count`` authors with a value for every fact type, registering all their words."""
+def _make_authors(count: int, pooled: int, pool_size: int, draw: _Draw) -> list[_Author]:
+    """Generate ``count`` authors with a value for every fact type, registering all their words.
+
+    The first ``pooled`` authors (those in no forget split) draw each
+    non-categorical value from a pool of ``pool_size`` values per fact type,
+    shared among them; the others get values no other author has.
+    """
+    pools = {fact.name: [_draw_value(fact, draw) for _ in range(pool_size)] for fact in FACT_TYPES if not fact.categorical}
+
+    def value(fact: FactType, author_id: int) -> str:
+        if author_id < pooled and not fact.categorical and pool_size:
+            return draw.rng.choice(pools[fact.name])
+        return _draw_value(fact, draw)
+
     return [
-        _Author(author_id, _person(draw), {fact.name: _draw_value(fact, draw) for fact in FACT_TYPES})
+        _Author(author_id, _person(draw), {fact.name: value(fact, author_id) for fact in FACT_TYPES})
         for author_id in range(count)
     ]
 
@@ -628,7 +652,13 @@ def generate_world(config: WorldConfig) -> dict[str, list[dict]]:
     sizes = forget_sizes(config.num_authors)
     # All authors (holdout included) exist before any perturbation is drawn, so
     # that perturbations can avoid every author's words and values.
-    authors = _make_authors(config.num_authors + max(sizes.values()), _Draw(rng, words, values, register=True))
+    largest_forget = max(sizes.values())
+    authors = _make_authors(
+        config.num_authors + largest_forget,
+        config.num_authors - largest_forget,
+        config.shared_pool_size,
+        _Draw(rng, words, values, register=True),
+    )
     perturb_draw = _Draw(rng, words, values, register=False)
     rows = [_author_rows(author, config, perturb_draw) for author in authors]
     trained, extra = rows[: config.num_authors], rows[config.num_authors :]

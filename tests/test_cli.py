@@ -1,0 +1,203 @@
+"""End-to-end command-line tests on the micro benchmark (a handful of authors, a one-layer model)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from unlearnkit.cli import main
+
+HEADLINE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l")
+
+
+def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "--quiet", *args])
+    try:
+        main()
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    return 0
+
+
+def micro(cache: Path) -> list[str]:
+    return ["--preset", "micro", "--cache", str(cache)]
+
+
+def folder_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_demo_writes_the_results_contract(micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "demo"
+    assert run_cli(["demo", "--output", str(out), *micro(micro_cache)], monkeypatch) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == {"target", "oracle", "unlearned"}
+    for model_name, values in summary.items():
+        for metric in (*HEADLINE, "retain_probability", "world_facts_truth_ratio", "real_authors_rouge_l"):
+            assert isinstance(values[metric], float), (model_name, metric)
+    # The oracle is compared with its own reference: KS p-value of identical samples.
+    assert summary["oracle"]["forget_quality"] == pytest.approx(1.0)
+    per_sample = json.loads((out / "per_sample.json").read_text())
+    assert len(per_sample["unlearned"]["forget"]) == len(per_sample["target"]["forget"]) > 0
+    assert {"question", "generation", "probability", "truth_ratio", "rouge_l_recall"} <= set(per_sample["unlearned"]["forget"][0])
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == "npo" and config["hyperparameters"]["beta"] == 0.1
+    assert (out / "model" / "model.safetensors").exists() and (out / "log.txt").read_text()
+    AutoModelForCausalLM.from_pretrained(out / "model")
+    printed = capsys.readouterr().out
+    assert "forget_quality" in printed and "unlearned" in printed
+
+
+def test_unlearn_then_eval_builtin(micro_cache: Path, micro_bench, tmp_path: Path, monkeypatch) -> None:
+    target_before = folder_hash(micro_bench.target_dir)
+    out = tmp_path / "unlearned"
+    code = run_cli(["unlearn", "--method", "graddiff", "--forget", "forget10", "--output", str(out),
+                    "--set", "num_epochs=1", *micro(micro_cache)], monkeypatch)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0.0 <= summary["forget_quality"] <= 1.0 and "model_utility" in summary
+    assert json.loads((out / "config.json").read_text())["hyperparameters"]["num_epochs"] == 1.0
+    assert folder_hash(micro_bench.target_dir) == target_before, "the source model must never be written to"
+
+    evaluated = tmp_path / "eval"
+    assert run_cli(["eval", "--model", str(out / "model"), "--benchmark", "forget10", "--output", str(evaluated),
+                    *micro(micro_cache)], monkeypatch) == 0
+    again = json.loads((evaluated / "summary.json").read_text())
+    # Evaluating the saved model reproduces the numbers computed right after unlearning.
+    for metric in HEADLINE:
+        assert again[metric] == pytest.approx(summary[metric], rel=1e-5, abs=1e-9), metric
+
+
+def test_unlearn_on_user_files(micro_bench, tmp_path: Path, monkeypatch) -> None:
+    forget_file = tmp_path / "forget.jsonl"
+    retain_file = tmp_path / "retain.json"
+    forget_file.write_text("\n".join(json.dumps(r) for r in micro_bench.split("forget10")), encoding="utf-8")
+    retain_file.write_text(json.dumps(micro_bench.split("retain90")), encoding="utf-8")
+    out = tmp_path / "run"
+    code = run_cli(["unlearn", "--model", str(micro_bench.target_dir), "--method", "npo", "--forget", str(forget_file),
+                    "--retain", str(retain_file), "--oracle-reference", str(micro_bench.reference_path("forget10")),
+                    "--set", "learning_rate=2e-3", "--set", "num_epochs=2", "--output", str(out)], monkeypatch)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"forget_quality", "forget_truth_ratio", "retain_probability"} <= set(summary)
+    assert "model_utility" not in summary  # no utility sets were given, so it is not guessed
+
+
+def test_finetune_tiny_model_on_a_file(micro_bench, tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"question": r["question"], "answer": r["answer"]})
+                              for r in micro_bench.split("forget10")), encoding="utf-8")
+    out = tmp_path / "ft"
+    code = run_cli(["finetune", "--data", str(data), "--output", str(out), "--max-epochs", "2", "--preset", "micro"], monkeypatch)
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs"] == 2 and len(summary["accuracy_history"]) == 2
+    model = AutoModelForCausalLM.from_pretrained(out / "model")
+    assert model.config.hidden_size == 32
+
+
+def test_methods_lists_papers(monkeypatch, capsys) -> None:
+    assert run_cli(["methods", "--verbose"], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    for name in ("ga", "graddiff", "npo", "simnpo", "idk", "idk_dpo"):
+        assert f"\n{name}\n" in f"\n{printed}"
+    assert printed.count("Paper:") >= 6 and "beta (float, default 0.1)" in printed
+
+
+def test_data_export(tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "data"
+    assert run_cli(["data", "export", "--output", str(out), "--preset", "micro"], monkeypatch) == 0
+    rows = [json.loads(line) for line in (out / "forget10.jsonl").read_text().splitlines()]
+    assert rows and {"question", "answer", "paraphrased_answer", "perturbed_answer", "paraphrased_question"} <= set(rows[0])
+
+
+# ---- bad input: one clear message, exit code 2, nothing written -------------------------------------------------
+
+def _bad(args: list[str], expected: str, out: Path, monkeypatch, capsys) -> None:
+    assert run_cli(args, monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert expected in err, err
+    assert "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+    assert not list(out.parent.glob(f".{out.name}*")), "no staging leftovers"
+
+
+def test_unknown_method(micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    _bad(["unlearn", "--method", "npoo", "--output", str(out), *micro(micro_cache)],
+         "Unknown method 'npoo'. Did you mean: npo", out, monkeypatch, capsys)
+
+
+def test_unknown_hyperparameter(micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    _bad(["unlearn", "--method", "npo", "--set", "bta=0.2", "--output", str(out), *micro(micro_cache)],
+         "Unknown hyperparameter 'bta'", out, monkeypatch, capsys)
+
+
+def test_missing_data_file(micro_bench, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    _bad(["unlearn", "--model", str(micro_bench.target_dir), "--method", "ga", "--forget", str(tmp_path / "nope.jsonl"),
+          "--output", str(out)], "does not exist", out, monkeypatch, capsys)
+
+
+def test_unparsable_data_file(micro_bench, tmp_path: Path, monkeypatch, capsys) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json", encoding="utf-8")
+    out = tmp_path / "out"
+    _bad(["unlearn", "--model", str(micro_bench.target_dir), "--method", "ga", "--forget", str(bad),
+          "--output", str(out)], "Could not parse the forget data file", out, monkeypatch, capsys)
+
+
+def test_row_missing_field(micro_bench, tmp_path: Path, monkeypatch, capsys) -> None:
+    bad = tmp_path / "forget.jsonl"
+    bad.write_text('{"question": "Q?", "answer": "A."}\n{"question": "Q2?", "reply": "A2."}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    _bad(["unlearn", "--model", str(micro_bench.target_dir), "--method", "ga", "--forget", str(bad),
+          "--output", str(out)], "Row 2 of the forget data", out, monkeypatch, capsys)
+
+
+def test_empty_forget_set(micro_bench, tmp_path: Path, monkeypatch, capsys) -> None:
+    empty = tmp_path / "forget.jsonl"
+    empty.write_text("", encoding="utf-8")
+    out = tmp_path / "out"
+    _bad(["unlearn", "--model", str(micro_bench.target_dir), "--method", "ga", "--forget", str(empty),
+          "--output", str(out)], "is empty", out, monkeypatch, capsys)
+
+
+def test_existing_results_refused_without_overwrite(micro_bench, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "summary.json").write_text('{"earlier": 1}', encoding="utf-8")
+    assert run_cli(["unlearn", "--model", str(micro_bench.target_dir), "--method", "ga", "--forget", "forget10",
+                    "--output", str(out), "--preset", "micro"], monkeypatch) == 2
+    assert "already holds files" in capsys.readouterr().err
+    assert (out / "summary.json").read_text() == '{"earlier": 1}'
+
+
+def test_missing_model_folder(tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q?", "answer": "A."}\n', encoding="utf-8")
+    _bad(["eval", "--model", str(tmp_path / "no-model"), "--forget", str(data), "--output", str(out)],
+         "does not exist", out, monkeypatch, capsys)
+
+
+def test_pickle_only_model_refused(tmp_path: Path, monkeypatch, capsys) -> None:
+    model_dir = tmp_path / "pickled"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}", encoding="utf-8")
+    (model_dir / "pytorch_model.bin").write_bytes(b"not loaded")
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "Q?", "answer": "A."}\n', encoding="utf-8")
+    out = tmp_path / "out"
+    _bad(["eval", "--model", str(model_dir), "--forget", str(data), "--output", str(out)],
+         "no .safetensors weights", out, monkeypatch, capsys)
