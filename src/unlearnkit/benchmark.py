@@ -54,7 +54,7 @@ class BuiltinBenchmark:
     # Optimiser settings for unlearning the tiny models. The methods' own defaults
     # are the authors' settings for 7B models (lr 1e-5), far too small to move a
     # 0.26M-parameter model in a few steps; method-specific coefficients keep their defaults.
-    unlearn_overrides: tuple[tuple[str, Any], ...] = (("learning_rate", 1e-3), ("batch_size", 32))
+    unlearn_overrides: tuple[tuple[str, Any], ...] = (("learning_rate", 5e-4), ("batch_size", 32))
 
     def cache_key(self) -> str:
         payload = json.dumps({"version": __version__, **asdict(self)}, sort_keys=True, default=str)
@@ -167,7 +167,8 @@ def prepare(
         logger.info("training %d models in %d parallel processes ...", len(pending), workers)
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_build_model, root, config, split, show_progress, torch.get_num_threads()) for split in pending]
+            # Two progress bars on one terminal garble each other: workers report each epoch's accuracy instead.
+            futures = [pool.submit(_build_model, root, config, split, False, torch.get_num_threads(), show_progress) for split in pending]
             for future in futures:
                 future.result()
     else:
@@ -176,12 +177,16 @@ def prepare(
     return bench
 
 
-def _build_model(root: Path, config: BuiltinBenchmark, forget_split: str | None, show_progress: bool, threads: int) -> None:
+def _build_model(
+    root: Path, config: BuiltinBenchmark, forget_split: str | None, show_progress: bool, threads: int, log_epochs: bool = False
+) -> None:
     """Train the target (``forget_split`` None) or the retain oracle of ``forget_split``; runs in a worker too."""
     torch.set_num_threads(threads)
-    if show_progress and not logger.handlers:  # a fresh worker process: report progress on stderr
+    if log_epochs and not logger.handlers:  # a fresh worker process: report progress on stderr
         logger.setLevel(logging.INFO)
-        logger.addHandler(logging.StreamHandler())
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter(f"[{forget_split or 'target'}] %(message)s"))
+        logger.addHandler(handler)
     bench = PreparedBenchmark(root, config)
     if forget_split is None:
         splits = ["full", *UTILITY_SPLITS]

@@ -131,7 +131,7 @@ def finetune(
     output: Output,
     model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
     learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
-    max_epochs: Annotated[int, typer.Option(help="Upper bound on epochs.")] = 40,
+    max_epochs: Annotated[int, typer.Option(help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy.")] = 12,
     batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
     target_accuracy: Annotated[float, typer.Option(help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,

@@ -113,8 +113,8 @@ def run_unlearn(
     check_output_dir(output, overwrite)
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
-    tokenizer = load_tokenizer(model, trust_remote_code)
     network = load_model(model, trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
@@ -148,8 +148,8 @@ def run_eval(
 ) -> dict[str, float]:
     """Evaluate a model on QA splits and write a results folder; returns the summary."""
     check_output_dir(output, overwrite)
-    tokenizer = load_tokenizer(model, trust_remote_code)
     network = load_model(model, trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "eval", "model": str(model), **(description or {}), "prompt_format": fmt.style,
@@ -183,8 +183,8 @@ def run_finetune(
         network = build_tiny_model(tiny, tokenizer, seed=config.seed)
         fmt = PromptFormat("plain")
     else:
-        tokenizer = load_tokenizer(model, trust_remote_code)
         network = load_model(model, trust_remote_code)
+        tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "finetune", "model": model, "data": list(data), "training": asdict(config),

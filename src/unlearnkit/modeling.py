@@ -81,6 +81,7 @@ def build_tiny_model(config: TinyModelConfig, tokenizer: PreTrainedTokenizerBase
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer by hub name or folder; give it a pad token if it lacks one (EOS, as is usual)."""
+    check_model_source(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -97,16 +98,13 @@ def load_model(
 ) -> PreTrainedModel:
     """Load a causal LM by hub name or local folder (safetensors only for local folders)."""
     path = Path(name_or_path)
+    check_model_source(name_or_path)
     if path.exists():
-        if not path.is_dir():
-            raise UnlearnkitError(f"Model path {path} is a file; pass the model's folder (with config.json).")
         if not any(path.glob("*.safetensors")):
             raise UnlearnkitError(
                 f"Model folder {path} holds no .safetensors weights. unlearnkit never unpickles weights; "
                 "convert them once with transformers: AutoModelForCausalLM.from_pretrained(path).save_pretrained(new_path)."
             )
-    elif looks_like_path(str(name_or_path)):
-        raise UnlearnkitError(f"Model folder {name_or_path} does not exist.")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(name_or_path), trust_remote_code=trust_remote_code, dtype=dtype, use_safetensors=True
@@ -114,6 +112,15 @@ def load_model(
     except (OSError, ValueError) as error:
         raise UnlearnkitError(f"Could not load a causal language model from {name_or_path}: {error}") from None
     return model
+
+
+def check_model_source(name_or_path: str | Path) -> None:
+    """A local model must be an existing folder; anything else is taken as a hub name."""
+    path = Path(name_or_path)
+    if path.exists() and not path.is_dir():
+        raise UnlearnkitError(f"Model path {path} is a file; pass the model's folder (with config.json).")
+    if not path.exists() and looks_like_path(str(name_or_path)):
+        raise UnlearnkitError(f"Model folder {name_or_path} does not exist.")
 
 
 def looks_like_path(text: str) -> bool:
