@@ -17,8 +17,9 @@ $(BIN)/unlearnkit: pyproject.toml
 
 env: $(BIN)/unlearnkit
 
+# Each run gets a new, timestamped results folder: an earlier result is never overwritten.
 demo: env
-	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/unlearnkit demo --output runs/demo --overwrite
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/unlearnkit demo --output runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 test: env
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
