@@ -201,3 +201,27 @@ def test_pickle_only_model_refused(tmp_path: Path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
     _bad(["eval", "--model", str(model_dir), "--forget", str(data), "--output", str(out)],
          "no .safetensors weights", out, monkeypatch, capsys)
+
+
+def test_own_data_workflow_target_oracle_reference(micro_bench, tmp_path: Path, monkeypatch) -> None:
+    """A user's own data: fine-tune a target and an oracle, store the oracle's reference, unlearn, get forget quality."""
+    def write(name: str, rows: list[dict]) -> Path:
+        path = tmp_path / name
+        path.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+        return path
+
+    forget = write("forget.jsonl", micro_bench.split("forget10"))
+    retain = write("retain.jsonl", micro_bench.split("retain90"))
+    common = ["--max-epochs", "3", "--preset", "micro"]
+    assert run_cli(["finetune", "--data", str(forget), "--data", str(retain), "--output", str(tmp_path / "target"), *common], monkeypatch) == 0
+    assert run_cli(["finetune", "--data", str(retain), "--output", str(tmp_path / "oracle"), *common], monkeypatch) == 0
+    reference = tmp_path / "oracle" / "forget_reference.json"
+    assert run_cli(["eval", "--model", str(tmp_path / "oracle" / "model"), "--forget", str(forget), "--save-reference", str(reference),
+                    "--output", str(tmp_path / "oracle-eval")], monkeypatch) == 0
+    stored = json.loads(reference.read_text())
+    per_sample = json.loads((tmp_path / "oracle-eval" / "per_sample.json").read_text())["forget"]
+    assert stored["truth_ratio"] == [row["truth_ratio"] for row in per_sample]
+    assert run_cli(["unlearn", "--model", str(tmp_path / "target" / "model"), "--method", "simnpo", "--forget", str(forget),
+                    "--retain", str(retain), "--oracle-reference", str(reference), "--set", "num_epochs=1",
+                    "--output", str(tmp_path / "unlearned")], monkeypatch) == 0
+    assert 0.0 <= json.loads((tmp_path / "unlearned" / "summary.json").read_text())["forget_quality"] <= 1.0

@@ -241,6 +241,7 @@ def eval_command(
     real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
     world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
     oracle_reference: Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")] = None,
+    save_reference: Annotated[Path | None, typer.Option(help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file.")] = None,
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -276,6 +277,7 @@ def eval_command(
         eval_config=eval_config, trust_remote_code=trust_remote_code,
         description={"benchmark": benchmark, "forget": forget, "retain": retain, "real_authors": real_authors,
                      "world_facts": world_facts, "oracle_reference": str(oracle_reference) if oracle_reference else None},
+        save_reference_to=save_reference,
     )
     _echo_summary(summary)
     typer.echo(f"Results: {output}")

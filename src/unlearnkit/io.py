@@ -16,8 +16,6 @@ from typing import Any
 
 from unlearnkit.errors import UnlearnkitError
 
-RESULT_MARKERS = ("summary.json", "config.json")
-
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""

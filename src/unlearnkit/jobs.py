@@ -17,6 +17,8 @@ and the source model is only ever read.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import platform
 import shutil
@@ -38,9 +40,10 @@ from unlearnkit.benchmark import (
     prepare,
 )
 from unlearnkit.data.encoding import PromptFormat
-from unlearnkit.data.qa import QA_FIELDS, load_qa
+from unlearnkit.data.qa import QA_FIELDS, TRUTH_RATIO_FIELDS, has_fields, load_qa
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
+from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference, save_reference
+from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, publish_dir, staging_dir, write_json
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
@@ -145,9 +148,19 @@ def run_eval(
     eval_config: EvalConfig = EvalConfig(),
     trust_remote_code: bool = False,
     description: Mapping[str, Any] | None = None,
+    save_reference_to: Path | None = None,
 ) -> dict[str, float]:
-    """Evaluate a model on QA splits and write a results folder; returns the summary."""
+    """Evaluate a model on QA splits and write a results folder; returns the summary.
+
+    ``save_reference_to``: also write the model's per-sample forget truth ratios
+    as an oracle reference file (for evaluating a retain oracle).
+    """
     check_output_dir(output, overwrite)
+    if save_reference_to is not None:
+        if Path(save_reference_to).exists() and not overwrite:
+            raise UnlearnkitError(f"Reference file {save_reference_to} exists; choose another path or pass --overwrite.")
+        if not has_fields(splits.get("forget", []), TRUTH_RATIO_FIELDS):
+            raise UnlearnkitError("--save-reference needs forget data with paraphrased_answer and perturbed_answer fields.")
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
@@ -157,6 +170,9 @@ def run_eval(
         })
         result = evaluate(network, tokenizer, splits, fmt, eval_config, oracle_reference)
         _write_eval(folder, result)
+    if save_reference_to is not None:
+        split_name = str((description or {}).get("forget") or "forget")
+        save_reference(Path(save_reference_to), make_reference(splits["forget"], result.forget_truth_ratios, split_name))
     return result.summary
 
 
@@ -199,9 +215,6 @@ def run_finetune(
 
 def evaluation_cache(bench: PreparedBenchmark, name: str, model_dir: Path, forget_split: str, eval_config: EvalConfig) -> EvalResult:
     """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
-    import hashlib
-    import json
-
     key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
     path = bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
     if path.exists():

@@ -17,6 +17,7 @@ are left out of the summary rather than guessed.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -158,8 +159,6 @@ def save_reference(path: Path, reference: Mapping[str, Any]) -> None:
 
 
 def load_reference(path: str | Path) -> dict[str, Any]:
-    import json
-
     path = Path(path)
     if not path.is_file():
         raise UnlearnkitError(f"Oracle reference file {path} does not exist; `unlearnkit prepare` writes one next to each oracle.")
