@@ -73,3 +73,38 @@ def test_retain_required_where_needed(micro_bench) -> None:
     model = load_model(micro_bench.target_dir)
     with pytest.raises(UnlearnkitError, match="needs retain data"):
         unlearn(model, tokenizer, "npo", micro_bench.split("forget10"), [], resolve_method("npo", {}), FMT, show_progress=False)
+
+
+def test_forget_nll_bound_stops_gradient_ascent(micro_bench) -> None:
+    tokenizer = load_tokenizer(micro_bench.target_dir)
+    model = load_model(micro_bench.target_dir)
+    config = resolve_method("ga", {"learning_rate": "1e-2", "num_epochs": "50", "batch_size": "4", "stop_forget_nll": "6"})
+    assert config.stop_forget_nll == 6.0
+    outcome = unlearn(model, tokenizer, "ga", micro_bench.split("forget10"), [], config, FMT, show_progress=False)
+    steps = [entry for entry in outcome.log_history if "loss" in entry]
+    # 50 epochs of 2 steps would be 100 steps; the guard ends the run as soon as the forget NLL passes 6.
+    assert 0 < len(steps) < 100
+    # Gradient ascent's loss is -NLL(forget): the step that stopped the run is the first above the bound.
+    assert -steps[-1]["loss"] > 6.0
+    assert all(-entry["loss"] <= 6.0 for entry in steps[:-1])
+    assert resolve_method("ga", {"stop_forget_nll": "none"}).stop_forget_nll is None
+    with pytest.raises(UnlearnkitError, match="stop_forget_nll must be > 0"):
+        resolve_method("ga", {"stop_forget_nll": "-1"})
+
+
+def test_non_finite_loss_stops_the_run(micro_bench, tmp_path, monkeypatch, capsys) -> None:
+    import sys
+
+    from unlearnkit.cli import main
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(sys, "argv", ["unlearnkit", "-q", "unlearn", "--model", str(micro_bench.target_dir), "--method", "ga",
+                                      "--forget", "forget10", "--preset", "micro", "--cache", str(micro_bench.root.parent),
+                                      "--set", "learning_rate=1e6", "--set", "max_grad_norm=1e30", "--set", "num_epochs=30",
+                                      "--output", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 3
+    err = capsys.readouterr().err
+    assert "The training loss became" in err and "at step" in err
+    assert not out.exists()

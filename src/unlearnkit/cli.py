@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import click
 import typer
 
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import NumericalFault, UnlearnkitError
 
 app = typer.Typer(
     help="Machine unlearning for LLMs: methods, trusted metrics and an offline benchmark.",
@@ -319,9 +319,12 @@ def data_export(
 
 
 def main() -> None:
-    """Console entry point: user errors print one message and exit with status 2."""
+    """Console entry point: user errors print one message and exit with status 2 (a diverged run: 3)."""
     try:
         app(standalone_mode=False)
+    except NumericalFault as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(3)
     except UnlearnkitError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)

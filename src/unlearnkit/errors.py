@@ -15,6 +15,10 @@ class UnlearnkitError(Exception):
     """A problem with the user's input: the message says what was wrong and how to fix it."""
 
 
+class NumericalFault(UnlearnkitError):
+    """Training produced a non-finite loss; the run stops before anything is saved (exit status 3)."""
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean: X?' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

@@ -20,7 +20,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import platform
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -28,10 +27,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
-
-from unlearnkit import __version__
 from unlearnkit.benchmark import (
     FORGET_SPLITS,
     BuiltinBenchmark,
@@ -46,6 +41,7 @@ from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, lo
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, publish_dir, staging_dir, write_json
+from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.unlearn import resolve_method, unlearn
 
@@ -74,15 +70,6 @@ def results_folder(output: Path, overwrite: bool) -> Iterator[Path]:
     handler.close()
     publish_dir(staging, output)
     logger.info("results written to %s", output)
-
-
-def environment() -> dict[str, str]:
-    return {
-        "unlearnkit": __version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def _write_eval(folder: Path, result: EvalResult) -> None:
@@ -119,16 +106,22 @@ def run_unlearn(
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
+        run_config = {
             "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
             "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
             "prompt_format": fmt.style, "environment": environment(),
-        })
+            "sha256": {"forget_rows": rows_sha256(forget_rows), "retain_rows": rows_sha256(retain_rows),
+                       "source_model": weights_sha256(model)},
+        }
+        write_json(folder / "config.json", run_config)
         started = time.perf_counter()
         outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress)
         write_json(folder / "training_log.json", outcome.log_history)
         save_model(outcome.model, tokenizer, folder / "model")
-        summary: dict[str, Any] = {"unlearn_seconds": round(time.perf_counter() - started, 2)}
+        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        write_json(folder / "config.json", run_config)
+        write_json(folder / "timing.json", {"unlearn_seconds": round(time.perf_counter() - started, 2)})
+        summary: dict[str, Any] = {}
         if eval_splits:
             result = evaluate(outcome.model, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
             summary.update(result.summary)
@@ -253,20 +246,25 @@ def run_demo(
     }
     fmt = PromptFormat("plain")
     with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
+        forget = bench.split(forget_split)
+        retain = bench.split(bench.retain_split(forget_split))
+        run_config = {
             "command": "demo", "benchmark": asdict(config), "cache": str(bench.root), "method": method,
             "forget_split": forget_split, "hyperparameters": asdict(method_config), "eval": asdict(eval_config),
             "environment": environment(),
-        })
+            "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
+                       "source_model": weights_sha256(bench.target_dir)},
+        }
+        write_json(folder / "config.json", run_config)
         tokenizer = load_tokenizer(bench.target_dir)
         model = load_model(bench.target_dir)
-        forget = bench.split(forget_split)
-        retain = bench.split(bench.retain_split(forget_split))
         unlearn_started = time.perf_counter()
         outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress)
         unlearned_at = time.perf_counter()
         write_json(folder / "training_log.json", outcome.log_history)
         save_model(outcome.model, tokenizer, folder / "model")
+        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        write_json(folder / "config.json", run_config)
         reference = load_reference(bench.reference_path(forget_split))
         results["unlearned"] = evaluate(outcome.model, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
         summary = {name: result.summary for name, result in results.items()}

@@ -8,10 +8,12 @@ overrides ``compute_loss`` alone, composing the pure functions of
 
 from __future__ import annotations
 
+import logging
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_type_hints
 
 import torch
 from torch.utils.data import Dataset
@@ -19,8 +21,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
 
 from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
-from unlearnkit.errors import UnlearnkitError, did_you_mean
+from unlearnkit.errors import NumericalFault, UnlearnkitError, did_you_mean
 from unlearnkit.registry import Registry
+
+logger = logging.getLogger("unlearnkit")
 
 RETAIN_LOSSES = ("nll", "kl")
 
@@ -44,6 +48,10 @@ class MethodConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm."})
     max_length: int = field(default=256, metadata={"help": "Maximum tokens per example."})
     seed: int = field(default=0, metadata={"help": "Seed for data order, pairing and dropout."})
+    stop_forget_nll: float | None = field(
+        default=None,
+        metadata={"help": "Stop once a batch's mean forget-answer NLL exceeds this (a guard for gradient-ascent-style methods; None: off)."},
+    )
 
     def __post_init__(self) -> None:
         positive = ("learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length")
@@ -54,6 +62,8 @@ class MethodConfig:
             raise UnlearnkitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise UnlearnkitError("weight_decay must be >= 0 and max_grad_norm > 0.")
+        if self.stop_forget_nll is not None and self.stop_forget_nll <= 0:
+            raise UnlearnkitError(f"stop_forget_nll must be > 0 (or None), got {self.stop_forget_nll}.")
 
     def needs_reference(self) -> bool:
         """Whether the method (with these settings) needs the frozen pre-unlearning model."""
@@ -89,6 +99,11 @@ def build_config(config_cls: type[MethodConfig], overrides: dict[str, Any]) -> M
 def _coerce(key: str, raw: Any, hint: Any) -> Any:
     if not isinstance(raw, str):
         return raw
+    optional = get_args(hint)
+    if optional:  # ``X | None``
+        if raw.lower() == "none":
+            return None
+        hint = next(arg for arg in optional if arg is not type(None))
     try:
         if hint is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -130,6 +145,26 @@ class UnlearnTrainer(Trainer):
     def logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits (B, T, V) for a padded batch."""
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001 - Trainer signature
+        """One optimiser micro-step, refusing to go on from a non-finite loss (nothing is saved then)."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        value = float(loss.detach())
+        step = self.state.global_step + 1
+        if not math.isfinite(value):
+            raise NumericalFault(
+                f"The training loss became {value} at step {step}; the run stopped and no model was saved. "
+                "Lower learning_rate, or set stop_forget_nll to end gradient-ascent-style runs earlier."
+            )
+        bound = self.method_config.stop_forget_nll
+        if bound is not None:
+            with torch.no_grad():
+                forget = inputs["forget"]
+                forget_nll = float(losses.mean_nll(self.logits(model, forget), forget["labels"]))
+            if forget_nll > bound:
+                logger.warning("step %d: forget NLL %.3f exceeds stop_forget_nll %.3f; stopping", step, forget_nll, bound)
+                self.control.should_training_stop = True
+        return loss
 
     def retain_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
         """The retain term: answer NLL (``"nll"``) or KL(p_ref || p_theta) on the answer tokens (``"kl"``)."""

@@ -1,0 +1,62 @@
+"""What a results folder records so that a run can be reproduced and audited.
+
+Library versions, and SHA-256 digests of the input data (the rows as canonical
+JSON, whatever file format they came from) and of the model weights read and
+written (the ``.safetensors`` files of a model folder, in name order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import accelerate
+import datasets
+import peft
+import torch
+import transformers
+
+from unlearnkit import __version__
+
+
+def environment() -> dict[str, str]:
+    """Versions of Python, unlearnkit and the libraries that shape its numbers."""
+    return {
+        "unlearnkit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__,
+    }
+
+
+def rows_sha256(rows: Sequence[Mapping[str, Any]]) -> str:
+    """SHA-256 of rows serialised as canonical JSON (sorted keys, no spaces), one per line."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def weights_sha256(model: str | Path) -> str | None:
+    """SHA-256 over a local model folder's ``.safetensors`` files (name, then bytes, in name order).
+
+    None for a hub name: the hub's revision is recorded by the caller instead.
+    """
+    folder = Path(model)
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
