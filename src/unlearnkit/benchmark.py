@@ -14,7 +14,6 @@ import logging
 import multiprocessing
 import os
 import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from unlearnkit.data.world import FORGET_PERCENTS, WorldConfig, export_world, ge
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, oracle_reference, save_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
-from unlearnkit.io import write_json
+from unlearnkit.io import partial_dir, write_json
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 
 logger = logging.getLogger("unlearnkit")
@@ -36,6 +35,8 @@ logger = logging.getLogger("unlearnkit")
 FORGET_SPLITS = tuple(f"forget{p:02d}" for p in FORGET_PERCENTS)
 UTILITY_SPLITS = ("world_facts", "real_authors")
 REFERENCE_FILE = "forget_reference.json"
+# Steps between checkpoints while training the target and oracles (about 1.5 epochs of the default benchmark).
+CHECKPOINT_EVERY = 200
 
 
 @dataclass(frozen=True)
@@ -190,28 +191,34 @@ def _build_model(
     bench = PreparedBenchmark(root, config)
     if forget_split is None:
         splits = ["full", *UTILITY_SPLITS]
-        _build_once(bench.target_dir, lambda tmp: _train_model(bench, splits, tmp, show_progress), "target model")
+        _build_once(bench.target_dir, lambda tmp: _train_model(bench, splits, tmp, show_progress), "target model", resumable=True)
     else:
         splits = [bench.retain_split(forget_split), *UTILITY_SPLITS]
         _build_once(
             bench.oracle_dir(forget_split),
             lambda tmp: _train_oracle(bench, forget_split, splits, tmp, show_progress),
             f"retain oracle for {forget_split}",
+            resumable=True,
         )
 
 
-def _build_once(path: Path, build: Any, what: str) -> None:
+def _build_once(path: Path, build: Any, what: str, resumable: bool = False) -> None:
+    """Build ``path`` in ``.NAME.partial`` and move it into place when complete.
+
+    A ``resumable`` build (model training) reuses a partial folder left by an
+    interrupted run, whose checkpoints resume the training; others start over.
+    """
     if path.exists():
         logger.info("reusing cached %s: %s", what, path)
         return
-    logger.info("building %s ...", what)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
-    try:
-        build(staging)
-        os.replace(staging, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = partial_dir(path)
+    if staging.exists() and not resumable:
+        shutil.rmtree(staging)
+    logger.info("%s %s ...", "resuming" if staging.exists() else "building", what)
+    staging.mkdir(parents=True, exist_ok=True)
+    build(staging)
+    shutil.rmtree(staging / "checkpoints", ignore_errors=True)
+    os.replace(staging, path)
 
 
 def _write_data(config: BuiltinBenchmark, folder: Path) -> None:
@@ -235,9 +242,11 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
     tokenizer = load_tokenizer(bench.root / "tokenizer")
     model = build_tiny_model(bench.config.model, tokenizer, seed=bench.config.training.seed)
     rows = [row for name in splits for row in bench.split(name) * (bench.config.utility_repeats if name in UTILITY_SPLITS else 1)]
-    stats = finetune(model, tokenizer, rows, bench.config.training, PromptFormat("plain"), show_progress)
+    stats = finetune(model, tokenizer, rows, bench.config.training, PromptFormat("plain"), show_progress,
+                     checkpoint_dir=folder / "checkpoints", checkpoint_every=CHECKPOINT_EVERY)
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)
+    write_json(folder / "training_log.json", stats.pop("log_history"))
     write_json(folder / "training.json", {"splits": splits, **stats})
 
 

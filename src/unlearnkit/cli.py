@@ -29,6 +29,8 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
 Cache = Annotated[Path | None, typer.Option("--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
+CheckpointEvery = Annotated[int, typer.Option(help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway).")]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
 PromptStyle = Annotated[str, typer.Option("--prompt-format", help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
 
@@ -95,6 +97,8 @@ def demo(
     sets: Sets = None,
     overwrite: Overwrite = False,
     cache: Cache = None,
+    checkpoint_every: CheckpointEvery = 50,
+    resume: Resume = False,
 ) -> None:
     """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
     from unlearnkit.benchmark import get_preset
@@ -103,6 +107,7 @@ def demo(
     summary = run_demo(
         output=output, config=get_preset(preset), method=method, forget_split=split,
         overrides=_parse_sets(sets), overwrite=overwrite, cache_dir=cache, show_progress=_state["progress"],
+        checkpoint_every=checkpoint_every, resume=resume,
     )
     typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
     typer.echo(format_table(summary))
@@ -140,6 +145,8 @@ def finetune(
     prompt_format: PromptStyle = "auto",
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
+    checkpoint_every: CheckpointEvery = 200,
+    resume: Resume = False,
 ) -> None:
     """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
     from unlearnkit.benchmark import get_preset
@@ -158,6 +165,7 @@ def finetune(
     stats = run_finetune(
         model=model, data=data, output=output, config=config, tiny=bench_config.model, overwrite=overwrite,
         fmt=PromptFormat(prompt_format), trust_remote_code=trust_remote_code, bench=bench, show_progress=_state["progress"],
+        checkpoint_every=checkpoint_every, resume=resume,
     )
     typer.echo(f"{stats['epochs']} epochs, answer-token accuracy {stats['answer_accuracy']:.4f}; model in {output}/model")
 
@@ -179,6 +187,8 @@ def unlearn(
     trust_remote_code: RemoteCode = False,
     eval_batch_size: Annotated[int, typer.Option(help="Sequences per evaluation forward pass.")] = 64,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
+    checkpoint_every: CheckpointEvery = 50,
+    resume: Resume = False,
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
     from unlearnkit.benchmark import FORGET_SPLITS, get_preset
@@ -213,7 +223,7 @@ def unlearn(
         model=model_path, method=method, forget=forget, retain=retain, output=output, overrides=overrides,
         overwrite=overwrite, bench=bench, eval_splits=eval_splits, oracle_reference=reference, fmt=fmt,
         eval_config=_eval_config(eval_batch_size, max_new_tokens), trust_remote_code=trust_remote_code,
-        show_progress=_state["progress"],
+        show_progress=_state["progress"], checkpoint_every=checkpoint_every, resume=resume,
     )
     _echo_summary(summary)
     typer.echo(f"Results: {output} (model in {output}/model)")
@@ -309,10 +319,13 @@ def data_export(
     """Write the built-in benchmark's splits as JSONL files, one per split."""
     from unlearnkit.benchmark import get_preset
     from unlearnkit.data.world import export_world, generate_world
-    from unlearnkit.io import check_output_dir, publish_dir, staging_dir
+    import shutil
+
+    from unlearnkit.io import check_output_dir, partial_dir, publish_dir
 
     check_output_dir(output, overwrite)
-    staging = staging_dir(output)
+    staging = partial_dir(output)
+    shutil.rmtree(staging, ignore_errors=True)
     paths = export_world(generate_world(get_preset(preset).world), staging)
     publish_dir(staging, output)
     typer.echo(f"wrote {len(paths)} splits to {output}")

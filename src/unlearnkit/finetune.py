@@ -8,15 +8,19 @@ everything except the forget set for the oracle.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers.trainer_callback import ExportableState
 
 from unlearnkit.data.encoding import IGNORE_INDEX, LeftPaddedQACollator, PromptFormat, encode_qa
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.training import ListDataset, LogHistoryCallback, quiet_trainer, training_arguments
+from unlearnkit.training import ListDataset, LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
 
 logger = logging.getLogger("unlearnkit")
 
@@ -42,19 +46,41 @@ class FinetuneConfig:
             raise UnlearnkitError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}.")
 
 
-class _AnswerAccuracyTrainer(Trainer):
-    """A Trainer whose loss touches answer positions only, and that counts answer-token accuracy.
+class AnswerAccuracy(TrainerCallback, ExportableState):
+    """Counts answer-token accuracy over each epoch and stops training once an epoch reaches ``target``.
+
+    Its counters and history are saved in checkpoints (``ExportableState``), so a
+    resumed run stops where the uninterrupted one would.
+    """
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+        self.correct = 0
+        self.total = 0
+        self.history: list[float] = []
+
+    def state(self) -> dict:
+        return {"args": {"target": self.target},
+                "attributes": {"correct": self.correct, "total": self.total, "history": self.history}}
+
+    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        accuracy = self.correct / max(self.total, 1)
+        self.history.append(accuracy)
+        self.correct = self.total = 0
+        logger.info("epoch %d: answer-token accuracy %.4f", len(self.history), accuracy)
+        if accuracy >= self.target:
+            control.should_training_stop = True
+        return control
+
+
+class _AnswerOnlyTrainer(Trainer):
+    """A Trainer whose loss touches answer positions only, feeding :class:`AnswerAccuracy`.
 
     Batches are left-padded (see :class:`LeftPaddedQACollator`), so every answer
     ends at the last position and the model's output head only has to run on the
     last ``max answer length + 1`` positions (``logits_to_keep``). For the tiny
-    built-in models the head is half the compute; this makes training ~25% faster.
+    built-in models the head is half the compute; this makes training ~20% faster.
     """
-
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - forwarded to Trainer
-        super().__init__(*args, **kwargs)
-        self.correct_tokens = 0
-        self.answer_tokens = 0
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         labels = inputs["labels"]  # (B, T), answers end at position T-1
@@ -71,25 +97,11 @@ class _AnswerAccuracyTrainer(Trainer):
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2).float(), targets, ignore_index=IGNORE_INDEX)
         with torch.no_grad():
             mask = targets != IGNORE_INDEX
-            self.correct_tokens += int((logits.argmax(-1) == targets)[mask].sum())
-            self.answer_tokens += int(mask.sum())
+            # Looked up each time: resuming from a checkpoint replaces the callback with a restored copy.
+            counter = next(cb for cb in self.callback_handler.callbacks if isinstance(cb, AnswerAccuracy))
+            counter.correct += int((logits.argmax(-1) == targets)[mask].sum())
+            counter.total += int(mask.sum())
         return (loss, outputs) if return_outputs else loss
-
-
-class _StopAtAccuracy(TrainerCallback):
-    def __init__(self, trainer: _AnswerAccuracyTrainer, target: float) -> None:
-        self.trainer = trainer
-        self.target = target
-        self.history: list[float] = []
-
-    def on_epoch_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
-        accuracy = self.trainer.correct_tokens / max(self.trainer.answer_tokens, 1)
-        self.history.append(accuracy)
-        self.trainer.correct_tokens = self.trainer.answer_tokens = 0
-        logger.info("epoch %d: answer-token accuracy %.4f", len(self.history), accuracy)
-        if accuracy >= self.target:
-            control.should_training_stop = True
-        return control
 
 
 def finetune(
@@ -99,10 +111,14 @@ def finetune(
     config: FinetuneConfig,
     fmt: PromptFormat = PromptFormat(),
     show_progress: bool = True,
-) -> dict[str, float | int | list[float]]:
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
+) -> dict[str, Any]:
     """Train ``model`` in place on ``rows`` (question → answer, loss on the answer only).
 
-    Returns the epochs run, the final answer-token accuracy and its history per epoch.
+    With ``checkpoint_every`` > 0, checkpoints go to ``checkpoint_dir`` and a run
+    that finds one there resumes from it. Returns the epochs run, the final
+    answer-token accuracy, its history per epoch, and the Trainer's log.
     """
     if not rows:
         raise UnlearnkitError("Fine-tuning needs at least one question/answer row.")
@@ -118,23 +134,32 @@ def finetune(
         max_grad_norm=1.0,
         seed=config.seed,
         show_progress=show_progress,
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
+        # A logged loss averages the steps since the last log; logging at every checkpoint keeps a
+        # resumed run's log identical to the uninterrupted one.
+        logging_steps=math.gcd(10, checkpoint_every) if checkpoint_every else 10,
     )
-    trainer = _AnswerAccuracyTrainer(
+    args.restore_callback_states_from_checkpoint = True
+    trainer = _AnswerOnlyTrainer(
         model=model,
         args=args,
         train_dataset=ListDataset(features),
         data_collator=LeftPaddedQACollator(tokenizer.pad_token_id),
-        callbacks=[LogHistoryCallback()],
+        callbacks=[LogHistoryCallback(), AnswerAccuracy(config.target_accuracy)],
     )
     quiet_trainer(trainer)
-    stopper = _StopAtAccuracy(trainer, config.target_accuracy)
-    trainer.add_callback(stopper)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
     model.eval()
-    history = stopper.history
+    history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AnswerAccuracy)).history
     if not history or history[-1] < config.target_accuracy:
         logger.warning(
             "fine-tuning ended after %d epochs at answer-token accuracy %.4f, below the target %.2f; "
             "raise max_epochs or the learning rate", len(history), history[-1] if history else 0.0, config.target_accuracy,
         )
-    return {"epochs": len(history), "answer_accuracy": history[-1] if history else 0.0, "accuracy_history": history}
+    return {
+        "epochs": len(history),
+        "answer_accuracy": history[-1] if history else 0.0,
+        "accuracy_history": history,
+        "log_history": list(trainer.state.log_history),
+    }

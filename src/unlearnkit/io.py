@@ -72,8 +72,10 @@ def publish_dir(staging: Path, output: Path) -> None:
         os.replace(staging, output)
 
 
-def staging_dir(output: Path) -> Path:
-    """A fresh temporary folder next to ``output`` (same filesystem, so the final move is atomic)."""
+def partial_dir(output: Path) -> Path:
+    """Where a run builds ``output`` before publishing it: a hidden sibling, so the final move is atomic.
+
+    Its name is fixed, so that rerunning an interrupted command finds it and resumes.
+    """
     output = Path(output).absolute()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.", suffix=".partial"))
+    return output.parent / f".{output.name}.partial"

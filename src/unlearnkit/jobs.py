@@ -40,7 +40,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference, save_reference
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
-from unlearnkit.io import check_output_dir, publish_dir, staging_dir, write_json
+from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.unlearn import resolve_method, unlearn
@@ -51,23 +51,62 @@ logger = logging.getLogger("unlearnkit")
 HEADLINE_METRICS = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l")
 
 
+RUN_IDENTITY = "run-identity.json"
+INCOMPLETE_MARKER = "INCOMPLETE"
+CHECKPOINTS = "checkpoints"
+
+
 @contextlib.contextmanager
-def results_folder(output: Path, overwrite: bool) -> Iterator[Path]:
-    """Yield a staging folder that becomes ``output`` only if the block finishes without error."""
+def results_folder(output: Path, overwrite: bool, identity: Mapping[str, Any] | None = None, resume: bool = False) -> Iterator[Path]:
+    """Yield the staging folder of ``output``; it becomes ``output`` only if the block finishes.
+
+    The staging folder (``.NAME.partial`` beside ``output``) holds an
+    ``INCOMPLETE`` marker while the run is unfinished, and keeps it, with the
+    error, when the run fails, so that a failed run never looks finished. A
+    staging folder left by an interrupted run with the same ``identity`` (the
+    resolved configuration) is reused, and its last checkpoint resumes the run;
+    one with another identity is refused unless ``overwrite``.
+    """
     check_output_dir(output, overwrite)
-    staging = staging_dir(output)
+    staging = partial_dir(output)
+    key = json.dumps(identity, sort_keys=True, default=str) if identity is not None else None
+    resuming = False
+    if staging.exists():
+        stored = staging / RUN_IDENTITY
+        previous = stored.read_text(encoding="utf-8") if stored.exists() else None
+        if key is not None and previous == key and not overwrite:
+            resuming = True
+        elif key is not None and not overwrite:
+            raise UnlearnkitError(
+                f"An interrupted run with other settings is kept in {staging}. Rerun it with its own settings to "
+                "resume it, or pass --overwrite to discard it."
+            )
+        else:
+            shutil.rmtree(staging)
+    if resume and not resuming:
+        raise UnlearnkitError(f"--resume: no interrupted run of this command was found at {staging}.")
+    staging.mkdir(parents=True, exist_ok=True)
+    marker = staging / INCOMPLETE_MARKER
+    write_text(marker, "running\n")
+    if key is not None:
+        write_text(staging / RUN_IDENTITY, key)
     handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logger.addHandler(handler)
+    if resuming:
+        logger.info("resuming the interrupted run kept in %s", staging)
     try:
         yield staging
-    except BaseException:
+    except BaseException as error:
+        write_text(marker, f"failed: {type(error).__name__}: {error}\n")
+        logger.error("run failed; the unfinished run is kept in %s", staging)
+        raise
+    finally:
         logger.removeHandler(handler)
         handler.close()
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    logger.removeHandler(handler)
-    handler.close()
+    shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+    for name in (RUN_IDENTITY, INCOMPLETE_MARKER):
+        (staging / name).unlink(missing_ok=True)
     publish_dir(staging, output)
     logger.info("results written to %s", output)
 
@@ -97,25 +136,32 @@ def run_unlearn(
     eval_config: EvalConfig = EvalConfig(),
     trust_remote_code: bool = False,
     show_progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Unlearn ``forget`` from ``model`` and write a results folder; returns the summary (empty without eval data)."""
+    """Unlearn ``forget`` from ``model`` and write a results folder; returns the summary (empty without eval data).
+
+    With ``checkpoint_every`` > 0 the run checkpoints every that many steps; an
+    interrupted run resumes when the same command runs again (see :func:`results_folder`).
+    """
     config = resolve_method(method, overrides)
     check_output_dir(output, overwrite)
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
-    with results_folder(output, overwrite) as folder:
-        run_config = {
-            "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
-            "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
-            "prompt_format": fmt.style, "environment": environment(),
-            "sha256": {"forget_rows": rows_sha256(forget_rows), "retain_rows": rows_sha256(retain_rows),
-                       "source_model": weights_sha256(model)},
-        }
+    run_config = {
+        "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
+        "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
+        "prompt_format": fmt.style, "environment": environment(),
+        "sha256": {"forget_rows": rows_sha256(forget_rows), "retain_rows": rows_sha256(retain_rows),
+                   "source_model": weights_sha256(model)},
+    }
+    with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
         write_json(folder / "config.json", run_config)
         started = time.perf_counter()
-        outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress)
+        outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress,
+                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
         write_json(folder / "training_log.json", outcome.log_history)
         save_model(outcome.model, tokenizer, folder / "model")
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
@@ -181,6 +227,8 @@ def run_finetune(
     trust_remote_code: bool = False,
     bench: PreparedBenchmark | None = None,
     show_progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (or, for ``model == "tiny"``, a fresh tiny Llama) on the union of ``data``."""
     check_output_dir(output, overwrite)
@@ -194,14 +242,19 @@ def run_finetune(
     else:
         network = load_model(model, trust_remote_code)
         tokenizer = load_tokenizer(model, trust_remote_code)
-    with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
-            "command": "finetune", "model": model, "data": list(data), "training": asdict(config),
-            "tiny_model": asdict(tiny) if model == "tiny" and tiny else None, "prompt_format": fmt.style,
-            "environment": environment(),
-        })
-        stats = finetune(network, tokenizer, rows, config, fmt, show_progress)
+    run_config = {
+        "command": "finetune", "model": model, "data": list(data), "training": asdict(config),
+        "tiny_model": asdict(tiny) if model == "tiny" and tiny else None, "prompt_format": fmt.style,
+        "environment": environment(), "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model)},
+    }
+    with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
+        write_json(folder / "config.json", run_config)
+        stats = finetune(network, tokenizer, rows, config, fmt, show_progress,
+                         checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
+        write_json(folder / "training_log.json", stats.pop("log_history"))
         save_model(network, tokenizer, folder / "model")
+        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        write_json(folder / "config.json", run_config)
         write_json(folder / "summary.json", {"examples": len(rows), **stats})
     return stats
 
@@ -230,6 +283,8 @@ def run_demo(
     cache_dir: Path | None = None,
     eval_config: EvalConfig = EvalConfig(),
     show_progress: bool = True,
+    checkpoint_every: int = 0,
+    resume: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``."""
     if forget_split not in FORGET_SPLITS:
@@ -245,21 +300,22 @@ def run_demo(
         "oracle": evaluation_cache(bench, "oracle", bench.oracle_dir(forget_split), forget_split, eval_config),
     }
     fmt = PromptFormat("plain")
-    with results_folder(output, overwrite) as folder:
-        forget = bench.split(forget_split)
-        retain = bench.split(bench.retain_split(forget_split))
-        run_config = {
-            "command": "demo", "benchmark": asdict(config), "cache": str(bench.root), "method": method,
-            "forget_split": forget_split, "hyperparameters": asdict(method_config), "eval": asdict(eval_config),
-            "environment": environment(),
-            "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
-                       "source_model": weights_sha256(bench.target_dir)},
-        }
+    forget = bench.split(forget_split)
+    retain = bench.split(bench.retain_split(forget_split))
+    run_config = {
+        "command": "demo", "benchmark": asdict(config), "cache": str(bench.root), "method": method,
+        "forget_split": forget_split, "hyperparameters": asdict(method_config), "eval": asdict(eval_config),
+        "environment": environment(),
+        "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
+                   "source_model": weights_sha256(bench.target_dir)},
+    }
+    with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
         write_json(folder / "config.json", run_config)
         tokenizer = load_tokenizer(bench.target_dir)
         model = load_model(bench.target_dir)
         unlearn_started = time.perf_counter()
-        outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress)
+        outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress,
+                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
         unlearned_at = time.perf_counter()
         write_json(folder / "training_log.json", outcome.log_history)
         save_model(outcome.model, tokenizer, folder / "model")

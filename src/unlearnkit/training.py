@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,14 +41,22 @@ def training_arguments(
     seed: int,
     show_progress: bool,
     logging_steps: int = 10,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> TrainingArguments:
-    """TrainingArguments for an in-memory run: no checkpoints, no external loggers.
+    """TrainingArguments without external loggers; checkpoints every ``checkpoint_every`` steps into ``checkpoint_dir``.
 
-    unlearnkit saves the final model itself (atomically), so the Trainer's own
-    checkpointing is off and its output folder is a throwaway temporary one.
+    unlearnkit saves the final model itself (atomically); the Trainer's
+    checkpoints (model, optimiser, scheduler and RNG states, the last one kept)
+    exist only to resume an interrupted run.
     """
+    checkpoints = (
+        {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1}
+        if checkpoint_every > 0 and checkpoint_dir is not None
+        else {"save_strategy": "no"}
+    )
     return TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
+        output_dir=str(checkpoint_dir) if checkpoint_dir is not None else tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
         learning_rate=learning_rate,
         num_train_epochs=num_epochs,
         per_device_train_batch_size=batch_size,
@@ -57,7 +66,6 @@ def training_arguments(
         max_grad_norm=max_grad_norm,
         seed=seed,
         data_seed=seed,
-        save_strategy="no",
         eval_strategy="no",
         report_to=[],
         logging_strategy="steps",
@@ -68,6 +76,7 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         # transformers 5 reads a warmup_steps value below 1 as a fraction of all steps.
         warmup_steps=warmup_ratio,
+        **checkpoints,
     )
 
 
@@ -96,3 +105,18 @@ def quiet_trainer(trainer: Trainer) -> Trainer:
     if trainer.pop_callback(ProgressCallback) is not None:
         trainer.add_callback(_ProgressBarOnly)
     return trainer
+
+
+def last_checkpoint(checkpoint_dir: Path | None) -> str | None:
+    """The newest complete ``checkpoint-N`` folder in ``checkpoint_dir``, if any.
+
+    The Trainer writes ``trainer_state.json`` last, so a folder without it is a
+    checkpoint that a crash interrupted; the one before it is used instead.
+    """
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    candidates = [path for path in Path(checkpoint_dir).glob("checkpoint-*") if path.name.split("-")[-1].isdigit()]
+    for path in sorted(candidates, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None

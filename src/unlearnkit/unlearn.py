@@ -6,6 +6,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -14,8 +15,8 @@ from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.world import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods import METHODS, MethodConfig
-from unlearnkit.methods.base import PairedDataset, build_config
-from unlearnkit.training import LogHistoryCallback, quiet_trainer, training_arguments
+from unlearnkit.methods.base import EpochToDataset, PairedDataset, build_config
+from unlearnkit.training import LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
 
 logger = logging.getLogger("unlearnkit")
 
@@ -41,8 +42,14 @@ def unlearn(
     config: MethodConfig,
     fmt: PromptFormat = PromptFormat(),
     show_progress: bool = True,
+    checkpoint_dir: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> UnlearnOutcome:
-    """Unlearn ``forget`` from ``model`` (in place) with ``method``; returns the model and the training log."""
+    """Unlearn ``forget`` from ``model`` (in place) with ``method``; returns the model and the training log.
+
+    With ``checkpoint_every`` > 0, a checkpoint is written to ``checkpoint_dir``
+    every that many steps, and a run that finds one there resumes from it.
+    """
     spec = METHODS.get(method)
     if not isinstance(config, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
@@ -71,6 +78,8 @@ def unlearn(
         seed=config.seed,
         show_progress=show_progress,
         logging_steps=1,  # unlearning runs are short; every step's losses feed the training curves
+        checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every,
     )
     model.train()
     trainer = spec.trainer(
@@ -78,12 +87,15 @@ def unlearn(
         args=args,
         train_dataset=dataset,
         data_collator=PairedCollator(tokenizer.pad_token_id),
-        callbacks=[LogHistoryCallback()],
+        callbacks=[LogHistoryCallback(), EpochToDataset(dataset)],
         method_config=config,
         reference_model=reference,
     )
     quiet_trainer(trainer)
     logger.info("unlearning with %s on %d forget examples (%d retain)", method, len(forget), len(retain))
-    trainer.train()
+    resume_from = last_checkpoint(checkpoint_dir)
+    if resume_from:
+        logger.info("resuming from %s", resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
     model.eval()
     return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history))

@@ -13,16 +13,18 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
 from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import NumericalFault, UnlearnkitError, did_you_mean
 from unlearnkit.registry import Registry
+from unlearnkit.training import last_checkpoint
 
 logger = logging.getLogger("unlearnkit")
 
@@ -152,9 +154,11 @@ class UnlearnTrainer(Trainer):
         value = float(loss.detach())
         step = self.state.global_step + 1
         if not math.isfinite(value):
+            checkpoint = last_checkpoint(Path(self.args.output_dir)) if self.args.save_strategy != "no" else None
             raise NumericalFault(
-                f"The training loss became {value} at step {step}; the run stopped and no model was saved. "
-                "Lower learning_rate, or set stop_forget_nll to end gradient-ascent-style runs earlier."
+                f"The training loss became {value} at step {step}; the run stopped and no model was saved "
+                f"(last good checkpoint: {checkpoint or 'none'}). Lower learning_rate, or set stop_forget_nll "
+                "to end gradient-ascent-style runs earlier."
             )
         bound = self.method_config.stop_forget_nll
         if bound is not None:
@@ -218,9 +222,11 @@ def register_method(
 class PairedDataset(Dataset):
     """Item i = forget example i, a randomly drawn retain example and, optionally, an IDK answer.
 
-    The retain partner and the refusal answer are drawn from a seeded generator
-    on each access, so every epoch pairs a forget example with new retain
-    examples (as TOFU does) and a rerun with the same seed draws the same ones.
+    The retain partner and the refusal answer are a pure function of (seed,
+    epoch, index): every epoch pairs a forget example with new retain examples
+    (as TOFU does), a rerun with the same seed draws the same ones, and a run
+    resumed from a checkpoint draws what the uninterrupted run would have.
+    ``epoch`` is kept current by :class:`EpochToDataset`.
     """
 
     def __init__(
@@ -240,7 +246,8 @@ class PairedDataset(Dataset):
         self.retain = [self._encode(row["question"], row["answer"]) for row in retain]
         self.forget_questions = [row["question"] for row in forget]
         self.idk_answers = list(idk_answers)
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self.epoch = 0
 
     def _encode(self, question: str, answer: str) -> dict[str, list[int]]:
         return encode_qa(self.tokenizer, self.fmt, question, answer, self.max_length)
@@ -249,9 +256,21 @@ class PairedDataset(Dataset):
         return len(self.forget)
 
     def __getitem__(self, index: int) -> dict[str, dict[str, list[int]]]:
+        rng = random.Random(f"{self.seed}:{self.epoch}:{index}")
         item = {"forget": self.forget[index]}
         if self.retain:
-            item["retain"] = self.retain[self.rng.randrange(len(self.retain))]
+            item["retain"] = self.retain[rng.randrange(len(self.retain))]
         if self.idk_answers:
-            item["idk"] = self._encode(self.forget_questions[index], self.rng.choice(self.idk_answers))
+            item["idk"] = self._encode(self.forget_questions[index], rng.choice(self.idk_answers))
         return item
+
+
+class EpochToDataset(TrainerCallback):
+    """Tells a :class:`PairedDataset` which epoch is starting (also the right one after a resume)."""
+
+    def __init__(self, dataset: PairedDataset) -> None:
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        # state.epoch is the number of epochs done: whole at an epoch's start, fractional when resuming mid-epoch.
+        self.dataset.epoch = int(state.epoch + 1e-9) if state.epoch else 0
