@@ -189,6 +189,7 @@ def unlearn(
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
+    on_overlap: Annotated[str, typer.Option(help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
     from unlearnkit.benchmark import FORGET_SPLITS, get_preset
@@ -223,7 +224,7 @@ def unlearn(
         model=model_path, method=method, forget=forget, retain=retain, output=output, overrides=overrides,
         overwrite=overwrite, bench=bench, eval_splits=eval_splits, oracle_reference=reference, fmt=fmt,
         eval_config=_eval_config(eval_batch_size, max_new_tokens), trust_remote_code=trust_remote_code,
-        show_progress=_state["progress"], checkpoint_every=checkpoint_every, resume=resume,
+        show_progress=_state["progress"], checkpoint_every=checkpoint_every, resume=resume, on_overlap=on_overlap,
     )
     _echo_summary(summary)
     typer.echo(f"Results: {output} (model in {output}/model)")

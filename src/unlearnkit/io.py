@@ -56,6 +56,19 @@ def check_output_dir(output: Path, overwrite: bool) -> None:
             f"Output folder {output} already holds files (an earlier result?). "
             "Choose a new --output, or pass --overwrite to replace it."
         )
+    _check_writable(output.absolute().parent)
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail now, not after hours of training, when results could not be written beside ``folder``."""
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".unlearnkit-probe-"):
+            pass
+    except OSError as error:
+        raise UnlearnkitError(f"Cannot write results under {folder}: {error.strerror or error}. Choose another --output.") from None
 
 
 def publish_dir(staging: Path, output: Path) -> None:

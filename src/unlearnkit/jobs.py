@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.benchmark import (
-    FORGET_SPLITS,
     BuiltinBenchmark,
     PreparedBenchmark,
+    check_forget_split,
     evaluate_cached_model,
     prepare,
 )
-from unlearnkit.data.encoding import PromptFormat
+from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.data.qa import QA_FIELDS, TRUTH_RATIO_FIELDS, has_fields, load_qa
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference, save_reference
@@ -43,7 +43,8 @@ from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.methods import METHODS
+from unlearnkit.unlearn import check_overlap, resolve_method, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -138,6 +139,7 @@ def run_unlearn(
     show_progress: bool = True,
     checkpoint_every: int = 0,
     resume: bool = False,
+    on_overlap: str = "refuse",
 ) -> dict[str, Any]:
     """Unlearn ``forget`` from ``model`` and write a results folder; returns the summary (empty without eval data).
 
@@ -148,8 +150,15 @@ def run_unlearn(
     check_output_dir(output, overwrite)
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
+    check_overlap(forget_rows, retain_rows, on_overlap)
+    if METHODS.get(method).needs_retain and not retain_rows:
+        raise UnlearnkitError(f"Method {method!r} needs retain data; pass --retain (a split name or a file).")
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
+    fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    context = getattr(network.config, "max_position_embeddings", None)
+    check_fits_context(tokenizer, fmt, forget_rows, context, "forget data")
+    check_fits_context(tokenizer, fmt, retain_rows, context, "retain data")
     run_config = {
         "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
         "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
@@ -202,6 +211,7 @@ def run_eval(
             raise UnlearnkitError("--save-reference needs forget data with paraphrased_answer and perturbed_answer fields.")
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
+    fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "eval", "model": str(model), **(description or {}), "prompt_format": fmt.style,
@@ -242,6 +252,8 @@ def run_finetune(
     else:
         network = load_model(model, trust_remote_code)
         tokenizer = load_tokenizer(model, trust_remote_code)
+    fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    check_fits_context(tokenizer, fmt, rows, getattr(network.config, "max_position_embeddings", None), "training data")
     run_config = {
         "command": "finetune", "model": model, "data": list(data), "training": asdict(config),
         "tiny_model": asdict(tiny) if model == "tiny" and tiny else None, "prompt_format": fmt.style,
@@ -287,8 +299,7 @@ def run_demo(
     resume: bool = False,
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``."""
-    if forget_split not in FORGET_SPLITS:
-        raise UnlearnkitError(f"Unknown forget split {forget_split!r}; use one of {', '.join(FORGET_SPLITS)}.")
+    check_forget_split(forget_split)
     hyperparameters = {**dict(config.unlearn_overrides), **dict(overrides or {})}
     method_config = resolve_method(method, hyperparameters)
     check_output_dir(output, overwrite)

@@ -33,6 +33,20 @@ def resolve_method(method: str, overrides: Mapping[str, Any]) -> MethodConfig:
     return build_config(METHODS.get(method).config, dict(overrides))
 
 
+def check_overlap(forget: Sequence[dict], retain: Sequence[dict], policy: str) -> None:
+    """Forget questions that also appear in the retain data pull the model both ways: refuse or warn."""
+    if policy not in ("refuse", "warn"):
+        raise UnlearnkitError(f"--on-overlap must be 'refuse' or 'warn', got {policy!r}.")
+    shared = {row["question"] for row in forget} & {row["question"] for row in retain}
+    if not shared:
+        return
+    example = sorted(shared)[0]
+    message = f"{len(shared)} forget question(s) also appear in the retain data (e.g. {example!r})."
+    if policy == "refuse":
+        raise UnlearnkitError(f"{message} Remove them from one side, or pass --on-overlap warn to go on.")
+    logger.warning("%s Going on as --on-overlap warn asks.", message)
+
+
 def unlearn(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from unlearnkit.errors import UnlearnkitError
+
 IGNORE_INDEX = -100
 
 
@@ -25,12 +27,12 @@ class PromptFormat:
 
     def __post_init__(self) -> None:
         if self.style not in ("auto", "plain", "chat"):
-            raise ValueError(f"prompt style must be 'auto', 'plain' or 'chat', got {self.style!r}.")
+            raise UnlearnkitError(f"--prompt-format must be 'auto', 'plain' or 'chat', got {self.style!r}.")
 
     def uses_chat(self, tokenizer: PreTrainedTokenizerBase) -> bool:
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if self.style == "chat" and not has_template:
-            raise ValueError("prompt style 'chat' needs a tokenizer with a chat template; use 'plain'.")
+            raise UnlearnkitError("--prompt-format chat needs a tokenizer with a chat template; this one has none. Use 'plain' or 'auto'.")
         return self.style == "chat" or (self.style == "auto" and has_template)
 
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
@@ -61,6 +63,21 @@ def encode_qa(
     answer_ids = fmt.answer_ids(tokenizer, answer)[:max_length - 1]
     prompt = prompt[-(max_length - len(answer_ids)):]
     return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
+
+
+def check_fits_context(
+    tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, rows: Sequence[dict], context: int | None, where: str
+) -> None:
+    """Refuse a row whose prompt and answer do not fit in the model's context window."""
+    if not context:
+        return
+    for index, row in enumerate(rows, start=1):
+        length = len(fmt.prompt_ids(tokenizer, row["question"])) + len(fmt.answer_ids(tokenizer, row["answer"]))
+        if length > context:
+            raise UnlearnkitError(
+                f"Row {index} of the {where} is {length} tokens long, more than the model's context of {context} tokens. "
+                "Shorten or drop it."
+            )
 
 
 def pad_batch(features: Sequence[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:

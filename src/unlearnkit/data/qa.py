@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.data.world import split_names
+from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 QA_FIELDS = ("question", "answer")
 TRUTH_RATIO_FIELDS = ("paraphrased_answer", "perturbed_answer")
@@ -80,8 +81,10 @@ def has_fields(rows: Sequence[dict], fields: Sequence[str]) -> bool:
 
 def _load_file(path: Path, role: str) -> list[dict]:
     if not path.exists():
+        # A bare word was probably meant as a built-in split name.
+        hint = did_you_mean(str(path), split_names()) if not path.suffix and len(path.parts) == 1 else ""
         raise UnlearnkitError(
-            f"The {role} data file {path} does not exist. Pass a built-in split name, an existing "
+            f"The {role} data file {path} does not exist.{hint} Pass a built-in split name, an existing "
             f"{'/'.join(FILE_SUFFIXES)} file, or hf:NAME[:CONFIG][@SPLIT]."
         )
     suffix = path.suffix.lower()

@@ -1,0 +1,130 @@
+"""The bad-input matrix: every case prints one clear message, exits with status 2 and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.test_cli import micro, run_cli
+from unlearnkit.io import partial_dir
+
+
+@dataclass
+class Case:
+    name: str
+    args: Callable[[dict], list[str]]  # from the fixture paths to the command line
+    message: str
+
+
+def _jsonl(path: Path, rows: list) -> str:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def _unlearn_file(p: dict, forget: str, *extra: str) -> list[str]:
+    return ["unlearn", "--model", p["target"], "--method", "ga", "--forget", forget, "--output", p["out"], *extra]
+
+
+QA = {"question": "Who wrote it?", "answer": "Nobody."}
+
+CASES = [
+    Case("unknown method", lambda p: ["unlearn", "--method", "npoo", "--output", p["out"], *p["micro"]],
+         "Unknown method 'npoo'. Did you mean: npo"),
+    Case("misspelled hyperparameter", lambda p: ["unlearn", "--method", "npo", "--set", "bta=0.2", "--output", p["out"], *p["micro"]],
+         "Unknown hyperparameter 'bta' for NPOConfig. Did you mean: beta"),
+    Case("hyperparameter of the wrong type", lambda p: ["unlearn", "--method", "npo", "--set", "beta=high", "--output", p["out"], *p["micro"]],
+         "Hyperparameter 'beta' needs a float, got 'high'"),
+    Case("hyperparameter out of range", lambda p: ["unlearn", "--method", "npo", "--set", "learning_rate=-1", "--output", p["out"], *p["micro"]],
+         "learning_rate must be > 0"),
+    Case("override without =", lambda p: ["unlearn", "--method", "npo", "--set", "beta", "--output", p["out"], *p["micro"]],
+         "--set expects KEY=VALUE"),
+    Case("unknown preset", lambda p: ["demo", "--preset", "mikro", "--output", p["out"]],
+         "Unknown benchmark preset 'mikro'. Did you mean: micro"),
+    Case("unknown forget split", lambda p: ["demo", "--split", "forget11", "--output", p["out"], *p["micro"]],
+         "Unknown forget split 'forget11'. Did you mean: forget10"),
+    Case("unknown built-in split as data", lambda p: ["unlearn", "--model", p["target"], "--method", "ga", "--forget", "retain91",
+                                                      "--output", p["out"], *p["micro"]],
+         "retain91 does not exist. Did you mean: retain99, retain95, retain90?"),
+    Case("missing data file", lambda p: _unlearn_file(p, p["tmp"] + "/nope.jsonl"), "does not exist"),
+    Case("unparsable data file", lambda p: _unlearn_file(p, p["bad_json"]), "Could not parse the forget data file"),
+    Case("non-UTF-8 data file", lambda p: _unlearn_file(p, p["latin1"]), "Could not parse the forget data file"),
+    Case("unsupported data format", lambda p: _unlearn_file(p, p["txt"]), "unsupported suffix '.txt'"),
+    Case("row missing a field", lambda p: _unlearn_file(p, p["missing_field"]), "Row 2 of the forget data"),
+    Case("field of the wrong type", lambda p: _unlearn_file(p, p["wrong_type"]), "Row 1 of the forget data"),
+    Case("empty forget set", lambda p: _unlearn_file(p, p["empty"]), "is empty"),
+    Case("forget and retain overlap", lambda p: ["unlearn", "--model", p["target"], "--method", "graddiff", "--forget", p["one"],
+                                                 "--retain", p["one"], "--output", p["out"]],
+         "1 forget question(s) also appear in the retain data"),
+    Case("method needs retain data", lambda p: ["unlearn", "--model", p["target"], "--method", "npo", "--forget", p["one"],
+                                                "--output", p["out"]], "Method 'npo' needs retain data"),
+    Case("sequence longer than the context", lambda p: _unlearn_file(p, p["too_long"]), "more than the model's context of 96 tokens"),
+    Case("model folder that does not exist", lambda p: ["eval", "--model", p["tmp"] + "/no-model", "--forget", p["one"], "--output", p["out"]],
+         "does not exist"),
+    Case("model folder with pickle weights only", lambda p: ["eval", "--model", p["pickled"], "--forget", p["one"], "--output", p["out"]],
+         "no .safetensors weights"),
+    Case("chat format without a chat template", lambda p: ["eval", "--model", p["target"], "--forget", p["one"], "--prompt-format", "chat",
+                                                           "--output", p["out"]], "needs a tokenizer with a chat template"),
+    Case("missing oracle reference", lambda p: ["eval", "--model", p["target"], "--forget", p["one"], "--oracle-reference",
+                                                p["tmp"] + "/ref.json", "--output", p["out"]], "Oracle reference file"),
+    Case("eval with both benchmark and files", lambda p: ["eval", "--model", p["target"], "--benchmark", "forget10", "--forget", p["one"],
+                                                          "--output", p["out"], *p["micro"]], "not both"),
+    Case("eval without data", lambda p: ["eval", "--model", p["target"], "--output", p["out"]], "Pass --benchmark SPLIT"),
+    Case("existing results", lambda p: _unlearn_file(p, p["one"], "--output", p["existing"]), "already holds files"),
+    Case("output on a read-only file system", lambda p: _unlearn_file(p, p["one"], "--output", "/proc/unlearnkit-results"),
+         "Cannot write results under /proc"),
+    Case("resume with nothing to resume", lambda p: _unlearn_file(p, p["one"], "--resume"), "no interrupted run"),
+]
+
+
+@pytest.fixture(scope="module")
+def paths(micro_cache: Path, micro_bench, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    tmp = tmp_path_factory.mktemp("bad-input")
+    (tmp / "bad.json").write_text("{not json", encoding="utf-8")
+    (tmp / "latin1.jsonl").write_bytes('{"question": "Où?", "answer": "Là."}\n'.encode("latin-1"))
+    (tmp / "rows.txt").write_text("question,answer\n", encoding="utf-8")
+    (tmp / "empty.jsonl").write_text("", encoding="utf-8")
+    pickled = tmp / "pickled"
+    pickled.mkdir()
+    (pickled / "config.json").write_text("{}", encoding="utf-8")
+    (pickled / "pytorch_model.bin").write_bytes(b"never unpickled")
+    existing = tmp / "existing"
+    existing.mkdir()
+    (existing / "summary.json").write_text('{"earlier": 1}', encoding="utf-8")
+    return {
+        "tmp": str(tmp),
+        "micro": micro(micro_cache),
+        "target": str(micro_bench.target_dir),
+        "bad_json": str(tmp / "bad.json"),
+        "latin1": str(tmp / "latin1.jsonl"),
+        "txt": str(tmp / "rows.txt"),
+        "empty": str(tmp / "empty.jsonl"),
+        "one": _jsonl(tmp / "one.jsonl", [QA]),
+        "missing_field": _jsonl(tmp / "missing.jsonl", [QA, {"question": "Q2?", "reply": "A2."}]),
+        "wrong_type": _jsonl(tmp / "wrong.jsonl", [{"question": "Q?", "answer": 5}]),
+        "too_long": _jsonl(tmp / "long.jsonl", [{"question": "Why? " * 200, "answer": "Because."}]),
+        "pickled": str(pickled),
+        "existing": str(existing),
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_is_refused_cleanly(case: Case, paths: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    before = sorted(p.name for p in Path(paths["tmp"]).iterdir())
+    existing_summary = Path(paths["existing"], "summary.json").read_text()
+    assert run_cli(case.args({**paths, "out": str(out)}), monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert case.message in err, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert not out.exists() and not partial_dir(out).exists(), "nothing may be written"
+    assert list(tmp_path.iterdir()) == []
+    assert sorted(p.name for p in Path(paths["tmp"]).iterdir()) == before
+    assert Path(paths["existing"], "summary.json").read_text() == existing_summary
+
+
+def test_the_matrix_is_large_enough() -> None:
+    assert len(CASES) >= 20
