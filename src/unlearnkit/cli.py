@@ -29,6 +29,8 @@ Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existin
 Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
 Cache = Annotated[Path | None, typer.Option("--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
+OracleReference = Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")]
+MaxNewTokens = Annotated[int, typer.Option(help="Greedy tokens generated per question for ROUGE.")]
 CheckpointEvery = Annotated[int, typer.Option(help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway).")]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
@@ -178,7 +180,7 @@ def unlearn(
     forget: Annotated[str, typer.Option(help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT].")] = "forget10",
     retain: Annotated[str | None, typer.Option(help="Retain data (same forms); default for built-in forget splits: the complementary retain split.")] = None,
     sets: Sets = None,
-    oracle_reference: Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")] = None,
+    oracle_reference: OracleReference = None,
     evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data).")] = True,
     preset: Preset = "default",
     cache: Cache = None,
@@ -186,7 +188,7 @@ def unlearn(
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
     eval_batch_size: Annotated[int, typer.Option(help="Sequences per evaluation forward pass.")] = 64,
-    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
+    max_new_tokens: MaxNewTokens = 48,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
     on_overlap: Annotated[str, typer.Option(help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
@@ -251,7 +253,7 @@ def eval_command(
     retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
     real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
     world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
-    oracle_reference: Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")] = None,
+    oracle_reference: OracleReference = None,
     save_reference: Annotated[Path | None, typer.Option(help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file.")] = None,
     preset: Preset = "default",
     cache: Cache = None,
@@ -259,7 +261,7 @@ def eval_command(
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
-    max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens per question for ROUGE.")] = 48,
+    max_new_tokens: MaxNewTokens = 48,
 ) -> None:
     """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
     from unlearnkit.benchmark import get_preset
