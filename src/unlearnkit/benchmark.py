@@ -185,6 +185,7 @@ def _build_model(
     torch.set_num_threads(threads)
     if log_epochs and not logger.handlers:  # a fresh worker process: report progress on stderr
         logger.setLevel(logging.INFO)
+        logger.propagate = False  # a library's root handler would print every line a second time
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter(f"[{forget_split or 'target'}] %(message)s"))
         logger.addHandler(handler)
