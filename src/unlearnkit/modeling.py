@@ -96,7 +96,7 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
 def load_model(
     name_or_path: str | Path, trust_remote_code: bool = False, dtype: str | torch.dtype = "auto"
 ) -> PreTrainedModel:
-    """Load a causal LM by hub name or local folder (safetensors only for local folders)."""
+    """Load a causal LM by hub name or local folder (safetensors only), on the GPU when there is one."""
     path = Path(name_or_path)
     check_model_source(name_or_path)
     if path.exists():
@@ -111,7 +111,8 @@ def load_model(
         )
     except (OSError, ValueError) as error:
         raise UnlearnkitError(f"Could not load a causal language model from {name_or_path}: {error}") from None
-    return model
+    # Evaluation runs where the model sits; training moves it itself, so a GPU, when present, serves both.
+    return model.to("cuda") if torch.cuda.is_available() else model
 
 
 def check_model_source(name_or_path: str | Path) -> None:
