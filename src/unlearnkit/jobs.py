@@ -43,8 +43,7 @@ from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
-from unlearnkit.methods import METHODS
-from unlearnkit.unlearn import check_overlap, resolve_method, unlearn
+from unlearnkit.unlearn import check_overlap, check_retain_given, resolve_method, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -151,8 +150,7 @@ def run_unlearn(
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
     check_overlap(forget_rows, retain_rows, on_overlap)
-    if METHODS.get(method).needs_retain and not retain_rows:
-        raise UnlearnkitError(f"Method {method!r} needs retain data; pass --retain (a split name or a file).")
+    check_retain_given(method, retain_rows)
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists

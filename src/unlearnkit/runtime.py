@@ -1,11 +1,12 @@
-"""Process-wide settings that every command applies first: threads and seeds."""
+"""Process-wide settings that every command applies first: the thread count.
+
+Seeds are set by the Trainer (``TrainingArguments.seed``) and by model construction.
+"""
 
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
 import torch
 
 
@@ -29,10 +30,3 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # can only be set once per process, before any parallel work; keep what is set
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch so a run on CPU is reproducible."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)

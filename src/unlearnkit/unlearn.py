@@ -33,6 +33,11 @@ def resolve_method(method: str, overrides: Mapping[str, Any]) -> MethodConfig:
     return build_config(METHODS.get(method).config, dict(overrides))
 
 
+def check_retain_given(method: str, retain: Sequence[dict]) -> None:
+    if METHODS.get(method).needs_retain and not retain:
+        raise UnlearnkitError(f"Method {method!r} needs retain data; pass --retain (a split name or a file).")
+
+
 def check_overlap(forget: Sequence[dict], retain: Sequence[dict], policy: str) -> None:
     """Forget questions that also appear in the retain data pull the model both ways: refuse or warn."""
     if policy not in ("refuse", "warn"):
@@ -67,8 +72,7 @@ def unlearn(
     spec = METHODS.get(method)
     if not isinstance(config, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
-    if spec.needs_retain and not retain:
-        raise UnlearnkitError(f"Method {method!r} needs retain data; pass --retain (a split name or a file).")
+    check_retain_given(method, retain)
     # The frozen reference is the model as it is before any update.
     reference = copy.deepcopy(model) if config.needs_reference() else None
     dataset = PairedDataset(
