@@ -106,11 +106,33 @@ def test_finetune_tiny_model_on_a_file(micro_bench, tmp_path: Path, monkeypatch)
 
 
 def test_methods_lists_papers(monkeypatch, capsys) -> None:
+    from unlearnkit.methods import METHODS
+
     assert run_cli(["methods", "--verbose"], monkeypatch) == 0
     printed = capsys.readouterr().out
-    for name in ("ga", "graddiff", "npo", "simnpo", "idk", "idk_dpo"):
+    for name in METHODS.names():
         assert f"\n{name}\n" in f"\n{printed}"
-    assert printed.count("Paper:") >= 6 and "beta (float, default 0.1)" in printed
+    assert printed.count("Paper:") == len(METHODS.names()) and "beta (float, default 0.1)" in printed
+    assert "[objective]" in printed and "lora_rank (int, default 0)" in printed
+
+
+def test_lora_adapter_saved_alone_then_evaluated(micro_cache: Path, micro_bench, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "lora"
+    code = run_cli(["unlearn", "--method", "npo", "--forget", "forget10", "--output", str(out), "--set", "num_epochs=1",
+                    "--set", "lora_rank=4", "--set", "lora_merge=false", "--set", "learning_rate=1e-2", *micro(micro_cache)], monkeypatch)
+    assert code == 0
+    saved = {path.name for path in (out / "model").iterdir()}
+    # The adapter alone: no full copy of the base weights, and a pointer to the base model.
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= saved and "model.safetensors" not in saved
+    base = json.loads((out / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(base) == micro_bench.target_dir.resolve()
+    summary = json.loads((out / "summary.json").read_text())
+    evaluated = tmp_path / "eval"
+    assert run_cli(["eval", "--model", str(out / "model"), "--benchmark", "forget10", "--output", str(evaluated),
+                    *micro(micro_cache)], monkeypatch) == 0
+    again = json.loads((evaluated / "summary.json").read_text())
+    for metric in HEADLINE:
+        assert again[metric] == pytest.approx(summary[metric], rel=1e-5, abs=1e-9), metric
 
 
 def test_data_export(tmp_path: Path, monkeypatch) -> None:

@@ -35,7 +35,7 @@ def test_per_sample_values_match_direct_computation(micro_bench, target) -> None
     model, tokenizer = target
     rows = micro_bench.split("forget10")[:4]
     result = evaluate(model, tokenizer, {"forget": rows}, FMT, EvalConfig(batch_size=3, max_new_tokens=8))
-    for row, sample in zip(rows, result.per_sample["forget"]):
+    for row, sample in zip(rows, result.per_sample["forget"], strict=False):
         answer = direct_avg_nll(model, tokenizer, row["question"], row["answer"])
         assert sample["probability"] == pytest.approx(math.exp(-answer), rel=1e-4)
         paraphrased = direct_avg_nll(model, tokenizer, row["question"], row["paraphrased_answer"])

@@ -42,12 +42,12 @@ def _global(
     threads: Threads = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Hide progress bars and info logs.")] = False,
 ) -> None:
-    from unlearnkit.runtime import default_threads, set_threads
+    from unlearnkit.runtime import default_threads, quiet_libraries, set_threads
 
     set_threads(threads or default_threads())
     _state["progress"] = not quiet
     _setup_logging(quiet)
-    _quiet_libraries()
+    quiet_libraries()
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -63,15 +63,6 @@ def _setup_logging(quiet: bool) -> None:
     console.unlearnkit_console = True  # type: ignore[attr-defined]
     logger.addHandler(console)
 
-
-def _quiet_libraries() -> None:
-    """Library progress bars for weight loading/saving are noise next to ours."""
-    import transformers
-    from huggingface_hub.utils import disable_progress_bars
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    disable_progress_bars()
 
 
 def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
@@ -114,6 +105,59 @@ def demo(
     typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
     typer.echo(format_table(summary))
     typer.echo(f"\nResults: {output}/summary.json (per-sample values in per_sample.json, model in model/)")
+    if (output / "report.html").is_file():
+        typer.echo(f"Report: {output / 'report.html'}")
+
+
+@app.command()
+def bench(
+    methods: Annotated[str, typer.Option(help="Comma-separated methods (see `unlearnkit methods`), e.g. ga,graddiff,npo.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Benchmark folder: new, empty, or an earlier bench's (resumed, or extended with more runs).")],
+    splits: Annotated[str, typer.Option(help="Comma-separated forget splits: forget01, forget05, forget10.")] = "forget10",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each combination runs once per seed.")] = "0",
+    preset: Preset = "default",
+    sets: Sets = None,
+    cache: Cache = None,
+    checkpoint_every: CheckpointEvery = 50,
+) -> None:
+    """Run every method x split x seed on the built-in benchmark (resumable) and write a leaderboard and a report."""
+    from unlearnkit.bench import parse_list, parse_seeds, run_bench
+    from unlearnkit.benchmark import get_preset
+
+    outcome = run_bench(
+        output=output, config=get_preset(preset), methods=parse_list(methods, "--methods"),
+        splits=parse_list(splits, "--splits"), seeds=parse_seeds(seeds), overrides=_parse_sets(sets), cache_dir=cache,
+        show_progress=_state["progress"], checkpoint_every=checkpoint_every,
+    )
+    typer.echo(f"\n{len(outcome.ran)} run(s) done now, {len(outcome.skipped)} done before (skipped).\n")
+    typer.echo((output / "leaderboard.md").read_text(encoding="utf-8"))
+    typer.echo(f"Leaderboard: {output}/leaderboard.md (.csv, .json); one results folder per run in {output}")
+    if outcome.report is not None:
+        typer.echo(f"Report: {outcome.report}")
+    if outcome.failed:
+        raise NumericalFault(f"{len(outcome.failed)} run(s) diverged and are left out of the leaderboard: "
+                             + "; ".join(f"{name}: {error}" for name, error in outcome.failed.items()))
+
+
+@app.command()
+def report(
+    folders: Annotated[list[Path], typer.Argument(help="Results folders of demo, bench, unlearn or eval (a bench folder stands for all its runs).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option(help="The report's title.")] = "unlearnkit report",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
+) -> None:
+    """One self-contained HTML report (plots embedded, no network needed) comparing the given results folders."""
+    from unlearnkit.report.html import write_report
+    from unlearnkit.report.results import load_runs
+
+    if output.exists() and (output.is_dir() or not overwrite):
+        raise UnlearnkitError(f"{output} exists; choose another --output{'' if output.is_dir() else ', or pass --overwrite'}.")
+    runs = load_runs(folders)
+    try:
+        write_report(runs, output, title=title)
+    except OSError as error:
+        raise UnlearnkitError(f"Cannot write {output}: {error.strerror or error}. Choose another --output.") from None
+    typer.echo(f"Report on {len(runs)} run(s): {output}")
 
 
 @app.command()
@@ -205,7 +249,7 @@ def unlearn(
     overrides = _parse_sets(sets)
     builtin_forget = forget in FORGET_SPLITS and not Path(forget).exists()
     if model == "builtin":
-        overrides = {**dict(bench_config.unlearn_overrides), **overrides}
+        overrides = {**bench_config.overrides_for(method), **overrides}
     resolve_method(method, overrides)  # fail on a bad method or hyperparameter before any training
     bench = None
     if model == "builtin" or builtin_forget or (retain and not Path(retain).exists() and not retain.startswith("hf:")):
@@ -289,7 +333,9 @@ def eval_command(
         model=model, splits=splits, output=output, oracle_reference=reference, overwrite=overwrite, fmt=fmt,
         eval_config=eval_config, trust_remote_code=trust_remote_code,
         description={"benchmark": benchmark, "forget": forget, "retain": retain, "real_authors": real_authors,
-                     "world_facts": world_facts, "oracle_reference": str(oracle_reference) if oracle_reference else None},
+                     "world_facts": world_facts, "oracle_reference": str(oracle_reference) if oracle_reference else None,
+                     # the built-in benchmark's cache names its configuration: reports compare only runs of one benchmark
+                     "cache": str(bench.root) if benchmark else None},
         save_reference_to=save_reference,
     )
     _echo_summary(summary)
@@ -304,13 +350,38 @@ def methods(
     from unlearnkit.methods import METHODS
     from unlearnkit.methods.base import config_help
 
+    families: dict[str, list[str]] = {}
     for name in METHODS.names():
-        spec = METHODS.get(name)
-        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}")
-        if verbose:
-            for field_name, type_name, default, text in config_help(spec.config):
-                typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
-        typer.echo("")
+        families.setdefault(METHODS.get(name).family, []).append(name)
+    for family, names in families.items():
+        typer.echo(f"[{family}]")
+        for name in names:
+            spec = METHODS.get(name)
+            typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}")
+            if verbose:
+                for field_name, type_name, default, text in config_help(spec.config):
+                    typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
+            typer.echo("")
+    typer.echo("Every method takes the shared options (see -v), among them lora_rank for its LoRA form\n"
+               "and target_modules / layers to choose the weights it may change.")
+
+
+@app.command()
+def fuse(
+    base: Annotated[str, typer.Option("--base", help="The model every EUL run started from (folder or hub name).")],
+    layers: Annotated[list[Path], typer.Option("--layers", help="An EUL run's model/unlearning_layers.safetensors; repeat once per run.")],
+    output: Output,
+    ridge: Annotated[float | None, typer.Option(help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6).")] = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Fuse the unlearning layers of several EUL runs into one model (Chen & Yang's least-squares closed form)."""
+    from unlearnkit.methods.eul import DEFAULT_RIDGE, fuse_unlearning_files
+
+    modules = fuse_unlearning_files(
+        base, layers, output, ridge=DEFAULT_RIDGE if ridge is None else ridge, overwrite=overwrite, trust_remote_code=trust_remote_code
+    )
+    typer.echo(f"fused {len(layers)} run(s) at {len(modules)} module(s); model in {output}")
 
 
 @data_app.command("export")
@@ -320,10 +391,10 @@ def data_export(
     overwrite: Overwrite = False,
 ) -> None:
     """Write the built-in benchmark's splits as JSONL files, one per split."""
-    from unlearnkit.benchmark import get_preset
-    from unlearnkit.data.world import export_world, generate_world
     import shutil
 
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.data.world import export_world, generate_world
     from unlearnkit.io import check_output_dir, partial_dir, publish_dir
 
     check_output_dir(output, overwrite)

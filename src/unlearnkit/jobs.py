@@ -7,7 +7,8 @@ Results folder contract (documented in the README):
 * ``per_sample.json``: per-question values behind the summary;
 * ``model/``: the unlearned or fine-tuned model (safetensors + tokenizer), where one is produced;
 * ``training_log.json``: the Trainer's log (loss, learning rate per logging step), where training ran;
-* ``log.txt``: the run's log.
+* ``log.txt``: the run's log;
+* ``report.html``: (``demo``) the run's visual report, see :mod:`unlearnkit.report`.
 
 Everything is written to a hidden staging folder beside the output and moved
 into place at the end, so a failed run leaves no folder that looks finished,
@@ -41,9 +42,9 @@ from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, lo
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
-from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
-from unlearnkit.unlearn import check_overlap, check_retain_given, resolve_method, unlearn
+from unlearnkit.provenance import environment, rows_sha256, weights_sha256
+from unlearnkit.unlearn import check_method_inputs, check_overlap, resolve_method, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -150,8 +151,9 @@ def run_unlearn(
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
     check_overlap(forget_rows, retain_rows, on_overlap)
-    check_retain_given(method, retain_rows)
+    check_method_inputs(method, config, forget_rows, retain_rows)
     network = load_model(model, trust_remote_code)
+    check_method_inputs(method, config, forget_rows, retain_rows, network)
     tokenizer = load_tokenizer(model, trust_remote_code)
     fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
     context = getattr(network.config, "max_position_embeddings", None)
@@ -170,7 +172,7 @@ def run_unlearn(
         outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress,
                           checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
         write_json(folder / "training_log.json", outcome.log_history)
-        save_model(outcome.model, tokenizer, folder / "model")
+        save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
         write_json(folder / "config.json", run_config)
         write_json(folder / "timing.json", {"unlearn_seconds": round(time.perf_counter() - started, 2)})
@@ -298,7 +300,7 @@ def run_demo(
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``."""
     check_forget_split(forget_split)
-    hyperparameters = {**dict(config.unlearn_overrides), **dict(overrides or {})}
+    hyperparameters = {**config.overrides_for(method), **dict(overrides or {})}
     method_config = resolve_method(method, hyperparameters)
     check_output_dir(output, overwrite)
     started = time.perf_counter()
@@ -318,16 +320,17 @@ def run_demo(
         "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
                    "source_model": weights_sha256(bench.target_dir)},
     }
+    tokenizer = load_tokenizer(bench.target_dir)
+    model = load_model(bench.target_dir)
+    check_method_inputs(method, method_config, forget, retain, model)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
         write_json(folder / "config.json", run_config)
-        tokenizer = load_tokenizer(bench.target_dir)
-        model = load_model(bench.target_dir)
         unlearn_started = time.perf_counter()
         outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress,
                           checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
         unlearned_at = time.perf_counter()
         write_json(folder / "training_log.json", outcome.log_history)
-        save_model(outcome.model, tokenizer, folder / "model")
+        save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
         write_json(folder / "config.json", run_config)
         reference = load_reference(bench.reference_path(forget_split))
@@ -340,7 +343,25 @@ def run_demo(
             "unlearn_seconds": round(unlearned_at - unlearn_started, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
         })
+        write_run_report(folder, output, title=f"unlearnkit demo: {method} on {forget_split}")
     return summary
+
+
+def write_run_report(folder: Path, output: Path, title: str) -> None:
+    """Write ``report.html`` into a results folder being built (``folder``, to be published as ``output``).
+
+    The report is drawn from the files already written, so a failure to draw it
+    costs only the report (`unlearnkit report` rebuilds it), never the run.
+    """
+    from unlearnkit.report.html import write_report
+    from unlearnkit.report.results import load_run
+
+    try:
+        run = load_run(folder, label=Path(output).name)
+        run.path = Path(output)
+        write_report([run], folder / "report.html", title=title)
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        logger.warning("report.html not written (%s: %s); rebuild it with `unlearnkit report %s`", type(error).__name__, error, output)
 
 
 def format_table(summary: Mapping[str, Mapping[str, float]], metric_names: Sequence[str] = HEADLINE_METRICS) -> str:
@@ -348,7 +369,7 @@ def format_table(summary: Mapping[str, Mapping[str, float]], metric_names: Seque
     header = ["model", *metric_names]
     rows = [[name, *(_fmt(values.get(metric)) for metric in metric_names)] for name, values in summary.items()]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)) for row in [header, *rows]]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=False)) for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 

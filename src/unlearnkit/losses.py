@@ -259,3 +259,453 @@ def dpo_loss(
     chosen_log_ratio = -chosen_nll + reference_chosen_nll.detach()
     rejected_log_ratio = -rejected_nll + reference_rejected_nll.detach()
     return -F.logsigmoid(beta * (chosen_log_ratio - rejected_log_ratio)).mean()
+
+
+# ---------------------------------------------------------------------------
+# Token-reweighted and distribution-target forget losses, and the primal-dual
+# pieces: WGA, SatImp, UNDIAL, CE-U, PDU.
+# ---------------------------------------------------------------------------
+
+
+def _scored_positions(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The logits and labels of the scored positions only, after the causal shift.
+
+    Returns ``(logits (N, V), labels (N,))`` with ``N`` the number of labels that are
+    not ``-100`` at a position ``t >= 1``; half-precision logits are upcast. Working on
+    the selected rows keeps ``-inf``/NaN arithmetic of unscored rows out of the result
+    (a masked sum would turn ``0 · NaN`` into NaN).
+    """
+    _check_lm_inputs(logits, labels)
+    shifted_labels = labels[:, 1:]
+    scored = shifted_labels != IGNORE_INDEX
+    _scored_count(scored.float())
+    return _at_least_float32(logits[:, :-1])[scored], shifted_labels[scored]
+
+
+def _check_exponent(name: str, value: float) -> None:
+    """Weight exponents may be 0 (that factor becomes 1) but must be finite and non-negative."""
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0; got {value}.")
+
+
+def _weighted_mean_log_likelihood(nll: Tensor, mask: Tensor, weight: Tensor) -> Tensor:
+    """``mean_t w_t · log p_θ(y_t)`` over the scored tokens (all ``(B, T-1)``); the weights are detached."""
+    return (weight.detach() * -nll * mask).sum() / _scored_count(mask)
+
+
+def weighted_gradient_ascent_loss(logits: Tensor, labels: Tensor, beta: float = 1.0) -> Tensor:
+    """Weighted gradient ascent (WGA) forget loss (scalar).
+
+    ``L = mean_t w_t · log p_θ(y_t | x, y_<t)`` with ``w_t = p_θ(y_t | ·)^β`` treated as a
+    constant (detached), the mean taken over all scored answer tokens of the batch
+    (tokens weigh equally, as in :func:`mean_nll`). Minimising ``L`` lowers the
+    log-likelihood of the forget tokens, most where they are still likely; ``β = 0`` is
+    plain gradient ascent (``−mean_nll``).
+
+    Reference: Wang et al., "Rethinking LLM Unlearning Objectives: A Gradient
+    Perspective and Go Beyond", ICLR 2025.
+    """
+    _check_exponent("beta", beta)
+    nll, mask = token_nll(logits, labels)
+    probability = (-nll).detach().exp()  # (B, T-1): p_θ(y_t | x, y_<t)
+    return _weighted_mean_log_likelihood(nll, mask, probability**beta)
+
+
+def satimp_loss(logits: Tensor, labels: Tensor, beta1: float = 5.0, beta2: float = 1.0) -> Tensor:
+    """Saturation-importance (SatImp) forget loss (scalar).
+
+    ``L = mean_t w_t · log p_θ(y_t)`` with ``w_t = p_t^β1 · (1 − p_t)^β2`` detached: the
+    ``p^β1`` factor favours tokens the model still predicts, the ``(1 − p)^β2`` factor
+    damps those it is all but certain of. Mean over all scored answer tokens of the batch.
+
+    Reference: Yang et al., "Exploring Criteria of Loss Reweighting to Enhance LLM
+    Unlearning", ICML 2025.
+    """
+    _check_exponent("beta1", beta1)
+    _check_exponent("beta2", beta2)
+    nll, mask = token_nll(logits, labels)
+    probability = (-nll).detach().exp()  # (B, T-1): p_θ(y_t | x, y_<t)
+    return _weighted_mean_log_likelihood(nll, mask, probability**beta1 * (1.0 - probability) ** beta2)
+
+
+def undial_loss(logits: Tensor, reference_logits: Tensor, labels: Tensor, beta: float = 10.0) -> Tensor:
+    """UNDIAL self-distillation loss toward the reference with the label's logit lowered (scalar).
+
+    Teacher at each scored position: ``q = softmax(z_ref − β · onehot(y_t))`` from the
+    frozen reference logits (detached). Loss: the cross-entropy ``−Σ_v q_v log p_θ(v)``,
+    averaged over the scored answer positions of the batch. Its minimum is the entropy
+    of ``q``, reached when the student equals the adjusted teacher.
+
+    Args:
+        logits: ``(B, T, V)`` logits of the model being trained.
+        reference_logits: ``(B, T, V)`` logits of the frozen reference model.
+        labels: ``(B, T)`` labels, ``-100`` where not scored.
+        beta: how far the label's logit is lowered, > 0.
+
+    Reference: Dong et al., "UNDIAL: Self-Distillation with Adjusted Logits for Robust
+    Unlearning in Large Language Models", NAACL 2025.
+    """
+    _check_beta(beta)
+    if reference_logits.shape != logits.shape:
+        raise ValueError(
+            f"reference_logits {tuple(reference_logits.shape)} must have the same shape as "
+            f"logits {tuple(logits.shape)}; run both models on the same batch."
+        )
+    student, targets = _scored_positions(logits, labels)  # (N, V), (N,)
+    teacher, _ = _scored_positions(reference_logits.detach(), labels)
+    adjusted = teacher.scatter_add(-1, targets.unsqueeze(-1), teacher.new_full((targets.numel(), 1), -beta))
+    soft_targets = adjusted.softmax(dim=-1)
+    return -(soft_targets * student.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def ce_u_loss(logits: Tensor, labels: Tensor, ignore_first_answer_tokens: int = 0) -> Tensor:
+    """Cross-entropy unlearning (CE-U) loss (scalar).
+
+    Target at each scored position: ``q = softmax(z')`` where ``z'`` is the model's own
+    logits, detached, with the label's logit set to ``−∞``. Loss: ``−Σ_v q_v log p_θ(v)``,
+    averaged over the scored positions. Its gradient with respect to the logits is
+    ``p − q``: the label's probability is pushed to 0 while the other tokens keep their
+    relative probabilities.
+
+    Args:
+        logits: ``(B, T, V)`` next-token logits, ``V >= 2``.
+        labels: ``(B, T)`` labels, ``-100`` where not scored.
+        ignore_first_answer_tokens: leave out the first this many scored tokens of each
+            sequence (after the shift); ``0`` scores all.
+
+    Reference: Bo Yang, "CE-U: Cross Entropy Unlearning", arXiv:2503.01224, 2025.
+    """
+    if ignore_first_answer_tokens < 0:
+        raise ValueError(f"ignore_first_answer_tokens must be >= 0; got {ignore_first_answer_tokens}.")
+    if logits.dim() == 3 and logits.shape[-1] < 2:
+        raise ValueError("CE-U needs a vocabulary of at least 2 tokens: with the label removed, none would be left.")
+    if ignore_first_answer_tokens > 0 and labels.dim() == 2:
+        shifted_scored = labels[:, 1:] != IGNORE_INDEX
+        # rank of each scored token within its sequence: 1 for the first one, 2 for the second, ...
+        early = shifted_scored & (shifted_scored.long().cumsum(dim=1) <= ignore_first_answer_tokens)
+        if not bool((shifted_scored & ~early).any()):
+            raise ValueError(
+                f"no scored token is left after ignoring the first {ignore_first_answer_tokens} answer token(s) of "
+                "each sequence; lower ignore_first_answer_tokens or use longer answers."
+            )
+        labels = labels.clone()
+        labels[:, 1:][early] = IGNORE_INDEX
+    student, targets = _scored_positions(logits, labels)  # (N, V), (N,)
+    without_label = student.detach().scatter(-1, targets.unsqueeze(-1), float("-inf"))
+    soft_targets = without_label.softmax(dim=-1)
+    # q is exactly 0 at the label; log p there is finite, so 0 · log p = 0 (no NaN).
+    return -(soft_targets * student.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
+def uniform_cross_entropy_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy from the uniform distribution to the model, at the scored positions (scalar).
+
+    ``L = mean_t −(1/V) Σ_v log p_θ(v | x, y_<t) = mean_t (logsumexp z_t − mean_v z_t,v)``.
+    It equals ``log V + KL(U ‖ p_θ)``, so it is bounded below by ``log V``, reached when
+    the prediction is uniform (unlike gradient ascent, which has no minimum).
+
+    References: the entropy-style objective that Entesari et al., "Constrained Entropic
+    Unlearning: A Primal-Dual Framework for Large Language Models", arXiv:2506.05314, 2025,
+    set their logit-margin loss against; ULD's uniform loss ``KL(U ‖ p)`` (Ji et al.,
+    NeurIPS 2024) differs from it by the constant ``log V``.
+    """
+    scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
+    return (scored_logits.logsumexp(dim=-1) - scored_logits.mean(dim=-1)).mean()
+
+
+def logit_margin_flattening_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Logit-margin flattening at the scored positions (scalar).
+
+    ``L = mean_t (max_v z_t,v − mean_v z_t,v)²``: zero exactly when all logits at a
+    position are equal (the prediction is uniform). It needs no softmax, and its
+    gradient does not vanish as the prediction approaches uniform.
+
+    Reference: Entesari et al., "Constrained Entropic Unlearning: A Primal-Dual Framework
+    for Large Language Models", arXiv:2506.05314, 2025.
+    """
+    scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
+    margin = scored_logits.max(dim=-1).values - scored_logits.mean(dim=-1)
+    return margin.square().mean()
+
+
+def primal_dual_lagrangian(forget_loss: Tensor, retain_loss: Tensor, multiplier: float, epsilon: float) -> Tensor:
+    """The Lagrangian ``L = L_f + λ · (L_r − ε)`` of ``min L_f`` subject to ``L_r <= ε`` (scalar).
+
+    ``λ`` (>= 0) and ``ε`` are constants for the primal step; :func:`dual_ascent_step` moves ``λ``.
+    """
+    if not (math.isfinite(multiplier) and multiplier >= 0):
+        raise ValueError(f"the multiplier must be a finite number >= 0; got {multiplier}.")
+    return forget_loss + multiplier * (retain_loss - epsilon)
+
+
+def dual_ascent_step(multiplier: float, retain_loss: float, epsilon: float, step_size: float) -> float:
+    """Projected dual ascent: ``λ ← max(0, λ + η · (L_r − ε))``.
+
+    ``λ`` grows while the retain loss breaks its bound ``ε`` and shrinks (never below 0)
+    while the bound holds with room to spare.
+    """
+    if not math.isfinite(retain_loss):
+        raise ValueError(f"the retain loss must be finite to update the multiplier; got {retain_loss}.")
+    return max(0.0, multiplier + step_size * (retain_loss - epsilon))
+
+
+# ---------------------------------------------------------------------------
+# Who's Harry Potter (whp): generic logits and generic labels.
+# ---------------------------------------------------------------------------
+
+
+def whp_generic_logits(baseline_logits: Tensor, reinforced_logits: Tensor, alpha: float) -> Tensor:
+    """Who's Harry Potter generic logits ``v_g = v_b − α · ReLU(v_r − v_b)``, same shape as the inputs.
+
+    Tokens the reinforced model (fine-tuned further on the target text) favours
+    more than the baseline are pushed down, in proportion to that gain; the
+    others keep the baseline's logit. Both inputs are detached: the generic
+    logits are targets, not a path for gradients.
+
+    Args:
+        baseline_logits: ``(..., V)`` logits ``v_b`` of the baseline (pre-unlearning) model.
+        reinforced_logits: ``(..., V)`` logits ``v_r`` of the reinforced model, same shape.
+        alpha: finite, ``>= 0`` (``0`` gives the baseline's logits back).
+
+    Reference: Eldan & Russinovich, "Who's Harry Potter? Approximate Unlearning in
+    LLMs", arXiv:2310.02238, 2023.
+    """
+    if not (math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha must be a finite number >= 0 (for example 5.0); got {alpha}.")
+    if baseline_logits.shape != reinforced_logits.shape:
+        raise ValueError(
+            f"baseline_logits {tuple(baseline_logits.shape)} and reinforced_logits "
+            f"{tuple(reinforced_logits.shape)} must have the same shape; run both models on the same batch."
+        )
+    baseline = _at_least_float32(baseline_logits.detach())
+    reinforced = _at_least_float32(reinforced_logits.detach())
+    return baseline - alpha * F.relu(reinforced - baseline)
+
+
+def whp_generic_labels(baseline_logits: Tensor, reinforced_logits: Tensor, labels: Tensor, alpha: float) -> Tensor:
+    """Who's Harry Potter generic labels: ``argmax v_g`` at every scored position, as hard labels ``(B, T)``.
+
+    With the causal shift, ``out[b, t] = argmax_v v_g[b, t − 1, v]`` where
+    ``labels[b, t] != −100`` and ``t >= 1``, and ``−100`` everywhere else, so the
+    result feeds :func:`mean_nll` directly (fine-tuning on it is the unlearning
+    step). The result carries no gradient.
+
+    Args:
+        baseline_logits: ``(B, T, V)`` logits ``v_b`` of the baseline model.
+        reinforced_logits: ``(B, T, V)`` logits ``v_r`` of the reinforced model.
+        labels: ``(B, T)`` labels of the original text; only their ``−100`` pattern is used.
+        alpha: see :func:`whp_generic_logits`.
+    """
+    _check_lm_inputs(baseline_logits, labels)
+    generic = whp_generic_logits(baseline_logits, reinforced_logits, alpha)
+    scored = labels[:, 1:] != IGNORE_INDEX
+    _scored_count(scored.float())
+    generic_labels = torch.full_like(labels, IGNORE_INDEX)
+    generic_labels[:, 1:] = torch.where(scored, generic[:, :-1].argmax(dim=-1), IGNORE_INDEX)
+    return generic_labels
+
+
+# ---------------------------------------------------------------------------
+# Random and adversarial labels (random_labels, adversarial_labels), gradient
+# ascent with random mismatch (ga_mismatch) and RMU (rmu).
+# ---------------------------------------------------------------------------
+
+
+def random_labels(
+    labels: Tensor, candidate_ids: Tensor, generator: torch.Generator, keep_ids: Tensor | None = None
+) -> Tensor:
+    """Labels ``(B, T)`` with every scored token replaced by an id drawn uniformly from ``candidate_ids``.
+
+    Positions labelled ``-100`` stay so, and so do labels whose value is in
+    ``keep_ids`` (Yao et al. keep special tokens, such as an answer's closing
+    EOS). One id is drawn for every position, scored or not, so the result
+    depends only on the generator's state and the batch's shape and labels.
+
+    Args:
+        labels: ``(B, T)`` token ids, ``-100`` where not scored.
+        candidate_ids: ``(N,)`` ids a label may become (the vocabulary without its special tokens), ``N >= 1``.
+        generator: the source of the draw (its device is where the draw happens).
+        keep_ids: ``(K,)`` label values left unchanged; ``None`` replaces every scored label.
+
+    Reference: Yao et al., "Machine Unlearning of Pre-trained Large Language Models", ACL 2024.
+    """
+    if labels.dim() != 2:
+        raise ValueError(f"labels must have shape (B, T); got {tuple(labels.shape)}.")
+    if candidate_ids.dim() != 1 or candidate_ids.numel() == 0:
+        raise ValueError(f"candidate_ids must be a non-empty 1-D tensor of token ids; got shape {tuple(candidate_ids.shape)}.")
+    draws = torch.randint(candidate_ids.numel(), tuple(labels.shape), generator=generator, device=generator.device)
+    replacement = candidate_ids.to(draws.device)[draws].to(labels.device)
+    replace = labels != IGNORE_INDEX
+    if keep_ids is not None:
+        replace &= ~torch.isin(labels, keep_ids.to(labels.device))
+    return torch.where(replace, replacement, labels)
+
+
+def adversarial_labels(reference_logits: Tensor, labels: Tensor, excluded_ids: Tensor | None = None) -> Tensor:
+    """The reference model's top-1 next token with the ground truth masked out, as labels ``(B, T)``.
+
+    With the causal shift, ``out[b, t] = argmax_v reference_logits[b, t − 1, v]``
+    over ``v ≠ labels[b, t]`` and ``v ∉ excluded_ids``, where ``labels[b, t] != −100``
+    and ``t >= 1``; ``−100`` everywhere else. The result carries no gradient and
+    feeds :func:`mean_nll` directly.
+
+    Args:
+        reference_logits: ``(B, T, V)`` logits of the frozen pre-unlearning model (detached here).
+        labels: ``(B, T)`` ground-truth labels, ``-100`` where not scored.
+        excluded_ids: ids never chosen (e.g. special tokens); ids ``>= V`` are ignored.
+
+    Reference: Yao et al., "Machine Unlearning of Pre-trained Large Language Models", ACL 2024
+    (their ``top_k 1 rm_groundtruth`` labels).
+    """
+    _check_lm_inputs(reference_logits, labels)
+    vocab_size = reference_logits.shape[-1]
+    if excluded_ids is not None:
+        excluded_ids = excluded_ids.to(reference_logits.device)
+        excluded_ids = torch.unique(excluded_ids[(excluded_ids >= 0) & (excluded_ids < vocab_size)])
+        if vocab_size - excluded_ids.numel() < 2:
+            raise ValueError(
+                f"excluded_ids leave {vocab_size - excluded_ids.numel()} of {vocab_size} tokens; at least 2 must remain "
+                "so that a token other than the ground truth can be chosen."
+            )
+    shifted_labels = labels[:, 1:]
+    scored = shifted_labels != IGNORE_INDEX
+    _scored_count(scored.float())
+    # A copy: the masking below is in place and must not touch the caller's logits.
+    scores = _at_least_float32(reference_logits[:, :-1].detach()).clone()  # (B, T-1, V)
+    if excluded_ids is not None:
+        scores[..., excluded_ids] = float("-inf")
+    # Mask the ground truth; unscored positions mask token 0 instead, and their result is discarded below.
+    scores.scatter_(-1, shifted_labels.clamp(min=0).unsqueeze(-1), float("-inf"))
+    result = torch.full_like(labels, IGNORE_INDEX)
+    result[:, 1:] = torch.where(scored, scores.argmax(dim=-1), IGNORE_INDEX)
+    return result
+
+
+def ga_mismatch_loss(
+    forget_nll: Tensor,
+    mismatch_nll: Tensor,
+    normal_kl: Tensor,
+    bad_weight: float = 0.5,
+    random_weight: float = 1.0,
+    normal_weight: float = 1.0,
+) -> Tensor:
+    """Gradient ascent with random mismatch: ``L = −w_bad·ℓ̄_f + w_rand·ℓ̄_mismatch + w_norm·KL`` (scalar).
+
+    ``−ℓ̄_f`` is gradient ascent on the forget answers; ``ℓ̄_mismatch`` the NLL of
+    the forget questions paired with random normal (retain) answers, which gives
+    the model something harmless to say instead; ``KL = KL(p_pre ‖ p_θ)`` on normal
+    data keeps the rest of its behaviour.
+
+    Args:
+        forget_nll: scalar mean NLL of the forget answers (see :func:`mean_nll`).
+        mismatch_nll: scalar mean NLL of the mismatched answers.
+        normal_kl: scalar KL to the pre-unlearning model on normal data (see :func:`kl_to_reference`).
+        bad_weight, random_weight, normal_weight: finite weights ``>= 0`` (authors: 0.5, 1, 1).
+
+    Reference: Yao, Xu & Liu, "Large Language Model Unlearning", NeurIPS 2024.
+    """
+    for name, weight in (("bad_weight", bad_weight), ("random_weight", random_weight), ("normal_weight", normal_weight)):
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0; got {weight}.")
+    terms = {"forget_nll": forget_nll, "mismatch_nll": mismatch_nll, "normal_kl": normal_kl}
+    shapes = {name: tuple(term.shape) for name, term in terms.items() if term.dim() != 0}
+    if shapes:
+        raise ValueError(f"the three terms must be scalars (batch means); got shapes {shapes}.")
+    return -bad_weight * forget_nll + random_weight * mismatch_nll + normal_weight * normal_kl
+
+
+def activation_mse(activations: Tensor, target: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean squared error between hidden activations and a target over the real tokens (scalar).
+
+    ``L = Σ_{b,t} m_bt · Σ_d (h_btd − y_btd)² / (D · Σ_{b,t} m_bt)``: the mean over
+    tokens and hidden units, with padding (``attention_mask`` 0) left out. Without
+    padding it equals ``F.mse_loss(h, y)``, the RMU code's loss.
+
+    Args:
+        activations: ``(B, T, D)`` hidden states of the model being trained.
+        target: broadcastable to ``(B, T, D)``: the frozen model's ``(B, T, D)`` states or a ``(D,)`` vector (detached here).
+        attention_mask: ``(B, T)``, 1 on real tokens and 0 on padding.
+
+    RMU's loss is ``activation_mse(h_θ(x_f), c·u) + α · activation_mse(h_θ(x_r), h_frozen(x_r))``
+    (Li et al., "The WMDP Benchmark: Measuring and Reducing Malicious Use With
+    Unlearning", ICML 2024).
+    """
+    if activations.dim() != 3:
+        raise ValueError(f"activations must have shape (B, T, D); got {tuple(activations.shape)}.")
+    if tuple(attention_mask.shape) != tuple(activations.shape[:2]):
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must match the (B, T) of activations {tuple(activations.shape)}."
+        )
+    try:
+        broadcasts = torch.broadcast_shapes(target.shape, activations.shape) == activations.shape
+    except RuntimeError:  # incompatible sizes
+        broadcasts = False
+    if not broadcasts:
+        raise ValueError(f"target {tuple(target.shape)} must broadcast to activations {tuple(activations.shape)}.")
+    squared = (_at_least_float32(activations) - _at_least_float32(target.detach())).square().mean(dim=-1)  # (B, T)
+    mask = attention_mask.to(squared.dtype)
+    count = mask.sum()
+    if count.item() == 0:
+        raise ValueError("attention_mask marks no real token; the batch must hold at least one.")
+    return (squared * mask).sum() / count
+
+
+
+
+def rmu_steering_target(control_vector: Tensor, coefficient: float, frozen_activations: Tensor | None = None) -> Tensor:
+    """RMU's forget target: ``c·u`` (a ``(D,)`` vector), or per token ``β·‖h_frozen(x_t)‖·u`` ``(B, T, D)``.
+
+    The fixed form is Li et al.'s (ICML 2024). Given the frozen model's forget
+    activations, ``coefficient`` is the adaptive β of Dang et al., "On Effects of
+    Steering Latent Representation for Large Language Model Unlearning" (AAAI 2025):
+    the target's length follows each token's activation norm, so one β suits
+    layers and models whose norms differ by orders of magnitude.
+    """
+    if control_vector.dim() != 1:
+        raise ValueError(f"control_vector must have shape (D,); got {tuple(control_vector.shape)}.")
+    if frozen_activations is None:
+        return coefficient * control_vector
+    norms = _at_least_float32(frozen_activations.detach()).norm(dim=-1, keepdim=True)  # (B, T, 1)
+    return coefficient * norms * control_vector.to(norms.dtype)
+
+# ---------------------------------------------------------------------------
+# EUL (eul): the unlearning-layer objective, split into its forget and retain halves.
+# ---------------------------------------------------------------------------
+
+
+def _check_finite_weights(**weights: float) -> None:
+    for name, value in weights.items():
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0; got {value}.")
+
+
+def eul_forget_loss(forget_kl: Tensor, forget_nll: Tensor, gamma: float, max_forget_kl: float) -> Tensor:
+    """EUL's forget half: ``L_f = −min(KL_f, max_forget_kl) − γ · ℓ̄_f`` (scalar).
+
+    ``KL_f = KL(p_base ‖ p_θ)`` on the forget answers (see :func:`kl_to_reference`),
+    ``ℓ̄_f`` their mean NLL. Minimising ``L_f`` pushes the model away from the base
+    model and from the forget answers. ``−KL`` has no lower bound, so it is clamped:
+    once ``KL_f`` exceeds ``max_forget_kl`` the term is constant and adds no gradient.
+
+    Reference: Chen & Yang, "Unlearn What You Want to Forget: Efficient Unlearning
+    for LLMs", EMNLP 2023 (``−Σ_{D_f} KL`` of L_KL plus ``γ · L_LM``).
+    """
+    _check_finite_weights(gamma=gamma)
+    if not (math.isfinite(max_forget_kl) and max_forget_kl > 0):
+        raise ValueError(f"max_forget_kl must be a finite number > 0; got {max_forget_kl}.")
+    if forget_kl.dim() != 0 or forget_nll.dim() != 0:
+        raise ValueError("forget_kl and forget_nll must be scalars (batch means).")
+    return -forget_kl.clamp(max=max_forget_kl) - gamma * forget_nll
+
+
+def eul_retain_loss(retain_kl: Tensor, retain_nll: Tensor, alpha: float, lambda_task: float) -> Tensor:
+    """EUL's retain half: ``L_r = α · KL_r + λ · ℓ̄_r`` (scalar).
+
+    ``KL_r = KL(p_base ‖ p_θ)`` on the retain answers keeps the model where it was;
+    ``ℓ̄_r``, the retain answers' mean NLL, is the task loss. The full objective is
+    ``L_EUL = L_r + L_f`` (Chen & Yang, EMNLP 2023: ``L_KL + λ · L_TASK + γ · L_LM``).
+    """
+    _check_finite_weights(alpha=alpha, lambda_task=lambda_task)
+    if retain_kl.dim() != 0 or retain_nll.dim() != 0:
+        raise ValueError("retain_kl and retain_nll must be scalars (batch means).")
+    return alpha * retain_kl + lambda_task * retain_nll

@@ -96,10 +96,17 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False) ->
 def load_model(
     name_or_path: str | Path, trust_remote_code: bool = False, dtype: str | torch.dtype = "auto"
 ) -> PreTrainedModel:
-    """Load a causal LM by hub name or local folder (safetensors only), on the GPU when there is one."""
+    """Load a causal LM by hub name or local folder (safetensors only), on the GPU when there is one.
+
+    A folder holding a LoRA adapter (``adapter_config.json``, as ``lora_merge=false``
+    saves it) loads its base model and applies the adapter.
+    """
     path = Path(name_or_path)
     check_model_source(name_or_path)
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, trust_remote_code, dtype)
     if path.exists():
+        name_or_path = str(path.resolve())  # an adapter saved later records this as its base: keep it absolute
         if not any(path.glob("*.safetensors")):
             raise UnlearnkitError(
                 f"Model folder {path} holds no .safetensors weights. unlearnkit never unpickles weights; "
@@ -113,6 +120,21 @@ def load_model(
         raise UnlearnkitError(f"Could not load a causal language model from {name_or_path}: {error}") from None
     # Evaluation runs where the model sits; training moves it itself, so a GPU, when present, serves both.
     return model.to("cuda") if torch.cuda.is_available() else model
+
+
+def _load_adapter(path: Path, trust_remote_code: bool, dtype: str | torch.dtype) -> PreTrainedModel:
+    from peft import PeftConfig, PeftModel
+
+    if not (path / "adapter_model.safetensors").is_file():
+        raise UnlearnkitError(f"Adapter folder {path} holds no adapter_model.safetensors; unlearnkit never unpickles weights.")
+    base = PeftConfig.from_pretrained(str(path)).base_model_name_or_path
+    if not base:
+        raise UnlearnkitError(f"Adapter folder {path} does not name its base model (base_model_name_or_path).")
+    model = load_model(base, trust_remote_code, dtype)
+    try:
+        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+    except (OSError, ValueError) as error:
+        raise UnlearnkitError(f"Could not apply the adapter in {path} to {base}: {error}") from None
 
 
 def check_model_source(name_or_path: str | Path) -> None:
@@ -129,7 +151,19 @@ def looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") > 1
 
 
-def save_model(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    """Save model (safetensors) and tokenizer as a standard Hugging Face folder."""
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: Path,
+    artifacts: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """Save model (safetensors) and tokenizer as a standard Hugging Face folder, plus any method artifacts.
+
+    ``artifacts`` maps a file name to tensors (e.g. EUL's unlearning layers), each saved with safetensors.
+    """
+    from safetensors.torch import save_file
+
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
+    for name, tensors in (artifacts or {}).items():
+        save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, str(Path(folder) / name))

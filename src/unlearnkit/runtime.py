@@ -30,3 +30,13 @@ def set_threads(threads: int) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # can only be set once per process, before any parallel work; keep what is set
+
+
+def quiet_libraries() -> None:
+    """Library progress bars for weight loading/saving are noise next to ours (also in worker processes)."""
+    import transformers
+    from huggingface_hub.utils import disable_progress_bars
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    disable_progress_bars()

@@ -43,6 +43,7 @@ def training_arguments(
     logging_steps: int = 10,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
+    optimizer: str = "adamw_torch",
 ) -> TrainingArguments:
     """TrainingArguments without external loggers; checkpoints every ``checkpoint_every`` steps into ``checkpoint_dir``.
 
@@ -58,6 +59,7 @@ def training_arguments(
     return TrainingArguments(
         output_dir=str(checkpoint_dir) if checkpoint_dir is not None else tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
         learning_rate=learning_rate,
+        optim=optimizer,
         num_train_epochs=num_epochs,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,8 @@ from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.world import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods import METHODS, MethodConfig
-from unlearnkit.methods.base import EpochToDataset, PairedDataset, build_config
+from unlearnkit.methods.base import EpochToDataset, PairedDataset, UnlearnTrainer, build_config
+from unlearnkit.parameters import apply_lora, is_lora_model, restrict_trainable, selected_parameter_names
 from unlearnkit.training import LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
 
 logger = logging.getLogger("unlearnkit")
@@ -26,6 +28,8 @@ class UnlearnOutcome:
     model: PreTrainedModel
     config: MethodConfig
     log_history: list[dict[str, Any]]
+    # Extra tensors the method produced (file name -> tensors), saved with safetensors next to the model.
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def resolve_method(method: str, overrides: Mapping[str, Any]) -> MethodConfig:
@@ -52,6 +56,26 @@ def check_overlap(forget: Sequence[dict], retain: Sequence[dict], policy: str) -
     logger.warning("%s Going on as --on-overlap warn asks.", message)
 
 
+def check_method_inputs(
+    method: str, config: MethodConfig, forget: Sequence[dict], retain: Sequence[dict], model: PreTrainedModel | None = None
+) -> None:
+    """Everything about the data, options and model a method can refuse before any training (and any output)."""
+    spec = METHODS.get(method)
+    check_retain_given(method, retain)
+    missing = [name for name in spec.trainer.required_forget_fields if forget and name not in forget[0]]
+    if missing:
+        raise UnlearnkitError(
+            f"Method {method!r} needs the field(s) {', '.join(missing)} in every forget row, and the forget data has "
+            f"{', '.join(sorted(forget[0]))}. Use a forget set with {', '.join(missing)} (the built-in splits have them) "
+            "or choose another method."
+        )
+    if config.uses_lora and not spec.trainer.supports_lora:
+        raise UnlearnkitError(f"Method {method!r} trains its own layers and has no LoRA form; set lora_rank=0.")
+    if model is not None:
+        config.check_model(model)  # first: a method's own option (RMU's layer) names what to change more precisely
+        selected_parameter_names(model, config.selection())  # a layer past the model's depth or an unknown module
+
+
 def unlearn(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -72,9 +96,18 @@ def unlearn(
     spec = METHODS.get(method)
     if not isinstance(config, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
-    check_retain_given(method, retain)
-    # The frozen reference is the model as it is before any update.
-    reference = copy.deepcopy(model) if config.needs_reference() else None
+    check_method_inputs(method, config, forget, retain, model)
+    selection = config.selection()
+    if config.uses_lora:
+        # The base weights stay frozen under LoRA, so the model with adapters off serves as the reference.
+        reference = None
+        model = apply_lora(model, selection, config.lora_rank, config.lora_alpha, config.lora_dropout)
+    else:
+        # Validate the selection before copying the model (a bad layer index fails here, before any training).
+        trainable = selected_parameter_names(model, selection)
+        # The frozen reference is the model as it is before any update.
+        reference = copy.deepcopy(model) if config.needs_reference() else None
+        restrict_trainable(model, trainable)
     dataset = PairedDataset(
         tokenizer,
         fmt,
@@ -83,6 +116,7 @@ def unlearn(
         load_idk_answers() if spec.needs_idk else [],
         config.max_length,
         config.seed,
+        extras=partial(spec.trainer.pair_extras, config) if _overrides_pair_extras(spec.trainer) else None,
     )
     args = training_arguments(
         learning_rate=config.learning_rate,
@@ -98,6 +132,7 @@ def unlearn(
         logging_steps=1,  # unlearning runs are short; every step's losses feed the training curves
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
+        optimizer=config.optimizer,
     )
     model.train()
     trainer = spec.trainer(
@@ -110,10 +145,20 @@ def unlearn(
         reference_model=reference,
     )
     quiet_trainer(trainer)
+    trainer.setup()
     logger.info("unlearning with %s on %d forget examples (%d retain)", method, len(forget), len(retain))
     resume_from = last_checkpoint(checkpoint_dir)
     if resume_from:
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
+    model = trainer.finalize(trainer.model)
+    if config.uses_lora and config.lora_merge:
+        model = model.merge_and_unload()
+    if not is_lora_model(model):
+        model.requires_grad_(True)  # hand the model back as it came: every weight trainable
     model.eval()
-    return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history))
+    return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history), artifacts=trainer.artifacts)
+
+
+def _overrides_pair_extras(trainer: type[UnlearnTrainer]) -> bool:
+    return trainer.pair_extras.__func__ is not UnlearnTrainer.pair_extras.__func__

@@ -119,7 +119,7 @@ def _evaluate_split(
     samples: list[dict[str, Any]] = [
         {"question": row["question"], "answer": row["answer"], "generation": generation, "rouge_l_recall": float(score),
          "answer_avg_nll": float(nll)}
-        for row, generation, score, nll in zip(rows, generations, rouge, answer_nll)
+        for row, generation, score, nll in zip(rows, generations, rouge, answer_nll, strict=False)
     ]
     summary = {f"{split}_rouge_l": float(np.mean(rouge))}
     ratios = None
@@ -134,12 +134,12 @@ def _evaluate_split(
             probabilities = metrics.normalized_probability(answer_nll, perturbed_nll)
         else:
             probabilities = metrics.probability(answer_nll)
-        for sample, ratio in zip(samples, ratios):
+        for sample, ratio in zip(samples, ratios, strict=False):
             sample["truth_ratio"] = float(ratio)
     else:
         probabilities = metrics.probability(answer_nll)
     summary[f"{split}_probability"] = float(np.mean(probabilities))
-    for sample, probability in zip(samples, probabilities):
+    for sample, probability in zip(samples, probabilities, strict=False):
         sample["probability"] = float(probability)
     return summary, samples, ratios
 

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args, get_type_hints
+from typing import Any, ClassVar, get_args, get_type_hints
 
 import torch
 from torch.utils.data import Dataset
@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import NumericalFault, UnlearnkitError, did_you_mean
+from unlearnkit.parameters import Selection, is_lora_model, parse_layers, parse_modules
 from unlearnkit.registry import Registry
 from unlearnkit.training import last_checkpoint
 
@@ -54,6 +55,19 @@ class MethodConfig:
         default=None,
         metadata={"help": "Stop once a batch's mean forget-answer NLL exceeds this (a guard for gradient-ascent-style methods; None: off)."},
     )
+    optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimiser name (adamw_torch, sgd, adafactor, ...)."})
+    target_modules: str | None = field(
+        default=None,
+        metadata={"help": "Train only these modules: comma-separated names as peft writes them ('down_proj', 'q_proj,v_proj'). None: all weights (LoRA: all linear layers)."},
+    )
+    layers: str | None = field(
+        default=None,
+        metadata={"help": "Train only these decoder layers: '5,6,7' or '5-7' (peft's layers_to_transform). None: all layers."},
+    )
+    lora_rank: int = field(default=0, metadata={"help": "LoRA rank: > 0 trains low-rank adapters on the selected modules instead of the weights (0: full fine-tuning)."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank * B A)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
+    lora_merge: bool = field(default=True, metadata={"help": "Merge the trained adapter into the weights when saving (false: save the adapter alone, with a pointer to its base model)."})
 
     def __post_init__(self) -> None:
         positive = ("learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length")
@@ -66,6 +80,20 @@ class MethodConfig:
             raise UnlearnkitError("weight_decay must be >= 0 and max_grad_norm > 0.")
         if self.stop_forget_nll is not None and self.stop_forget_nll <= 0:
             raise UnlearnkitError(f"stop_forget_nll must be > 0 (or None), got {self.stop_forget_nll}.")
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise UnlearnkitError("lora_rank must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1).")
+        self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora_rank > 0
+
+    def selection(self) -> Selection:
+        """The modules and layers this run trains (methods with their own default, like RMU, override this)."""
+        return Selection(parse_modules(self.target_modules), parse_layers(self.layers))
+
+    def check_model(self, model: PreTrainedModel) -> None:
+        """Refuse a model these settings cannot work with (e.g. a layer it lacks), before training; default: accept."""
 
     def needs_reference(self) -> bool:
         """Whether the method (with these settings) needs the frozen pre-unlearning model."""
@@ -129,17 +157,49 @@ def config_help(config_cls: type[MethodConfig]) -> list[tuple[str, str, Any, str
 
 
 class UnlearnTrainer(Trainer):
-    """A ``transformers.Trainer`` whose batches are ``{"forget": ..., "retain": ..., "idk": ...}``.
+    """A ``transformers.Trainer`` whose batches are ``{"forget": ..., "retain": ..., "idk": ..., <extras>}``.
 
-    Subclasses override ``compute_loss`` only. ``self.method_config`` holds the
-    method's hyperparameters and ``self.reference_model`` the frozen model before
-    unlearning (when the config's ``needs_reference()`` is true).
+    Most subclasses override ``compute_loss`` only. ``self.method_config`` holds
+    the method's hyperparameters; ``reference_logits``/``reference_outputs`` give
+    the frozen model before unlearning (when the config's ``needs_reference()``
+    is true: a frozen copy, or under LoRA the base model with adapters disabled).
+
+    Methods that need more than a loss use the hooks, in the order ``unlearn`` calls them:
+
+    * ``required_forget_fields``: forget-row fields the method reads (checked before training);
+    * ``pair_extras``: more (question, answer) pairs per forget example, batched under their own keys;
+    * ``setup()``: after the trainer is built, before the optimiser exists (train helper models, add layers);
+    * ``finalize(model)``: after training (negate a task vector, fold adapters into weights);
+    * ``gradient_step``: replaces loss-and-backward when a method edits gradients itself (PCGU);
+    * ``artifacts``: tensors to save next to the model.
     """
+
+    required_forget_fields: ClassVar[tuple[str, ...]] = ()
+    supports_lora: ClassVar[bool] = True
+    # Tensors a method hands back besides the model (e.g. EUL's unlearning layers): file name -> {name: tensor},
+    # saved with safetensors next to the model.
+    artifacts: dict[str, dict[str, torch.Tensor]]
+
+    @classmethod
+    def pair_extras(
+        cls, config: MethodConfig, rng: random.Random, forget_row: dict, retain_rows: Sequence[dict]
+    ) -> dict[str, tuple[str, str]]:
+        """Extra (question, answer) pairs for one forget example, keyed by batch name; drawn only from ``rng``."""
+        return {}
+
+    def setup(self) -> None:
+        """Prepare what the method needs before the optimiser is created (default: nothing)."""
+
+    def finalize(self, model: PreTrainedModel) -> PreTrainedModel:
+        """Turn the trained model into the unlearned one (default: as trained)."""
+        return model
 
     def __init__(self, *args: Any, method_config: MethodConfig, reference_model: PreTrainedModel | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.method_config = method_config
         self.reference_model = reference_model
+        self.artifacts = {}
+        self._recorded: dict[str, list[float]] = {}
         if reference_model is not None:
             reference_model.to(self.args.device).eval().requires_grad_(False)
 
@@ -150,7 +210,7 @@ class UnlearnTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001 - Trainer signature
         """One optimiser micro-step, refusing to go on from a non-finite loss (nothing is saved then)."""
-        loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = self.gradient_step(model, inputs, num_items_in_batch)
         value = float(loss.detach())
         step = self.state.global_step + 1
         if not math.isfinite(value):
@@ -170,23 +230,61 @@ class UnlearnTrainer(Trainer):
                 self.control.should_training_stop = True
         return loss
 
+    def record(self, **terms: torch.Tensor | float) -> None:
+        """Note a loss term's value (e.g. ``forget_loss=...``); its mean since the last log line joins the training log."""
+        for name, value in terms.items():
+            self._recorded.setdefault(name, []).append(float(value.detach()) if isinstance(value, torch.Tensor) else float(value))
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """The Trainer's log line plus the mean of every recorded term: the training curves of the report."""
+        if "loss" in logs:  # training log lines only; the final summary line carries no terms
+            for name, values in self._recorded.items():
+                logs[name] = sum(values) / len(values)
+            self._recorded.clear()
+        super().log(logs, start_time)
+
+    def gradient_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001 - Trainer signature
+        """Compute the loss and accumulate gradients into ``.grad`` (the Trainer's step); returns the detached loss.
+
+        Methods that edit gradients themselves (PCGU) override this instead of ``compute_loss``.
+        """
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def retain_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        """The retain term: answer NLL (``"nll"``) or KL(p_ref || p_theta) on the answer tokens (``"kl"``)."""
+        """The retain term: answer NLL (``"nll"``) or KL(p_ref || p_theta) on the answer tokens (``"kl"``); recorded as ``retain_loss``."""
         logits = self.logits(model, batch)
         if kind == "kl":
-            return losses.kl_to_reference(logits, self.reference_logits(batch), batch["labels"])
-        return losses.mean_nll(logits, batch["labels"])
+            term = losses.kl_to_reference(logits, self.reference_logits(batch), batch["labels"])
+        else:
+            term = losses.mean_nll(logits, batch["labels"])
+        self.record(retain_loss=term)
+        return term
 
     @torch.no_grad()
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.reference_model is None:
-            raise RuntimeError("This method needs a reference model: its config's needs_reference() must return True.")
-        return self.logits(self.reference_model, batch)
+        return self.reference_outputs(batch).logits
+
+    @torch.no_grad()
+    def reference_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """The frozen pre-unlearning model's outputs on ``batch`` (``kwargs``: e.g. ``output_hidden_states=True``)."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kwargs}
+        if self.reference_model is not None:
+            return self.reference_model(**inputs)
+        if self.method_config.needs_reference() and is_lora_model(self.model):
+            # Under LoRA the base weights never change: the reference is the model with its adapters switched off.
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with self.model.disable_adapter():
+                    return self.model(**inputs)
+            finally:
+                self.model.train(was_training)
+        raise RuntimeError("This method needs a reference model: its config's needs_reference() must return True.")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What the registry knows of a method."""
+    """What the registry knows of a method (``family`` groups methods in listings and the comparison table)."""
 
     name: str
     trainer: type[UnlearnTrainer]
@@ -195,6 +293,7 @@ class MethodSpec:
     summary: str
     needs_retain: bool
     needs_idk: bool
+    family: str
 
 
 METHODS: Registry[MethodSpec] = Registry("method")
@@ -208,11 +307,12 @@ def register_method(
     summary: str,
     needs_retain: bool = True,
     needs_idk: bool = False,
+    family: str = "objective",
 ) -> Callable[[type[UnlearnTrainer]], type[UnlearnTrainer]]:
     """Class decorator that registers an :class:`UnlearnTrainer` subclass under ``name``."""
 
     def decorate(trainer: type[UnlearnTrainer]) -> type[UnlearnTrainer]:
-        spec = MethodSpec(name, trainer, config, paper, summary, needs_retain, needs_idk)
+        spec = MethodSpec(name, trainer, config, paper, summary, needs_retain, needs_idk, family)
         METHODS.register(name)(spec)
         return trainer
 
@@ -238,12 +338,16 @@ class PairedDataset(Dataset):
         idk_answers: Sequence[str],
         max_length: int,
         seed: int,
+        extras: Callable[[random.Random, dict, Sequence[dict]], dict[str, tuple[str, str]]] | None = None,
     ) -> None:
         if not forget:
             raise UnlearnkitError("The forget set is empty: unlearning needs at least one example to forget.")
         self.tokenizer, self.fmt, self.max_length = tokenizer, fmt, max_length
         self.forget = [self._encode(row["question"], row["answer"]) for row in forget]
         self.retain = [self._encode(row["question"], row["answer"]) for row in retain]
+        self.forget_rows = list(forget)
+        self.retain_rows = list(retain)
+        self.extras = extras
         self.forget_questions = [row["question"] for row in forget]
         self.idk_answers = list(idk_answers)
         self.seed = seed
@@ -262,6 +366,9 @@ class PairedDataset(Dataset):
             item["retain"] = self.retain[rng.randrange(len(self.retain))]
         if self.idk_answers:
             item["idk"] = self._encode(self.forget_questions[index], rng.choice(self.idk_answers))
+        if self.extras is not None:
+            for key, (question, answer) in self.extras(rng, self.forget_rows[index], self.retain_rows).items():
+                item[key] = self._encode(question, answer)
         return item
 
 

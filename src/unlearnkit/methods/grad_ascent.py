@@ -26,4 +26,5 @@ class GradAscent(UnlearnTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         forget = inputs["forget"]
         loss = losses.gradient_ascent_loss(self.logits(model, forget), forget["labels"])
+        self.record(forget_loss=loss)
         return (loss, None) if return_outputs else loss

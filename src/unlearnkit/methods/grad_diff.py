@@ -35,5 +35,6 @@ class GradDiff(UnlearnTrainer):
         config = self.method_config
         forget = inputs["forget"]
         forget_term = losses.gradient_ascent_loss(self.logits(model, forget), forget["labels"])
+        self.record(forget_loss=forget_term)
         loss = config.gamma * forget_term + config.alpha * self.retain_loss(model, inputs["retain"], config.retain_loss)
         return (loss, None) if return_outputs else loss

@@ -26,5 +26,6 @@ class IDK(UnlearnTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         idk = inputs["idk"]
         loss = losses.mean_nll(self.logits(model, idk), idk["labels"])
+        self.record(forget_loss=loss)
         loss = loss + self.method_config.alpha * self.retain_loss(model, inputs["retain"], "nll")
         return (loss, None) if return_outputs else loss

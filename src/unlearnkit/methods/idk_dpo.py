@@ -41,5 +41,6 @@ class IDKDPO(UnlearnTrainer):
             reference_chosen = losses.sequence_nll(self.reference_logits(idk), idk["labels"])
             reference_rejected = losses.sequence_nll(self.reference_logits(forget), forget["labels"])
         loss = losses.dpo_loss(chosen, rejected, reference_chosen, reference_rejected, self.method_config.beta)
+        self.record(forget_loss=loss)
         loss = loss + self.method_config.alpha * self.retain_loss(model, inputs["retain"], "nll")
         return (loss, None) if return_outputs else loss

@@ -43,5 +43,6 @@ class NPO(UnlearnTrainer):
         with torch.no_grad():
             reference_nll = losses.sequence_nll(self.reference_logits(forget), forget["labels"])
         loss = losses.npo_loss(nll, reference_nll, config.beta)
+        self.record(forget_loss=loss)
         loss = loss + config.alpha * self.retain_loss(model, inputs["retain"], config.retain_loss)
         return (loss, None) if return_outputs else loss

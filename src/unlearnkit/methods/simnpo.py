@@ -36,5 +36,6 @@ class SimNPO(UnlearnTrainer):
         forget = inputs["forget"]
         nll = losses.sequence_nll(self.logits(model, forget), forget["labels"])
         forget_term = losses.simnpo_loss(nll, losses.sequence_token_count(forget["labels"]), config.beta, config.gamma)
+        self.record(forget_loss=forget_term)
         loss = config.npo_coeff * forget_term + config.alpha * self.retain_loss(model, inputs["retain"], "nll")
         return (loss, None) if return_outputs else loss

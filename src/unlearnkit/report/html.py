@@ -1,0 +1,282 @@
+"""One self-contained HTML page from results folders: plots as embedded PNGs, inline CSS, no script, no network.
+
+Sections: the forget-quality / model-utility trade-off (one plot per forget
+split), the metric tables with each metric's direction and definition, each
+method's paper and hyperparameters, per run the distribution of per-sample
+forget truth ratios against the retain oracle's and the training curves, and
+example generations before and after unlearning. Every text taken from the
+results (questions, generations, names, settings) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import struct
+from collections.abc import Sequence
+from dataclasses import asdict, is_dataclass
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from unlearnkit import __version__
+from unlearnkit.bench import RunGroup, format_mean_std, format_number, group_runs, reference_summaries
+from unlearnkit.io import write_text
+from unlearnkit.report import plots
+from unlearnkit.report.glossary import LEADERBOARD_METRICS, METRICS, describe
+from unlearnkit.report.results import RunResults
+
+EXAMPLES_PER_SPLIT = 3
+
+# The explanations under each section's heading (plain text; escaped where used).
+TRADEOFF_NOTE = (
+    "Each point is one method (mean over seeds; bars span the seeds' range). The black cross is the target model "
+    "before unlearning, the gold star the retain oracle (trained without the forget set): a good method lands near "
+    "the star, high on both axes. Forget quality is a p-value, on a log axis."
+)
+METRICS_NOTE = (
+    "Values: mean ± sample standard deviation over seeds (one seed: the value alone). Definitions follow TOFU "
+    "(Maini et al., COLM 2024)."
+)
+SETTINGS_NOTE = (
+    "Shown: the seeds and the settings that differ from the method's defaults (the authors' values), e.g. the "
+    "benchmark's settings for its tiny models or --set values (bold in the full list)."
+)
+RUNS_NOTE = (
+    "Left: the empirical distribution of the per-sample forget truth ratio R of the unlearned model against the "
+    "retain oracle's (and the target's): forget quality is the KS-test p-value between the first two; the closer "
+    "the curves, the better. Right: the training log per step, the loss and each term the method records "
+    "(e.g. forget_loss, retain_loss)."
+)
+EXAMPLES_NOTE = (
+    "Greedy answers to the first questions of each set, from the first run of each method: the target model before "
+    "unlearning and the model after. On forget questions a good method no longer gives the answer; on retain "
+    "questions it still does."
+)
+
+STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 1100px;
+       padding: 0 1rem; color: #1a1a1a; line-height: 1.45; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+.meta, figcaption, .note { color: #555; font-size: 0.9rem; }
+table { border-collapse: collapse; margin: 0.6rem 0 1rem; font-size: 0.88rem; }
+th, td { border: 1px solid #ddd; padding: 0.25rem 0.5rem; vertical-align: top; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+tr.target td, tr.oracle td { background: #f6f6f6; font-style: italic; }
+figure { margin: 0.5rem 0 1rem; } img { max-width: 100%; height: auto; }
+.pair { display: flex; flex-wrap: wrap; gap: 1rem; } .pair figure { flex: 1 1 420px; }
+.changed { font-weight: bold; } code { background: #f3f3f3; padding: 0 0.2rem; }
+.generation { font-family: ui-monospace, monospace; font-size: 0.82rem; }
+"""
+
+
+def write_report(runs: Sequence[RunResults], output: Path, title: str = "unlearnkit report") -> Path:
+    """Render the report of ``runs`` and write it to ``output`` atomically; returns ``output``."""
+    write_text(Path(output), render_report(runs, title))
+    return Path(output)
+
+
+def render_report(runs: Sequence[RunResults], title: str = "unlearnkit report") -> str:
+    groups = group_runs(runs)
+    splits = list(dict.fromkeys(group.split for group in groups))
+    sections = [
+        ("tradeoff", "Forgetting vs utility", _tradeoff_section(runs, groups, splits)),
+        ("metrics", "Metrics", _metrics_section(runs, groups, splits)),
+        ("methods", "Methods and settings", _methods_section(groups)),
+        ("runs", "Runs: truth ratios and training", _runs_section(groups)),
+        ("examples", "Example generations", _examples_section(groups)),
+    ]
+    contents = "".join(f'<li><a href="#{anchor}">{escape(name)}</a></li>' for anchor, name, _ in sections)
+    body = "".join(f'<section id="{anchor}"><h2>{escape(name)}</h2>{html}</section>' for anchor, name, html in sections)
+    meta = (f"{len(runs)} run(s) on benchmark <code>{escape(runs[0].benchmark)}</code>, forget split(s) "
+            f"{escape(', '.join(splits))}; unlearnkit {escape(__version__)}. Folders: "
+            + ", ".join(f"<code>{escape(str(run.path))}</code>" for run in runs))
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>"
+        f'<h1>{escape(title)}</h1><p class="meta">{meta}</p><nav><ol>{contents}</ol></nav>{body}</body></html>\n'
+    )
+
+
+def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], splits: Sequence[str]) -> str:
+    references = reference_summaries(runs)
+    parts = [_note(TRADEOFF_NOTE)]
+    for split in splits:
+        points = []
+        for role in ("target", "oracle"):
+            summary = references.get(split, {}).get(role, {})
+            if "model_utility" in summary and "forget_quality" in summary:
+                label = "target" if role == "target" else "retain oracle"
+                points.append(plots.TradeoffPoint(label, role, [summary["model_utility"]], [summary["forget_quality"]]))
+        for group in (group for group in groups if group.split == split):
+            usable = [run for run in group.runs if "model_utility" in run.summary and "forget_quality" in run.summary]
+            if usable:
+                points.append(plots.TradeoffPoint(group.label, "method", [run.summary["model_utility"] for run in usable],
+                                                  [run.summary["forget_quality"] for run in usable]))
+        if not any(point.role == "method" for point in points):
+            parts.append(f'<p class="note">{escape(split)}: no run has both forget quality and model utility '
+                         "(forget quality needs the retain oracle's reference).</p>")
+            continue
+        image = plots.tradeoff(points, f"Forget quality vs model utility, {split}")
+        parts.append(_figure(image, f"Trade-off on {split}", f"Forget quality (log) against model utility on {split}."))
+    return "".join(parts)
+
+
+def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], splits: Sequence[str]) -> str:
+    glossary = "".join(
+        f"<tr><td><code>{escape(info.name)}</code></td><td>{escape(info.label)}</td><td>{escape(info.better)} "
+        f"{escape(info.arrow)}</td><td>{escape(info.definition)}</td></tr>"
+        for info in METRICS.values()
+    )
+    parts = [f"<table><tr><th>metric</th><th>name</th><th>better</th><th>definition</th></tr>{glossary}</table>",
+             _note(METRICS_NOTE)]
+    references = reference_summaries(runs)
+    every_metric = [name for name in METRICS if any(name in run.metrics for run in runs)]
+    for split in splits:
+        split_groups = [group for group in groups if group.split == split]
+        parts.append(f"<h3>{escape(split)}</h3>")
+        parts.append(_metric_table(split_groups, references.get(split, {}), LEADERBOARD_METRICS))
+        parts.append("<details><summary>All metrics</summary>"
+                     f"{_metric_table(split_groups, references.get(split, {}), every_metric)}</details>")
+    return "".join(parts)
+
+
+def _metric_table(groups: Sequence[RunGroup], references: dict[str, dict[str, float]], metrics: Sequence[str]) -> str:
+    header = "".join(f'<th title="{escape(describe(name).definition)}">{escape(describe(name).label)} '
+                     f"{escape(describe(name).arrow)}</th>" for name in metrics)
+    rows = []
+    for role, summary in references.items():
+        cells = "".join(f'<td class="num">{escape(format_number(name, summary.get(name)))}</td>' for name in metrics)
+        rows.append(f'<tr class="{role}"><td>{escape(role)}</td><td>–</td>{cells}</tr>')
+    for group in groups:
+        cells = []
+        for name in metrics:
+            value = group.metric(name)
+            text = format_mean_std(name, value.mean, value.std)
+            cells.append(f'<td class="num">{escape(text)}</td>')
+        rows.append(f"<tr><td>{escape(group.label)}</td><td>{len(group.runs)}</td>{''.join(cells)}</tr>")
+    return f"<table><tr><th>model</th><th>seeds</th>{header}</tr>{''.join(rows)}</table>"
+
+
+def _methods_section(groups: Sequence[RunGroup]) -> str:
+    from unlearnkit.methods import METHODS
+
+    parts = []
+    for group in groups:
+        run = group.runs[0]
+        parts.append(f"<h3>{escape(group.label)} <small>({escape(group.split)})</small></h3>")
+        if group.method is None:
+            parts.append(f'<p class="note">An evaluation of <code>{escape(str(run.config.get("model", "?")))}</code>; '
+                         "no unlearning method recorded.</p>")
+            continue
+        defaults: dict[str, Any] = {}
+        if group.method in METHODS:
+            spec = METHODS.get(group.method)
+            parts.append(f"<p><b>Paper:</b> {escape(spec.paper)}<br><b>Loss:</b> {escape(spec.summary)}</p>")
+            defaults = _defaults(spec.config)
+        else:
+            parts.append(f'<p class="note">Method {escape(group.method)} is not registered in this version of unlearnkit.</p>')
+        settings = run.hyperparameters
+        if group.seeds:
+            settings["seed"] = ", ".join(map(str, group.seeds))
+        changed = {key: value for key, value in settings.items() if key == "seed" or _changed(key, value, defaults)}
+        parts.append(_settings_table(changed, defaults))
+        parts.append(f"<details><summary>All {len(settings)} hyperparameters</summary>{_settings_table(settings, defaults)}</details>")
+    parts.append(_note(SETTINGS_NOTE))
+    return "".join(parts)
+
+
+def _settings_table(settings: dict[str, Any], defaults: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr{_changed(key, value, defaults)}><td><code>{escape(key)}</code></td><td>{escape(str(value))}</td>"
+        f"<td>{escape(str(defaults[key])) if key in defaults else ''}</td></tr>"
+        for key, value in settings.items()
+    )
+    return f"<table><tr><th>hyperparameter</th><th>value</th><th>method default</th></tr>{rows}</table>"
+
+
+def _runs_section(groups: Sequence[RunGroup]) -> str:
+    parts = [_note(RUNS_NOTE)]
+    for group in groups:
+        for run in group.runs:
+            seed = f", seed {run.seed}" if run.seed is not None else ""
+            parts.append(f"<h3>{escape(run.label)} <small>({escape(group.label)}, {escape(run.split)}{escape(seed)})</small></h3>")
+            quality = run.summary.get("forget_quality")
+            figures = []
+            curves: dict[str, list[float]] = {}
+            if run.truth_ratios():
+                curves[group.label if run.method else "evaluated model"] = run.truth_ratios()
+            if run.oracle_truth_ratios:
+                curves["retain oracle"] = run.oracle_truth_ratios
+            target = [row["truth_ratio"] for row in (run.target_per_sample or {}).get("forget", []) if "truth_ratio" in row]
+            if target:
+                curves["target"] = target
+            if run.truth_ratios():
+                title = f"{run.label}: forget truth ratios" + (f" (forget quality {format_number('q', quality)})" if quality is not None else "")
+                figures.append(_figure(plots.truth_ratio_ecdf(curves, title), f"Forget truth ratios of {run.label}",
+                                       "ECDF of per-sample forget truth ratios" + ("" if run.oracle_truth_ratios else
+                                       " (the retain oracle's reference was not found for this folder)") + "."))
+            else:
+                figures.append('<p class="note">No per-sample forget truth ratios in this folder.</p>')
+            steps = run.training_steps()
+            if steps:
+                figures.append(_figure(plots.training_curves(steps, run.training_terms(), f"{run.label}: training"),
+                                       f"Training curves of {run.label}",
+                                       f"{len(steps)} logged step(s); terms: {', '.join(run.training_terms())}."))
+            else:
+                figures.append('<p class="note">No training log (an evaluation-only folder).</p>')
+            parts.append(f'<div class="pair">{"".join(figures)}</div>')
+    return "".join(parts)
+
+
+def _examples_section(groups: Sequence[RunGroup]) -> str:
+    parts = [_note(EXAMPLES_NOTE)]
+    for group in groups:
+        run = group.runs[0]
+        parts.append(f"<h3>{escape(group.label)} <small>({escape(run.label)})</small></h3>")
+        for split in ("forget", "retain"):
+            after = run.per_sample.get(split) or []
+            before = (run.target_per_sample or {}).get(split) or []
+            if not after:
+                continue
+            rows = []
+            for index, sample in enumerate(after[:EXAMPLES_PER_SPLIT]):
+                target = before[index].get("generation", "") if index < len(before) else "(not recorded)"
+                rows.append(f"<tr><td>{escape(str(sample.get('question', '')))}</td><td>{escape(str(sample.get('answer', '')))}</td>"
+                            f'<td class="generation">{escape(str(target))}</td>'
+                            f'<td class="generation">{escape(str(sample.get("generation", "")))}</td></tr>')
+            parts.append(f"<p><b>{split} set</b></p><table><tr><th>question</th><th>reference answer</th>"
+                         f"<th>target (before)</th><th>unlearned (after)</th></tr>{''.join(rows)}</table>")
+    return "".join(parts)
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{escape(text)}</p>'
+
+
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    width, height = png_size(png)
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="{width}" height="{height}">'
+            f"<figcaption>{escape(caption)}</figcaption></figure>")
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk (bytes 16-24), raising ValueError for anything else."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n" or png[12:16] != b"IHDR":
+        raise ValueError("not a PNG image")
+    width, height = struct.unpack(">II", png[16:24])
+    return int(width), int(height)
+
+
+def _changed(key: str, value: Any, defaults: dict[str, Any]) -> str:
+    """The row class of a hyperparameter set away from the method's default (the seed is the bench's, not a choice)."""
+    return ' class="changed"' if key != "seed" and key in defaults and defaults[key] != value else ""
+
+
+def _defaults(config_cls: type) -> dict[str, Any]:
+    try:
+        config = config_cls()
+    except Exception:
+        return {}
+    return asdict(config) if is_dataclass(config) else {}

@@ -1,0 +1,113 @@
+"""The report's figures, drawn with matplotlib's Agg renderer (no display needed) and returned as PNG bytes.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, not through pyplot,
+so drawing keeps no global state and needs no interactive backend.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 100
+# Forget quality is a p-value drawn on a log axis; a value that underflowed to 0 is drawn at this floor.
+QUALITY_FLOOR = 1e-300
+TARGET_STYLE = {"marker": "X", "color": "black", "markersize": 11}
+ORACLE_STYLE = {"marker": "*", "color": "#e6a700", "markersize": 17, "markeredgecolor": "black"}
+
+
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One model on the trade-off plot; several values (one per seed) draw their mean and range."""
+
+    label: str
+    role: str  # "target", "oracle" or "method"
+    model_utility: Sequence[float]
+    forget_quality: Sequence[float]
+
+
+def tradeoff(points: Sequence[TradeoffPoint], title: str) -> bytes:
+    """Forget quality (log scale) against model utility; the top right is best, where the retain oracle sits."""
+    figure = Figure(figsize=(7.5, 4.8))
+    axes = figure.add_subplot()
+    colours = iter(_palette(sum(point.role == "method" for point in points)))
+    for point in points:
+        utility = np.asarray(point.model_utility, dtype=float)
+        quality = np.maximum(np.asarray(point.forget_quality, dtype=float), QUALITY_FLOOR)
+        x, y = float(utility.mean()), float(quality.mean())
+        # Error bars span the seeds' range: a mean minus a standard deviation can fall below 0, off a log axis.
+        x_err = [[x - utility.min()], [utility.max() - x]] if len(utility) > 1 else None
+        y_err = [[y - quality.min()], [quality.max() - y]] if len(quality) > 1 else None
+        if point.role == "target":
+            style = {**TARGET_STYLE, "linestyle": "none"}
+        elif point.role == "oracle":
+            style = {**ORACLE_STYLE, "linestyle": "none"}
+        else:
+            style = {"marker": "o", "color": next(colours), "markersize": 8, "linestyle": "none"}
+        seeds = f" ({len(utility)} seeds)" if len(utility) > 1 else ""
+        axes.errorbar([x], [y], xerr=x_err, yerr=y_err, capsize=3, label=f"{point.label}{seeds}", zorder=3, **style)
+    axes.set_yscale("log")
+    axes.set_xlabel("model utility (higher is better)")
+    axes.set_ylabel("forget quality, log scale (higher is better)")
+    axes.set_title(title)
+    axes.grid(True, which="major", alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    return _png(figure)
+
+
+def truth_ratio_ecdf(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
+    """Empirical CDFs of per-sample forget truth ratios R: the samples the KS test (forget quality) compares."""
+    figure = Figure(figsize=(5.6, 3.4))
+    axes = figure.add_subplot()
+    styles = {"retain oracle": {"color": "#e6a700", "linewidth": 2.2}, "target": {"color": "black", "linestyle": "--"}}
+    for name, values in curves.items():
+        ratios = np.sort(np.asarray([v for v in values if math.isfinite(v) and v > 0], dtype=float))
+        if ratios.size == 0:
+            continue
+        fractions = np.arange(1, ratios.size + 1) / ratios.size
+        axes.step(np.concatenate([[ratios[0]], ratios]), np.concatenate([[0.0], fractions]), where="post",
+                  label=f"{name} (n={ratios.size})", **styles.get(name, {"color": "#1f77b4", "linewidth": 2.0}))
+    axes.set_xscale("log")
+    axes.set_xlabel("truth ratio R = p(paraphrased) / p(perturbed), log scale")
+    axes.set_ylabel("fraction of forget questions")
+    axes.set_ylim(0, 1.02)
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    return _png(figure)
+
+
+def training_curves(steps: Sequence[Mapping[str, float]], terms: Sequence[str], title: str) -> bytes:
+    """Each recorded loss term (and tracked metric) per optimiser step."""
+    figure = Figure(figsize=(5.6, 3.4))
+    axes = figure.add_subplot()
+    for term in terms:
+        xs = [line["step"] for line in steps if isinstance(line.get(term), (int, float))]
+        ys = [line[term] for line in steps if isinstance(line.get(term), (int, float))]
+        # Markers keep a run of one or two logged steps visible; long runs read better as lines.
+        axes.plot(xs, ys, marker="o" if len(xs) <= 20 else None, markersize=4, label=term,
+                  linewidth=2.2 if term == "loss" else 1.4)
+    axes.set_xlabel("optimiser step")
+    axes.set_ylabel("value")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    return _png(figure)
+
+
+def _palette(count: int) -> list[str]:
+    base = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22", "#ff7f0e"]
+    return [base[i % len(base)] for i in range(max(count, 1))]
+
+
+def _png(figure: Figure) -> bytes:
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+    return buffer.getvalue()
