@@ -12,7 +12,7 @@ $(BIN)/unlearnkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned to the CPU build, so that no dependency pulls a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,general]'
 	touch $@
 
 env: $(BIN)/unlearnkit

@@ -144,7 +144,7 @@ class PreparedBenchmark:
             return [json.loads(line) for line in handle if line.strip()]
 
     def eval_splits(self, forget_split: str) -> dict[str, list[dict]]:
-        """The four TOFU evaluation sets for ``forget_split``."""
+        """The four TOFU evaluation sets for ``forget_split``, and its holdout set (same size) for membership inference."""
         check_forget_split(forget_split)
         # Retain questions come from authors outside every forget split, so the set is the same for all splits.
         retain = self.split("retain90")
@@ -154,6 +154,7 @@ class PreparedBenchmark:
             "retain": retain[::step][: self.config.retain_eval_size],
             "real_authors": self.split("real_authors"),
             "world_facts": self.split("world_facts"),
+            "holdout": self.split("holdout" + forget_split[-2:]),
         }
 
     def retain_split(self, forget_split: str) -> str:
@@ -279,7 +280,8 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
 def _train_oracle(bench: PreparedBenchmark, forget_split: str, splits: list[str], folder: Path, show_progress: bool) -> None:
     _train_model(bench, splits, folder, show_progress)
     result = evaluate_cached_model(bench, folder, forget_split, reference=None)
-    save_reference(folder / REFERENCE_FILE, oracle_reference(bench.split(forget_split), result.forget_truth_ratios, forget_split))
+    save_reference(folder / REFERENCE_FILE,
+                   oracle_reference(bench.split(forget_split), result.forget_truth_ratios, forget_split, result.membership))
 
 
 def evaluate_cached_model(

@@ -35,6 +35,11 @@ CheckpointEvery = Annotated[int, typer.Option(help="Save a checkpoint every N op
 Resume = Annotated[bool, typer.Option("--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway).")]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
 PromptStyle = Annotated[str, typer.Option("--prompt-format", help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
+EvalEvery = Annotated[int, typer.Option(help="Evaluate every N optimiser steps during training and write eval_curve.json (0: off).")]
+SelectBest = Annotated[str | None, typer.Option(help="Keep the weights of the best evaluation during training by METRIC, max:METRIC or min:METRIC.")]
+SubjectTo = Annotated[str | None, typer.Option(help="Constraints on the best evaluation, comma-separated METRIC OP VALUE; VALUE a number, F*oracle or F*target (e.g. 'model_utility>=0.9*oracle').")]
+Patience = Annotated[int, typer.Option(help="Stop training after K evaluations without a new best (0: never early).")]
+EvalRows = Annotated[int, typer.Option(help="Evaluate during training on at most N evenly spaced rows per set (0: all rows).")]
 
 
 @app.callback()
@@ -81,6 +86,12 @@ def _eval_config(batch_size: int, max_new_tokens: int):  # noqa: ANN202
     return EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
+def _tracking(every: int, select_best: str | None, subject_to: str | None, patience: int, rows: int):  # noqa: ANN202
+    from unlearnkit.evaluation.tracking import TrackingConfig
+
+    return TrackingConfig(every=every, select_best=select_best, subject_to=subject_to, patience=patience, max_rows=rows)
+
+
 @app.command()
 def demo(
     output: Output = Path("runs/demo"),
@@ -92,15 +103,21 @@ def demo(
     cache: Cache = None,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
+    eval_every: EvalEvery = 0,
+    select_best: SelectBest = None,
+    subject_to: SubjectTo = None,
+    patience: Patience = 0,
+    eval_rows: EvalRows = 0,
 ) -> None:
     """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
     from unlearnkit.benchmark import get_preset
     from unlearnkit.jobs import format_table, run_demo
 
+    tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
     summary = run_demo(
         output=output, config=get_preset(preset), method=method, forget_split=split,
         overrides=_parse_sets(sets), overwrite=overwrite, cache_dir=cache, show_progress=_state["progress"],
-        checkpoint_every=checkpoint_every, resume=resume,
+        checkpoint_every=checkpoint_every, resume=resume, tracking=tracking,
     )
     typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
     typer.echo(format_table(summary))
@@ -206,7 +223,9 @@ def finetune(
         learning_rate=learning_rate or (bench_config.training.learning_rate if model == "tiny" else 1e-5),
         max_epochs=max_epochs, batch_size=batch_size, target_accuracy=target_accuracy, seed=seed,
     )
-    needs_builtin = any(not Path(source).exists() and not source.startswith("hf:") for source in data)
+    from unlearnkit.data.qa import is_builtin_name
+
+    needs_builtin = any(is_builtin_name(source) for source in data)
     bench = prepare_benchmark(bench_config, cache, (), _state["progress"]) if needs_builtin else None
     stats = run_finetune(
         model=model, data=data, output=output, config=config, tiny=bench_config.model, overwrite=overwrite,
@@ -236,23 +255,32 @@ def unlearn(
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
     on_overlap: Annotated[str, typer.Option(help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
+    eval_every: EvalEvery = 0,
+    select_best: SelectBest = None,
+    subject_to: SubjectTo = None,
+    patience: Patience = 0,
+    eval_rows: EvalRows = 0,
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
     from unlearnkit.benchmark import FORGET_SPLITS, get_preset
     from unlearnkit.benchmark import prepare as prepare_benchmark
     from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.data.qa import is_builtin_name
     from unlearnkit.evaluation.evaluator import load_reference
     from unlearnkit.jobs import run_unlearn
     from unlearnkit.unlearn import resolve_method
 
     bench_config = get_preset(preset)
     overrides = _parse_sets(sets)
+    tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
+    if tracking.enabled and not evaluate_after:
+        raise UnlearnkitError("--eval-every evaluates on the evaluation sets: drop --no-eval.")
     builtin_forget = forget in FORGET_SPLITS and not Path(forget).exists()
     if model == "builtin":
         overrides = {**bench_config.overrides_for(method), **overrides}
     resolve_method(method, overrides)  # fail on a bad method or hyperparameter before any training
     bench = None
-    if model == "builtin" or builtin_forget or (retain and not Path(retain).exists() and not retain.startswith("hf:")):
+    if model == "builtin" or builtin_forget or (retain and is_builtin_name(retain)):
         bench = prepare_benchmark(bench_config, cache, (forget,) if builtin_forget else (), _state["progress"])
     if retain is None and builtin_forget:
         retain = bench.retain_split(forget)
@@ -271,6 +299,7 @@ def unlearn(
         overwrite=overwrite, bench=bench, eval_splits=eval_splits, oracle_reference=reference, fmt=fmt,
         eval_config=_eval_config(eval_batch_size, max_new_tokens), trust_remote_code=trust_remote_code,
         show_progress=_state["progress"], checkpoint_every=checkpoint_every, resume=resume, on_overlap=on_overlap,
+        tracking=tracking,
     )
     _echo_summary(summary)
     typer.echo(f"Results: {output} (model in {output}/model)")
@@ -297,6 +326,7 @@ def eval_command(
     retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
     real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
     world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on: membership inference and memorization against --forget.")] = None,
     oracle_reference: OracleReference = None,
     save_reference: Annotated[Path | None, typer.Option(help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file.")] = None,
     preset: Preset = "default",
@@ -316,7 +346,7 @@ def eval_command(
 
     eval_config = _eval_config(batch_size, max_new_tokens)
     if benchmark:
-        if forget or retain or real_authors or world_facts:
+        if forget or retain or real_authors or world_facts or holdout:
             raise UnlearnkitError("Pass either --benchmark SPLIT or data files (--forget/--retain/...), not both.")
         bench = prepare_benchmark(get_preset(preset), cache, (benchmark,), _state["progress"])
         splits = bench.eval_splits(benchmark)
@@ -327,18 +357,122 @@ def eval_command(
         if not forget:
             raise UnlearnkitError("Pass --benchmark SPLIT, or at least --forget FILE (plus optional --retain/--real-authors/--world-facts).")
         splits = _user_eval_splits(forget, retain, real_authors, world_facts)
+        if holdout:
+            from unlearnkit.data.qa import load_qa
+
+            splits["holdout"] = load_qa(holdout, role="holdout")
         reference = load_reference(oracle_reference) if oracle_reference else None
         fmt = PromptFormat(prompt_format)
     summary = run_eval(
         model=model, splits=splits, output=output, oracle_reference=reference, overwrite=overwrite, fmt=fmt,
         eval_config=eval_config, trust_remote_code=trust_remote_code,
         description={"benchmark": benchmark, "forget": forget, "retain": retain, "real_authors": real_authors,
-                     "world_facts": world_facts, "oracle_reference": str(oracle_reference) if oracle_reference else None,
+                     "world_facts": world_facts, "holdout": holdout, "oracle_reference": str(oracle_reference) if oracle_reference else None,
                      # the built-in benchmark's cache names its configuration: reports compare only runs of one benchmark
                      "cache": str(bench.root) if benchmark else None},
         save_reference_to=save_reference,
     )
     _echo_summary(summary)
+    typer.echo(f"Results: {output}")
+
+
+@app.command()
+def sequence(
+    mode: Annotated[str, typer.Option(help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).")],
+    output: Output,
+    method: Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")] = "npo",
+    model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name (with --muse).")] = "builtin",
+    muse: Annotated[Path | None, typer.Option("--muse", help="A MUSE-format folder (raw/, verbmem/, knowmem/, optional scal/ sust/) instead of the built-in benchmark.")] = None,
+    muse_name: Annotated[str, typer.Option(help="Which MUSE corpus the folder holds: muse-news or muse-books.")] = "muse-news",
+    splits: Annotated[str, typer.Option(help="Scalability on the built-in benchmark: comma-separated forget splits, smallest first.")] = "forget01,forget05,forget10",
+    source_split: Annotated[str, typer.Option(help="Sustainability on the built-in benchmark: the forget split cut into requests.")] = "forget10",
+    requests: Annotated[int, typer.Option(help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget).")] = 4,
+    num_shots: Annotated[int | None, typer.Option(help="KnowMem in-context examples (default: all given).")] = None,
+    sets: Sets = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """MUSE's scalability and sustainability: unlearn several forget sets and evaluate after each stage."""
+    from transformers import AutoConfig
+
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.evaluation.muse import MuseConfig
+    from unlearnkit.jobs import format_table
+    from unlearnkit.modeling import load_tokenizer
+    from unlearnkit.sequential import MODES, builtin_plan, muse_plan, run_sequence
+    from unlearnkit.unlearn import resolve_method
+
+    if mode not in MODES:
+        raise UnlearnkitError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}.")
+    bench_config = get_preset(preset)
+    overrides = _parse_sets(sets)
+    if model == "builtin":
+        overrides = {**bench_config.overrides_for(method), **overrides}
+    config = resolve_method(method, overrides)  # a bad method or hyperparameter fails before any work
+    muse_config = MuseConfig(num_shots=num_shots)
+    stage_splits = tuple(s.strip() for s in splits.split(",") if s.strip())
+    bench = None
+    if model == "builtin" or muse is None:
+        oracle_splits = stage_splits if mode == "scalability" else (source_split,)
+        bench = prepare_benchmark(bench_config, cache, oracle_splits if muse is None else (), _state["progress"])
+    model_path = str(bench.target_dir) if model == "builtin" else model
+    fmt = PromptFormat("plain") if model == "builtin" else PromptFormat(prompt_format)
+    tokenizer = load_tokenizer(model_path, trust_remote_code)
+    fmt.uses_chat(tokenizer)
+    try:
+        context = getattr(AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code), "max_position_embeddings", None)
+    except (OSError, ValueError) as error:
+        raise UnlearnkitError(f"Could not read the configuration of {model_path}: {error}") from None
+    if muse is None:
+        if context is None:
+            raise UnlearnkitError("The built-in runner needs a model whose config states its context (max_position_embeddings).")
+        plan = builtin_plan(bench, mode, tokenizer, context, splits=stage_splits, source_split=source_split,
+                            num_requests=requests, muse_config=muse_config)
+    else:
+        plan = muse_plan(muse, mode, tokenizer, context, benchmark=muse_name, num_requests=requests, muse_config=muse_config)
+    summary = run_sequence(plan=plan, model_source=model_path, tokenizer=tokenizer, method=method, config=config,
+                           output=output, fmt=fmt, overwrite=overwrite, show_progress=_state["progress"],
+                           trust_remote_code=trust_remote_code)
+    columns = [key for key in ("forget_quality", "model_utility", "forget_probability", "forget_rouge_l", "verbmem_forget",
+                               "verbmem_stage_forget", "knowmem_forget", "knowmem_retain")
+               if any(isinstance(values.get(key), float) for values in summary.values())]
+    typer.echo(f"\n{method}, {mode}:\n")
+    typer.echo(format_table(summary, columns))
+    typer.echo(f"\nResults: {output}/summary.json (one entry per stage; per-sample values in per_sample.json)")
+
+
+@app.command()
+def general(
+    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' for the built-in target).")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks, e.g. mmlu,wmdp_bio,wmdp_cyber.")],
+    output: Output,
+    include_path: Annotated[Path | None, typer.Option(help="A folder of your own lm-eval task YAML files.")] = None,
+    limit: Annotated[int | None, typer.Option(help="At most N documents per task (quick checks).")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples per question (default: the task's).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 16,
+    preset: Preset = "default",
+    cache: Cache = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Accuracy on general benchmarks through lm-eval (optional extra: pip install 'unlearnkit[general]')."""
+    from unlearnkit.evaluation.general import parse_tasks
+    from unlearnkit.jobs import run_general
+
+    if model == "builtin-target":
+        from unlearnkit.benchmark import get_preset
+        from unlearnkit.benchmark import prepare as prepare_benchmark
+
+        model = str(prepare_benchmark(get_preset(preset), cache, (), _state["progress"]).target_dir)
+    results = run_general(model=model, tasks=parse_tasks(tasks), output=output, overwrite=overwrite, include_path=include_path,
+                          batch_size=batch_size, limit=limit, num_fewshot=num_fewshot, trust_remote_code=trust_remote_code)
+    for task, values in results.items():
+        typer.echo(f"{task:>28}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items()))
     typer.echo(f"Results: {output}")
 
 
@@ -364,6 +498,22 @@ def methods(
             typer.echo("")
     typer.echo("Every method takes the shared options (see -v), among them lora_rank for its LoRA form\n"
                "and target_modules / layers to choose the weights it may change.")
+
+
+@app.command()
+def metrics() -> None:
+    """List every reported metric with its better direction, definition and source paper."""
+    from unlearnkit.evaluation.catalog import FAMILIES, metric_catalog
+
+    catalog = metric_catalog()
+    for family in FAMILIES:
+        specs = [catalog.get(name) for name in catalog.names() if catalog.get(name).family == family]
+        if not specs:
+            continue
+        typer.echo(f"[{family}]")
+        for spec in specs:
+            typer.echo(f"{spec.name} ({spec.direction} is better {spec.arrow})\n    {spec.definition}\n    Paper: {spec.paper}")
+        typer.echo("")
 
 
 @app.command()

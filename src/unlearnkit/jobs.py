@@ -7,6 +7,7 @@ Results folder contract (documented in the README):
 * ``per_sample.json``: per-question values behind the summary;
 * ``model/``: the unlearned or fine-tuned model (safetensors + tokenizer), where one is produced;
 * ``training_log.json``: the Trainer's log (loss, learning rate per logging step), where training ran;
+* ``eval_curve.json``: (with ``--eval-every``) one entry per evaluation during training: step, epoch, metrics;
 * ``log.txt``: the run's log;
 * ``report.html``: (``demo``) the run's visual report, see :mod:`unlearnkit.report`.
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.benchmark import (
+    FORGET_SPLITS,
     BuiltinBenchmark,
     PreparedBenchmark,
     check_forget_split,
@@ -40,6 +42,7 @@ from unlearnkit.data.qa import QA_FIELDS, TRUTH_RATIO_FIELDS, has_fields, load_q
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference, save_reference
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
+from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
@@ -140,6 +143,7 @@ def run_unlearn(
     checkpoint_every: int = 0,
     resume: bool = False,
     on_overlap: str = "refuse",
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> dict[str, Any]:
     """Unlearn ``forget`` from ``model`` and write a results folder; returns the summary (empty without eval data).
 
@@ -159,6 +163,14 @@ def run_unlearn(
     context = getattr(network.config, "max_position_embeddings", None)
     check_fits_context(tokenizer, fmt, forget_rows, context, "forget data")
     check_fits_context(tokenizer, fmt, retain_rows, context, "retain data")
+    tracker = None
+    if tracking.enabled:
+        # The oracle's own metrics, for constraints such as model_utility>=0.9*oracle, are known for built-in splits.
+        known = {}
+        criterion = tracking.criterion()
+        if criterion and "oracle" in criterion.needs() and bench is not None and forget in FORGET_SPLITS:
+            known["oracle"] = evaluation_cache(bench, "oracle", bench.oracle_dir(forget), forget, eval_config).summary
+        tracker = EvalTracker(tokenizer, eval_splits or {}, tracking, fmt, eval_config, oracle_reference, known)
     run_config = {
         "command": "unlearn", "model": str(model), "method": method, "forget": str(forget),
         "retain": str(retain) if retain else None, "hyperparameters": asdict(config),
@@ -166,12 +178,17 @@ def run_unlearn(
         "sha256": {"forget_rows": rows_sha256(forget_rows), "retain_rows": rows_sha256(retain_rows),
                    "source_model": weights_sha256(model)},
     }
+    if tracker is not None:
+        run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
         write_json(folder / "config.json", run_config)
         started = time.perf_counter()
         outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress,
-                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
+                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
+                          callbacks=[tracker] if tracker is not None else ())
         write_json(folder / "training_log.json", outcome.log_history)
+        if tracker is not None:
+            _write_tracking(folder, tracker, run_config)
         save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
         write_json(folder / "config.json", run_config)
@@ -181,8 +198,17 @@ def run_unlearn(
             result = evaluate(outcome.model, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
             summary.update(result.summary)
             write_json(folder / "per_sample.json", result.per_sample)
+        if tracker is not None and tracker.selected_step is not None:
+            summary["selected_step"] = tracker.selected_step
         write_json(folder / "summary.json", summary)
     return summary
+
+
+def _write_tracking(folder: Path, tracker: EvalTracker, run_config: dict[str, Any]) -> None:
+    """The curve of evaluations during training, and the chosen step in config.json."""
+    write_json(folder / CURVE_FILE, tracker.curve)
+    run_config["eval_during_training"] = {**run_config.get("eval_during_training", {}), **tracker.selection()}
+    write_json(folder / "config.json", run_config)
 
 
 def run_eval(
@@ -221,7 +247,7 @@ def run_eval(
         _write_eval(folder, result)
     if save_reference_to is not None:
         split_name = str((description or {}).get("forget") or "forget")
-        save_reference(Path(save_reference_to), make_reference(splits["forget"], result.forget_truth_ratios, split_name))
+        save_reference(Path(save_reference_to), make_reference(splits["forget"], result.forget_truth_ratios, split_name, result.membership))
     return result.summary
 
 
@@ -271,6 +297,37 @@ def run_finetune(
     return stats
 
 
+def run_general(
+    *,
+    model: str,
+    tasks: Sequence[str],
+    output: Path,
+    overwrite: bool = False,
+    include_path: Path | None = None,
+    batch_size: int = 16,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    trust_remote_code: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Accuracy on lm-eval tasks (the optional ``general`` extra); writes config.json, summary.json and general.json."""
+    from unlearnkit.evaluation.general import INSTALL_HINT, evaluate_general, general_summary, lm_eval_available
+
+    if not lm_eval_available():
+        raise UnlearnkitError(INSTALL_HINT)
+    check_output_dir(output, overwrite)
+    network = load_model(model, trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code)
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "general", "model": str(model), "tasks": list(tasks), "include_path": str(include_path) if include_path else None,
+            "batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot, "environment": environment(),
+        })
+        results = evaluate_general(network, tokenizer, tasks, include_path, batch_size, limit, num_fewshot)
+        write_json(folder / "general.json", results)
+        write_json(folder / "summary.json", general_summary(results))
+    return results
+
+
 def evaluation_cache(bench: PreparedBenchmark, name: str, model_dir: Path, forget_split: str, eval_config: EvalConfig) -> EvalResult:
     """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
     key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
@@ -297,6 +354,7 @@ def run_demo(
     show_progress: bool = True,
     checkpoint_every: int = 0,
     resume: bool = False,
+    tracking: TrackingConfig = TrackingConfig(),
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``."""
     check_forget_split(forget_split)
@@ -323,19 +381,30 @@ def run_demo(
     tokenizer = load_tokenizer(bench.target_dir)
     model = load_model(bench.target_dir)
     check_method_inputs(method, method_config, forget, retain, model)
+    tracker = None
+    if tracking.enabled:
+        # Forget quality during training uses the oracle reference of the final evaluation.
+        tracker = EvalTracker(tokenizer, bench.eval_splits(forget_split), tracking, fmt, eval_config,
+                              load_reference(bench.reference_path(forget_split)), {"oracle": results["oracle"].summary})
+        run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
         write_json(folder / "config.json", run_config)
         unlearn_started = time.perf_counter()
         outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress,
-                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
+                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
+                          callbacks=[tracker] if tracker is not None else ())
         unlearned_at = time.perf_counter()
         write_json(folder / "training_log.json", outcome.log_history)
+        if tracker is not None:
+            _write_tracking(folder, tracker, run_config)
         save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
         write_json(folder / "config.json", run_config)
         reference = load_reference(bench.reference_path(forget_split))
         results["unlearned"] = evaluate(outcome.model, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
         summary = {name: result.summary for name, result in results.items()}
+        if tracker is not None and tracker.selected_step is not None:
+            summary["unlearned"] = {**summary["unlearned"], "selected_step": tracker.selected_step}
         write_json(folder / "summary.json", summary)
         write_json(folder / "per_sample.json", {name: result.per_sample for name, result in results.items()})
         write_json(folder / "timing.json", {

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.world import load_idk_answers
@@ -87,11 +87,13 @@ def unlearn(
     show_progress: bool = True,
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> UnlearnOutcome:
     """Unlearn ``forget`` from ``model`` (in place) with ``method``; returns the model and the training log.
 
     With ``checkpoint_every`` > 0, a checkpoint is written to ``checkpoint_dir``
     every that many steps, and a run that finds one there resumes from it.
+    ``callbacks`` are added to the Trainer's (e.g. :class:`unlearnkit.evaluation.tracking.EvalTracker`).
     """
     spec = METHODS.get(method)
     if not isinstance(config, spec.config):
@@ -140,7 +142,7 @@ def unlearn(
         args=args,
         train_dataset=dataset,
         data_collator=PairedCollator(tokenizer.pad_token_id),
-        callbacks=[LogHistoryCallback(), EpochToDataset(dataset)],
+        callbacks=[LogHistoryCallback(), EpochToDataset(dataset), *callbacks],
         method_config=config,
         reference_model=reference,
     )

@@ -45,9 +45,16 @@ class PromptFormat:
         return tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
 
     def answer_ids(self, tokenizer: PreTrainedTokenizerBase, answer: str) -> list[int]:
-        text = answer if self.uses_chat(tokenizer) else f" {answer}"
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+        return self.answer_ids_many(tokenizer, [answer])[0]
+
+    def answer_ids_many(self, tokenizer: PreTrainedTokenizerBase, answers: Sequence[str]) -> list[list[int]]:
+        """:meth:`answer_ids` of each answer, tokenised in one call (the same ids, much faster for many answers)."""
+        if not answers:
+            return []
+        chat = self.uses_chat(tokenizer)
+        texts = [answer if chat else f" {answer}" for answer in answers]
+        eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        return [ids + eos for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
 def encode_qa(
@@ -59,8 +66,12 @@ def encode_qa(
     the same in every prompt (and the prompt/answer boundary is exact). When too
     long, the prompt is cut from the left so the answer survives.
     """
-    prompt = fmt.prompt_ids(tokenizer, question)
-    answer_ids = fmt.answer_ids(tokenizer, answer)[:max_length - 1]
+    return join_qa(fmt.prompt_ids(tokenizer, question), fmt.answer_ids(tokenizer, answer), max_length)
+
+
+def join_qa(prompt: list[int], answer_ids: list[int], max_length: int) -> dict[str, list[int]]:
+    """:func:`encode_qa` from already tokenised prompt and answer ids."""
+    answer_ids = answer_ids[:max_length - 1]
     prompt = prompt[-(max_length - len(answer_ids)):]
     return {"input_ids": prompt + answer_ids, "labels": [IGNORE_INDEX] * len(prompt) + answer_ids}
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.data.schemas import is_schema_source, load_qa_rows
 from unlearnkit.data.world import split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
@@ -34,13 +35,17 @@ def load_qa(
     ``source`` forms:
       * a built-in split name (``forget10``), resolved by ``builtin``;
       * a local ``.json`` (a list of rows, or ``{"data": [...]}``), ``.jsonl``, ``.csv`` or ``.parquet`` file;
-      * ``hf:NAME[:CONFIG][@SPLIT]``, e.g. ``hf:locuslab/TOFU:forget10@train`` (needs the hub).
+      * ``hf:NAME[:CONFIG][@SPLIT]``, e.g. ``hf:locuslab/TOFU:forget10@train`` (needs the hub);
+      * a TOFU or MUSE QA name, ``tofu:CONFIG[@DIR]`` or ``muse-news:knowmem/SPLIT[@DIR]``
+        (see :mod:`unlearnkit.data.schemas`; ``@DIR`` reads a local copy).
 
     ``role`` (e.g. "forget") names the data in error messages. Raises
     :class:`UnlearnkitError` naming the file, the row and the field at fault.
     """
     text = str(source)
-    if builtin is not None and not Path(text).exists() and not text.startswith(HUB_PREFIX):
+    if is_schema_source(text) and not Path(text).exists():
+        rows = load_qa_rows(text, role)
+    elif builtin is not None and is_builtin_name(text):
         rows = builtin(text)
     elif text.startswith(HUB_PREFIX):
         rows = _load_hub(text[len(HUB_PREFIX):], role)
@@ -48,6 +53,12 @@ def load_qa(
         rows = _load_file(Path(text), role)
     validate_rows(rows, required=required, where=f"{role} data ({text})")
     return rows
+
+
+def is_builtin_name(source: str) -> bool:
+    """Whether ``source`` can only be a built-in split name: not a path, a hub name or a TOFU/MUSE name."""
+    text = str(source)
+    return not Path(text).exists() and not text.startswith(HUB_PREFIX) and not is_schema_source(text)
 
 
 def validate_rows(rows: Sequence[Any], *, required: Sequence[str], where: str) -> None:

@@ -13,6 +13,12 @@ Splits and their roles (TOFU, Maini et al., COLM 2024):
 Model utility is the harmonic mean of the nine retain/real_authors/world_facts
 numbers. Metrics whose fields a user's data lacks (e.g. no perturbed answers)
 are left out of the summary rather than guessed.
+
+* ``holdout`` (optional; QA about authors never trained on): with ``forget``, the
+  membership-inference AUCs (``mia_*_auc``, forget = members, holdout =
+  non-members), exact memorization and extraction strength of both sets, and
+  PrivLeak when the retain oracle's reference stores its Min-K% AUC
+  (:mod:`unlearnkit.evaluation.mia`). The TOFU metrics are not computed on it.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.qa import TRUTH_RATIO_FIELDS, has_fields
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import metrics
+from unlearnkit.evaluation.mia import DEFAULT_K, PRIVLEAK_FORMS, check_k, evaluate_membership
 from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
 from unlearnkit.io import write_json
 
 logger = logging.getLogger("unlearnkit")
 
-EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts")
+EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts", "holdout")
+# Scored only for membership inference and memorization, against the forget split.
+MEMBERSHIP_SPLITS = ("holdout",)
 # On these splits TOFU compares the answer itself with the perturbed ones and normalises the probability.
 FACT_SPLITS = ("real_authors", "world_facts")
 
@@ -47,10 +56,16 @@ class EvalConfig:
 
     batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass."})
     max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per question for ROUGE."})
+    min_k_fraction: float = field(default=DEFAULT_K, metadata={"help": "k of the Min-K% / Min-K%++ attacks (MUSE PrivLeak: 0.4)."})
+    privleak_form: str = field(default="muse", metadata={"help": "PrivLeak formula: 'muse' or 'openunlearning'."})
+    gradient_norm: bool = field(default=False, metadata={"help": "Also run the (slow, one backward pass per text) gradient-norm attack."})
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_new_tokens < 1:
             raise UnlearnkitError("batch_size and max_new_tokens must be at least 1.")
+        check_k(self.min_k_fraction)
+        if self.privleak_form not in PRIVLEAK_FORMS:
+            raise UnlearnkitError(f"privleak_form must be one of {', '.join(PRIVLEAK_FORMS)}; got {self.privleak_form!r}.")
 
 
 @dataclass
@@ -58,6 +73,8 @@ class EvalResult:
     summary: dict[str, float]
     per_sample: dict[str, list[dict[str, Any]]]
     forget_truth_ratios: np.ndarray | None
+    # Forget/holdout membership statistics a retain oracle stores for later runs (None without a holdout split).
+    membership: dict[str, Any] | None = None
 
 
 def evaluate(
@@ -77,7 +94,7 @@ def evaluate(
     per_sample: dict[str, list[dict[str, Any]]] = {}
     forget_ratios = None
     for split, rows in splits.items():
-        if not rows:
+        if not rows or split in MEMBERSHIP_SPLITS:
             continue
         logger.info("evaluating %s (%d questions)", split, len(rows))
         split_summary, samples, ratios = _evaluate_split(model, tokenizer, fmt, config, split, rows)
@@ -90,7 +107,21 @@ def evaluate(
         summary["forget_quality"] = metrics.forget_quality(forget_ratios, oracle_ratios)
     if all(name in summary for name in metrics.MODEL_UTILITY_COMPONENTS):
         summary["model_utility"] = metrics.model_utility(summary)
-    return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios)
+    membership = None
+    if splits.get("forget") and splits.get("holdout"):
+        logger.info("membership inference: forget vs holdout (%d questions)", len(splits["holdout"]))
+        result = evaluate_membership(
+            model, tokenizer, fmt, splits["forget"], splits["holdout"], config.min_k_fraction, config.batch_size,
+            reference=(oracle_reference or {}).get("membership"), with_gradient_norm=config.gradient_norm,
+            privleak_form=config.privleak_form,
+        )
+        summary.update(result.summary)
+        for sample, scores in zip(per_sample["forget"], result.forget, strict=True):
+            sample.update(scores)
+        per_sample["holdout"] = [{"question": row["question"], "answer": row["answer"], **scores}
+                                 for row, scores in zip(splits["holdout"], result.holdout, strict=True)]
+        membership = result.record
+    return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios, membership=membership)
 
 
 def _evaluate_split(
@@ -144,14 +175,24 @@ def _evaluate_split(
     return summary, samples, ratios
 
 
-def oracle_reference(forget_rows: Sequence[dict], truth_ratios: np.ndarray, split: str) -> dict[str, Any]:
-    """The retain oracle's per-sample forget truth ratios, with the questions they belong to."""
-    return {
+def oracle_reference(
+    forget_rows: Sequence[dict], truth_ratios: np.ndarray, split: str, membership: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The retain oracle's per-sample forget truth ratios, with the questions they belong to.
+
+    ``membership`` (:attr:`EvalResult.membership`, when the oracle was evaluated
+    with a holdout split) adds its per-sample forget/holdout NLLs and attack
+    AUCs: the reference attack and PrivLeak of later runs read them.
+    """
+    reference = {
         "split": split,
         "metric": "truth_ratio R = p(paraphrased) / geometric-mean p(perturbed), per forget question",
         "questions": [row["question"] for row in forget_rows],
         "truth_ratio": [float(r) for r in truth_ratios],
     }
+    if membership is not None:
+        reference["membership"] = dict(membership)
+    return reference
 
 
 def save_reference(path: Path, reference: Mapping[str, Any]) -> None:

@@ -145,9 +145,23 @@ def forget_quality(
 
 
 @functools.cache
-def _rouge_l_scorer() -> rouge_scorer.RougeScorer:
-    """Build the stemming ROUGE-L scorer once; construction loads the stemmer."""
-    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+def _rouge_l_scorer(use_stemmer: bool = True) -> rouge_scorer.RougeScorer:
+    """Build each ROUGE-L scorer once; construction loads the stemmer."""
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=use_stemmer)
+
+
+def _rouge_l_scores(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool) -> list:
+    """``rouge_score``'s ROUGE-L score (precision, recall, fmeasure) of each generation against its reference."""
+    if len(predictions) != len(references):
+        raise ValueError(
+            f"predictions ({len(predictions)}) and references ({len(references)}) must pair "
+            "up one-to-one; pass one generation per reference answer."
+        )
+    scorer = _rouge_l_scorer(use_stemmer)
+    return [
+        scorer.score(target=reference, prediction=prediction)["rougeL"]
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
@@ -158,17 +172,20 @@ def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.
     lower on forget data. Source: TOFU (ROUGE: Lin, "ROUGE: A Package for
     Automatic Evaluation of Summaries", ACL Workshop 2004).
     """
-    if len(predictions) != len(references):
-        raise ValueError(
-            f"predictions ({len(predictions)}) and references ({len(references)}) must pair "
-            "up one-to-one; pass one generation per reference answer."
-        )
-    scorer = _rouge_l_scorer()
-    recalls = [
-        scorer.score(target=reference, prediction=prediction)["rougeL"].recall
-        for prediction, reference in zip(predictions, references, strict=True)
-    ]
-    return np.asarray(recalls, dtype=np.float64)
+    scores = _rouge_l_scores(predictions, references, use_stemmer=True)
+    return np.asarray([score.recall for score in scores], dtype=np.float64)
+
+
+def rouge_l_f1(predictions: Sequence[str], references: Sequence[str], use_stemmer: bool = False) -> np.ndarray:
+    """Per-sample ROUGE-L F1 of each generation against its reference; ``(N,)``.
+
+    ``2PR / (P + R)`` with ``P = LCS / len(prediction)`` and ``R = LCS / len(reference)``
+    in tokens (``rouge_score``'s ``fmeasure``). MUSE's VerbMem and KnowMem use it
+    without stemming (``use_stemmer=False``, the default here); OpenUnlearning's
+    MUSE evaluation stems. Source: MUSE (Shi et al., ICLR 2025).
+    """
+    scores = _rouge_l_scores(predictions, references, use_stemmer=use_stemmer)
+    return np.asarray([score.fmeasure for score in scores], dtype=np.float64)
 
 
 def harmonic_mean(values: Sequence[float]) -> float:

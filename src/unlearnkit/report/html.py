@@ -45,7 +45,8 @@ RUNS_NOTE = (
     "Left: the empirical distribution of the per-sample forget truth ratio R of the unlearned model against the "
     "retain oracle's (and the target's): forget quality is the KS-test p-value between the first two; the closer "
     "the curves, the better. Right: the training log per step, the loss and each term the method records "
-    "(e.g. forget_loss, retain_loss)."
+    "(e.g. forget_loss, retain_loss). With --eval-every, a third plot shows the metrics tracked during training "
+    "(evaluated every N steps; step 0 is the model before unlearning, the dashed line the step whose weights were kept)."
 )
 EXAMPLES_NOTE = (
     "Greedy answers to the first questions of each set, from the first run of each method: the target model before "
@@ -225,6 +226,12 @@ def _runs_section(groups: Sequence[RunGroup]) -> str:
                                        f"{len(steps)} logged step(s); terms: {', '.join(run.training_terms())}."))
             else:
                 figures.append('<p class="note">No training log (an evaluation-only folder).</p>')
+            if run.eval_curve:
+                selected = (run.config.get("eval_during_training") or {}).get("selected_step")
+                figures.append(_figure(plots.eval_curves(run.eval_curve, f"{run.label}: metrics tracked during training", selected),
+                                       f"Metrics tracked during training of {run.label}",
+                                       f"{len(run.eval_curve)} evaluation(s) during training (eval_curve.json)"
+                                       + (f"; the weights of step {selected} were kept." if selected is not None else ".")))
             parts.append(f'<div class="pair">{"".join(figures)}</div>')
     return "".join(parts)
 

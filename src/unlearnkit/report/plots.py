@@ -101,6 +101,38 @@ def training_curves(steps: Sequence[Mapping[str, float]], terms: Sequence[str], 
     return _png(figure)
 
 
+# Metrics drawn from eval_curve.json, when present: the headline ones first.
+TRACKED_METRICS = ("model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l", "retain_rouge_l")
+
+
+def eval_curves(curve: Sequence[Mapping], title: str, selected_step: int | None = None) -> bytes:
+    """Metrics of the evaluations during training per step; forget quality (a p-value) on its own log axis."""
+    figure = Figure(figsize=(5.6, 3.4))
+    axes = figure.add_subplot()
+    steps = [entry["step"] for entry in curve]
+    for name in TRACKED_METRICS:
+        values = [entry["metrics"].get(name) for entry in curve]
+        if any(isinstance(value, (int, float)) for value in values):
+            axes.plot(steps, [np.nan if value is None else value for value in values], marker="o" if len(steps) <= 20 else None,
+                      markersize=4, label=name, linewidth=1.4)
+    quality = [entry["metrics"].get("forget_quality") for entry in curve]
+    if any(isinstance(value, (int, float)) for value in quality):
+        right = axes.twinx()
+        right.plot(steps, [max(value, QUALITY_FLOOR) if isinstance(value, (int, float)) else np.nan for value in quality],
+                   color="black", linestyle=":", marker="s", markersize=3, label="forget_quality (right, log)")
+        right.set_yscale("log")
+        right.set_ylabel("forget quality, log scale")
+        right.legend(fontsize=8, loc="lower right")
+    if selected_step is not None:
+        axes.axvline(selected_step, color="grey", linestyle="--", linewidth=1)
+    axes.set_xlabel("optimiser step")
+    axes.set_ylabel("value")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="upper right")
+    return _png(figure)
+
+
 def _palette(count: int) -> list[str]:
     base = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22", "#ff7f0e"]
     return [base[i % len(base)] for i in range(max(count, 1))]

@@ -1,7 +1,7 @@
 """Read results folders back for reports: what each holds, checked, and whether several can be compared.
 
 A report reads results files only (``config.json``, ``summary.json``,
-``per_sample.json``, ``training_log.json``, ``timing.json``), so it works on
+``per_sample.json``, ``training_log.json``, ``eval_curve.json``, ``timing.json``), so it works on
 folders written by any version of the commands that keeps that contract:
 
 * a ``demo`` folder holds the target's, the retain oracle's and the unlearned
@@ -50,6 +50,8 @@ class RunResults:
     summary: dict[str, float]
     per_sample: dict[str, list[dict[str, Any]]]
     training_log: list[dict[str, Any]] = field(default_factory=list)
+    # Evaluations during training (``--eval-every``): {"step", "epoch", "metrics"} per evaluation.
+    eval_curve: list[dict[str, Any]] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict)
     target_summary: dict[str, float] | None = None
     oracle_summary: dict[str, float] | None = None
@@ -167,6 +169,10 @@ def load_run(folder: Path, label: str | None = None) -> RunResults:
     if (folder / "training_log.json").is_file():
         log = _read_json(folder / "training_log.json")
         run.training_log = log if isinstance(log, list) else []
+    if (folder / "eval_curve.json").is_file():
+        curve = _read_json(folder / "eval_curve.json")
+        run.eval_curve = [entry for entry in curve if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)
+                          and isinstance(entry.get("step"), int)] if isinstance(curve, list) else []
     if (folder / "timing.json").is_file():
         run.timing = _read_json(folder / "timing.json")
     return run

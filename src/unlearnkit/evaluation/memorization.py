@@ -1,0 +1,301 @@
+"""Memorization and extraction metrics, and Jang et al.'s stopping rule as a training callback.
+
+Pure functions take ``logits (B, T, V)`` and ``labels (B, T)`` with the
+conventions of :mod:`unlearnkit.losses`: a label of ``-100`` is not scored, and
+the causal shift (``logits[:, t - 1]`` predicts ``labels[:, t]``) is done here.
+"Scored tokens" below are the labels that are not ``-100`` after the shift.
+
+* **Exact memorization** (Tirumala et al., NeurIPS 2022): the fraction of
+  scored tokens whose teacher-forced argmax equals the label.
+* **Extraction strength** (Carlini et al., "Quantifying Memorization Across
+  Neural Language Models", ICLR 2023; the form used by OpenUnlearning):
+  ``1 − k/|y|``, with ``k`` the smallest offset such that the teacher-forced
+  argmax equals the label on every token of ``y[k:]``; equivalently the length
+  of the longest fully-predicted suffix divided by ``|y|``. When even the last
+  token is wrong no suffix matches, ``k = |y|`` and the value is 0
+  (OpenUnlearning's loop returns ``1/|y|`` there, a bug not repeated here).
+* **Memorization accuracy** MA and **extraction likelihood** EL_n (Jang et al.,
+  "Knowledge Unlearning for Mitigating Privacy Risks in Language Models", ACL
+  2023): MA is the greedy next-token accuracy over a token sequence x (every
+  token after the first), EL_n the mean over prefixes x_<t of the fraction of the
+  suffix x_≥t's n-grams found in the greedy continuation of x_<t.
+
+For short QA answers the sequence x is the answer's tokens (with EOS, as they
+are trained) and the question's prompt is a fixed prefix in front of every
+prefix x_<t: the model is asked to continue "question + first t answer
+tokens". With that scope MA equals exact memorization on the answer tokens, and
+EL_n has ``|x| − n`` terms (prefix lengths 1 .. |x| − n, each suffix holding at
+least one n-gram); a sequence of at most n tokens has no term and gives NaN,
+which the aggregates skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+
+from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.scoring import greedy_token_continuations
+from unlearnkit.losses import IGNORE_INDEX, _check_lm_inputs
+
+logger = logging.getLogger("unlearnkit")
+
+DEFAULT_NGRAM = 10
+"""Jang et al.'s n for EL_n."""
+
+
+# ---------------------------------------------------------------------------
+# Pure functions on logits and labels
+# ---------------------------------------------------------------------------
+
+
+def argmax_matches(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Teacher-forced greedy hits, with the causal shift.
+
+    Returns ``(matches, mask)``, both bool ``(B, T-1)``: ``matches[b, t]`` is
+    ``argmax logits[b, t] == labels[b, t+1]`` and ``mask[b, t]`` whether that
+    label is scored.
+    """
+    _check_lm_inputs(logits, labels)
+    shifted_labels = labels[:, 1:]
+    mask = shifted_labels != IGNORE_INDEX
+    matches = (logits[:, :-1].argmax(dim=-1) == shifted_labels) & mask
+    return matches, mask
+
+
+def _scored_per_row(mask: Tensor) -> Tensor:
+    counts = mask.sum(dim=1)
+    if bool((counts == 0).any()):
+        raise ValueError("every sequence needs at least one scored label (!= -100) at a position t >= 1.")
+    return counts.double()
+
+
+def exact_memorization(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of each sequence's scored tokens predicted exactly by the teacher-forced argmax; ``(B,)``."""
+    matches, mask = argmax_matches(logits, labels)
+    return matches.sum(dim=1).double() / _scored_per_row(mask)
+
+
+def extraction_strength(logits: Tensor, labels: Tensor) -> Tensor:
+    """``1 − k/|y|`` per sequence, ``k`` the smallest offset with every token of ``y[k:]`` predicted; ``(B,)``.
+
+    0 when the last scored token is mispredicted (no suffix matches), 1 when every token is.
+    """
+    matches, mask = argmax_matches(logits, labels)
+    # Unscored positions (prompt, padding) must not break a run of hits, so they count as hits here.
+    hit_or_unscored = (matches | ~mask).long()
+    # Reverse cumulative product: 1 at t iff every position from t to the end is a hit (or unscored).
+    suffix_all_hits = hit_or_unscored.flip(dims=[1]).cumprod(dim=1).flip(dims=[1]).bool()
+    matched_suffix = (suffix_all_hits & mask).sum(dim=1).double()
+    return matched_suffix / _scored_per_row(mask)
+
+
+def memorization_accuracy(logits: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """Jang et al.'s MA: greedy next-token accuracy over every real token after the first; ``(B,)``.
+
+    ``input_ids (B, T)`` is the whole sequence x (right padding; ``attention_mask``
+    marks the real tokens). To score only part of a sequence (an answer after a
+    fixed question), use :func:`exact_memorization` with labels on that part.
+    """
+    labels = input_ids.clone()
+    if attention_mask is not None:
+        labels[attention_mask == 0] = IGNORE_INDEX
+    return exact_memorization(logits, labels)
+
+
+def ngrams(tokens: Sequence[int], n: int) -> list[tuple[int, ...]]:
+    """The contiguous n-grams of ``tokens`` in order (with repeats)."""
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def ngram_overlap(generation: Sequence[int], reference: Sequence[int], n: int) -> float:
+    """Jang et al.'s OVERLAP_n: the fraction of ``reference``'s n-grams (with repeats) that occur in ``generation``.
+
+    NaN when ``reference`` has fewer than ``n`` tokens (it has no n-gram).
+    """
+    _check_n(n)
+    wanted = ngrams(reference, n)
+    if not wanted:
+        return math.nan
+    produced = set(ngrams(generation, n))
+    return sum(gram in produced for gram in wanted) / len(wanted)
+
+
+def extraction_likelihood(sequence: Sequence[int], continuations: Sequence[Sequence[int]], n: int = DEFAULT_NGRAM) -> float:
+    """EL_n of one token sequence x from the greedy continuations of its prefixes.
+
+    ``continuations[i]`` is the greedy continuation of the prefix ``x[:i + 1]``
+    (see :func:`el_prefix_lengths`); the result is the mean over those prefixes
+    of :func:`ngram_overlap` (continuation, ``x[i + 1:]``). NaN when ``|x| <= n``.
+    """
+    lengths = el_prefix_lengths(len(sequence), n)
+    if len(continuations) != len(lengths):
+        raise ValueError(
+            f"EL_{n} of a {len(sequence)}-token sequence needs {len(lengths)} continuations "
+            f"(prefix lengths 1..{len(sequence) - n}); got {len(continuations)}."
+        )
+    if not lengths:
+        return math.nan
+    overlaps = [ngram_overlap(continuation, sequence[p:], n) for p, continuation in zip(lengths, continuations, strict=True)]
+    return float(np.mean(overlaps))
+
+
+def el_prefix_lengths(length: int, n: int) -> list[int]:
+    """Prefix lengths EL_n averages over: 1 .. length − n (each suffix keeps at least one n-gram)."""
+    _check_n(n)
+    return list(range(1, length - n + 1))
+
+
+def _check_n(n: int) -> None:
+    if not (isinstance(n, int) and n >= 1):
+        raise ValueError(f"the n-gram length n must be an integer >= 1 (Jang et al. use 10); got {n!r}.")
+
+
+# ---------------------------------------------------------------------------
+# Model queries for QA rows
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def answer_memorization(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[dict],
+    batch_size: int = 64,
+    max_length: int = 512,
+) -> dict[str, np.ndarray]:
+    """Exact memorization (= MA on the answer) and extraction strength of each row's answer; each ``(N,)``."""
+    features = [encode_qa(tokenizer, fmt, row["question"], row["answer"], max_length) for row in rows]
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    memorized = np.zeros(len(features))
+    strength = np.zeros(len(features))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = {k: v.to(model.device) for k, v in pad_batch([features[i] for i in chosen], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        memorized[chosen] = exact_memorization(logits, batch["labels"]).cpu().numpy()
+        strength[chosen] = extraction_strength(logits, batch["labels"]).cpu().numpy()
+    return {"exact_memorization": memorized, "extraction_strength": strength}
+
+
+def answer_extraction_likelihood(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[dict],
+    n: int = DEFAULT_NGRAM,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """EL_n of each row's answer tokens x, with the question's prompt as a fixed prefix; ``(N,)`` (NaN if |x| <= n)."""
+    prompts = [fmt.prompt_ids(tokenizer, row["question"]) for row in rows]
+    answers = [fmt.answer_ids(tokenizer, row["answer"]) for row in rows]
+    prefixes: list[list[int]] = []
+    lengths: list[int] = []
+    owner: list[int] = []
+    for index, (prompt, answer) in enumerate(zip(prompts, answers, strict=True)):
+        for p in el_prefix_lengths(len(answer), n):
+            prefixes.append(prompt + answer[:p])
+            lengths.append(len(answer) - p)
+            owner.append(index)
+    continuations = (greedy_token_continuations(model, prefixes, lengths, tokenizer.pad_token_id, batch_size=batch_size)
+                     if prefixes else [])
+    per_row: list[list[list[int]]] = [[] for _ in rows]
+    for index, continuation in zip(owner, continuations, strict=True):
+        per_row[index].append(continuation)
+    return np.array([extraction_likelihood(answer, per_row[i], n) for i, answer in enumerate(answers)])
+
+
+def memorization_accuracy_and_el(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[dict],
+    n: int = DEFAULT_NGRAM,
+    batch_size: int = 64,
+) -> tuple[float, float]:
+    """Mean MA and mean EL_n over ``rows`` (the quantities of Jang et al.'s stopping rule)."""
+    was_training = model.training
+    model.eval()
+    try:
+        accuracy = answer_memorization(model, tokenizer, fmt, rows, batch_size)["exact_memorization"]
+        likelihood = answer_extraction_likelihood(model, tokenizer, fmt, rows, n, batch_size)
+    finally:
+        model.train(was_training)
+    if np.isnan(likelihood).all():
+        raise UnlearnkitError(
+            f"No answer is longer than n = {n} tokens, so EL_{n} is undefined on every row; choose a smaller n."
+        )
+    return float(np.mean(accuracy)), float(np.nanmean(likelihood))
+
+
+# ---------------------------------------------------------------------------
+# Jang et al.'s stopping rule
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class JangStoppingCallback(TrainerCallback):
+    """Stop unlearning once the forget set's mean MA and mean EL_n both fall below thresholds.
+
+    Jang et al. take the thresholds from data the model never saw: pass
+    ``unseen`` rows (e.g. the built-in benchmark's holdout split), and the
+    thresholds are the model's mean MA and EL_n on them, measured once before the
+    first step; or give ``ma_threshold`` and ``el_threshold`` directly. The forget
+    set is checked every ``check_every`` optimizer steps; each check is recorded
+    in ``history`` as ``{"step", "ma", "el"}``.
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    forget: Sequence[dict]
+    unseen: Sequence[dict] | None = None
+    fmt: PromptFormat = field(default_factory=PromptFormat)
+    ma_threshold: float | None = None
+    el_threshold: float | None = None
+    n: int = DEFAULT_NGRAM
+    check_every: int = 1
+    batch_size: int = 64
+    history: list[dict[str, float]] = field(default_factory=list)
+    stopped_at: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_n(self.n)
+        if self.check_every < 1:
+            raise UnlearnkitError(f"check_every must be at least 1 step; got {self.check_every}.")
+        if not self.forget:
+            raise UnlearnkitError("The stopping rule needs forget rows to check.")
+        given = (self.ma_threshold is not None, self.el_threshold is not None)
+        if given == (False, False) and not self.unseen:
+            raise UnlearnkitError(
+                "Jang et al.'s stopping rule needs thresholds: pass unseen rows (e.g. the holdout split) "
+                "or both ma_threshold and el_threshold."
+            )
+        if given in ((True, False), (False, True)):
+            raise UnlearnkitError("Give both ma_threshold and el_threshold, or neither (then they are measured on unseen rows).")
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        if self.ma_threshold is None:
+            self.ma_threshold, self.el_threshold = memorization_accuracy_and_el(
+                model, self.tokenizer, self.fmt, self.unseen, self.n, self.batch_size
+            )
+            logger.info("stopping thresholds from unseen data: MA %.4f, EL_%d %.4f", self.ma_threshold, self.n, self.el_threshold)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        if state.global_step % self.check_every:
+            return control
+        ma, el = memorization_accuracy_and_el(model, self.tokenizer, self.fmt, self.forget, self.n, self.batch_size)
+        self.history.append({"step": state.global_step, "ma": ma, "el": el})
+        if ma < self.ma_threshold and el < self.el_threshold:
+            logger.info("step %d: forget MA %.4f and EL_%d %.4f below the unseen-data values: stopping",
+                        state.global_step, ma, self.n, el)
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+        return control

@@ -1,0 +1,363 @@
+"""Membership inference: per-text scores, ROC-AUC over forget vs holdout, and PrivLeak.
+
+Each attack gives every text a statistic, defined as in its paper:
+
+=============  ===============================================================  ======================
+attack         statistic per text                                               a member has a ...
+=============  ===============================================================  ======================
+``loss``       mean token NLL (Yeom et al., CSF 2018)                           lower value
+``zlib``       mean NLL / len(zlib.compress(text bytes)) (Carlini et al. 2021)  lower value
+``lowercase``  mean NLL(lower-cased text) / mean NLL(text) (Carlini et al.)     higher value
+``min_k``      mean of the lowest k% token log-probs (Shi et al., ICLR 2024)    higher value
+``min_k_pp``   mean of the lowest k% of z_t = (log p(x_t) − μ_t) / σ_t           higher value
+               (Zhang et al., Min-K%++, ICLR 2025)
+``reference``  NLL_target − NLL_reference (Carlini et al. 2021)                 lower value
+``gradnorm``   L2 norm of the NLL's gradient w.r.t. the parameters, batch 1     lower value
+=============  ===============================================================  ======================
+
+μ_t and σ_t² are the mean and variance of log p(v) for v drawn from the
+model's own next-token distribution at position t; σ_t² is clamped at 1e-6
+(as OpenUnlearning) so a one-hot prediction does not divide by zero. The
+"lowest k%" keeps ``max(1, floor(k · n))`` of a text's n tokens (OpenUnlearning's
+rule); k defaults to 0.4 (MUSE's PrivLeak uses Min-40%; the Min-K% paper's best
+setting is 0.2).
+
+What is scored, for QA rows: the answer's tokens given the question (the
+prompt is not scored), for every attack but zlib, whose compressed length is
+taken of the question and answer text (the text OpenUnlearning compresses).
+Lower-casing applies to both question and answer.
+
+Orientation of the AUC (:func:`membership_auc`): the forget set is the
+positive ("member") class and the holdout set the negative one, each statistic
+signed so that higher means "more likely a member". AUC = P(a forget text looks
+more like training data than a holdout text), ties counted ½: 1 means the
+forget set is still recognised, 0.5 is chance (the level of a model never
+trained on either), below 0.5 means the forget set now looks less familiar than
+unseen text. This is the number OpenUnlearning reports (it labels forget 0 and
+holdout 1 with "higher = less likely a member" scores, the same ordering).
+
+PrivLeak (Shi et al., "MUSE: Machine Unlearning Six-Way Evaluation for Language
+Models", 2024): see :func:`privleak`.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+from torch import Tensor
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.memorization import exact_memorization, extraction_strength
+from unlearnkit.losses import _at_least_float32, token_nll
+
+DEFAULT_K = 0.4
+"""Fraction of tokens Min-K% and Min-K%++ keep (MUSE's PrivLeak uses Min-40%)."""
+
+MIN_VARIANCE = 1e-6
+"""Floor of σ_t² in Min-K%++ (OpenUnlearning's value)."""
+
+# +1: a higher statistic means "more likely a member"; -1: a lower one does.
+MEMBER_SIGN: dict[str, int] = {
+    "loss": -1, "zlib": -1, "lowercase": 1, "min_k": 1, "min_k_pp": 1, "reference": -1, "gradnorm": -1,
+}
+PRIVLEAK_FORMS = ("muse", "openunlearning")
+
+
+# ---------------------------------------------------------------------------
+# Pure functions: token statistics from logits
+# ---------------------------------------------------------------------------
+
+
+def token_log_probs(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """``log p(label)`` at every scored position, with the causal shift; ``(B, T-1)`` and the bool mask."""
+    nll, mask = token_nll(logits, labels)
+    return -nll, mask.bool()
+
+
+def min_k_plus_plus_z(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Min-K%++'s per-token z_t = (log p(x_t) − μ_t) / σ_t; ``(B, T-1)`` (0 where unscored) and the bool mask.
+
+    μ_t = Σ_v p(v) log p(v) and σ_t² = Σ_v p(v) (log p(v))² − μ_t² under the
+    model's next-token distribution at position t (σ_t² floored at 1e-6).
+    """
+    log_p_label, mask = token_log_probs(logits, labels)
+    log_p = torch.log_softmax(_at_least_float32(logits[:, :-1]), dim=-1)  # (B, T-1, V)
+    p = log_p.exp()
+    mu = (p * log_p).sum(dim=-1)
+    variance = ((p * log_p.square()).sum(dim=-1) - mu.square()).clamp_min(MIN_VARIANCE)
+    z = (log_p_label - mu) / variance.sqrt()
+    return z.masked_fill(~mask, 0.0), mask
+
+
+def lowest_k_mean(values: Sequence[float] | np.ndarray, k: float = DEFAULT_K) -> float:
+    """Mean of the lowest ``max(1, floor(k · n))`` of ``n`` values (Min-K% and Min-K%++)."""
+    check_k(k)
+    values = np.sort(np.asarray(values, dtype=float))
+    if values.size == 0:
+        raise ValueError("a text needs at least one scored token.")
+    return float(values[: max(1, int(k * values.size))].mean())
+
+
+def check_k(k: float) -> None:
+    if not (0 < k <= 1):
+        raise UnlearnkitError(f"The Min-K% fraction k must be in (0, 1] (0.4 for MUSE's PrivLeak, 0.2 in the paper); got {k}.")
+
+
+def zlib_length(text: str) -> int:
+    """Bytes of the zlib-compressed UTF-8 text (default compression level)."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def zlib_score(mean_nll: float, text: str) -> float:
+    """The zlib statistic: mean NLL / zlib length of ``text``."""
+    return mean_nll / zlib_length(text)
+
+
+def lowercase_score(lowercased_mean_nll: float, mean_nll: float) -> float:
+    """The lowercase statistic: NLL of the lower-cased text / NLL of the text."""
+    return lowercased_mean_nll / mean_nll
+
+
+def reference_score(target_mean_nll: np.ndarray, reference_mean_nll: np.ndarray) -> np.ndarray:
+    """The reference statistic: NLL_target − NLL_reference, per text."""
+    target_mean_nll, reference_mean_nll = np.asarray(target_mean_nll, float), np.asarray(reference_mean_nll, float)
+    if target_mean_nll.shape != reference_mean_nll.shape:
+        raise UnlearnkitError(
+            f"The reference model's per-sample NLLs ({reference_mean_nll.shape[0] if reference_mean_nll.ndim else 0}) "
+            f"do not pair up with the texts scored ({target_mean_nll.shape[0]})."
+        )
+    return target_mean_nll - reference_mean_nll
+
+
+# ---------------------------------------------------------------------------
+# Pure functions: AUC and PrivLeak
+# ---------------------------------------------------------------------------
+
+
+def roc_auc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | np.ndarray) -> float:
+    """ROC-AUC = P(positive score > negative score) + ½ P(equal), from ranks (Mann–Whitney U, ties averaged)."""
+    positive, negative = np.asarray(positive, dtype=float), np.asarray(negative, dtype=float)
+    if positive.size == 0 or negative.size == 0:
+        raise UnlearnkitError("ROC-AUC needs at least one text in each class (forget and holdout).")
+    if not (np.isfinite(positive).all() and np.isfinite(negative).all()):
+        raise UnlearnkitError("ROC-AUC got a non-finite membership score.")
+    ranks = rankdata(np.concatenate([positive, negative]))  # average ranks for ties
+    u = ranks[: positive.size].sum() - positive.size * (positive.size + 1) / 2
+    return float(u / (positive.size * negative.size))
+
+
+def membership_auc(attack: str, forget_statistics: Sequence[float], holdout_statistics: Sequence[float]) -> float:
+    """AUC with forget as the member class and holdout as the non-member class (see the module docstring)."""
+    if attack not in MEMBER_SIGN:
+        raise UnlearnkitError(f"Unknown membership attack {attack!r}; use one of {', '.join(MEMBER_SIGN)}.")
+    sign = MEMBER_SIGN[attack]
+    return roc_auc(sign * np.asarray(forget_statistics, float), sign * np.asarray(holdout_statistics, float))
+
+
+def privleak(auc: float, auc_retain: float, form: str = "muse") -> float:
+    """PrivLeak in percent, from Min-K% AUCs taken with forget as NON-members and holdout as members.
+
+    That is MUSE's orientation: ``auc = 1 − mia_min_k_auc`` of this package. ``auc_retain``
+    is the same AUC of the retrained (retain-only) model; MUSE's constants are
+    0.4772 (News) and 0.5393 (Books).
+
+    * ``"muse"`` (MUSE's definition): ``(auc − auc_retain) / auc_retain × 100``.
+      0 = leaks like the retrained model; strongly negative = the forget set is
+      still recognised (a model before unlearning scores near −100); positive =
+      over-unlearned (the forget set now looks less familiar than unseen text).
+    * ``"openunlearning"``: ``((1 − auc) − (1 − auc_retain)) / (1 − auc_retain) × 100``,
+      the form of OpenUnlearning's code. It measures the gap relative to
+      ``1 − auc_retain``, so its sign is the opposite of MUSE's on the same AUCs
+      and it explodes as ``auc_retain`` → 1 (values in the thousands; their issue #167).
+    """
+    if form not in PRIVLEAK_FORMS:
+        raise UnlearnkitError(f"Unknown PrivLeak form {form!r}; use one of {', '.join(PRIVLEAK_FORMS)}.")
+    for name, value in (("auc", auc), ("auc_retain", auc_retain)):
+        if not (0.0 <= value <= 1.0):
+            raise UnlearnkitError(f"PrivLeak's {name} must be an AUC in [0, 1]; got {value}.")
+    denominator = auc_retain if form == "muse" else 1.0 - auc_retain
+    if denominator == 0:
+        return math.inf if auc != auc_retain else 0.0
+    if form == "muse":
+        return (auc - auc_retain) / denominator * 100
+    return ((1.0 - auc) - (1.0 - auc_retain)) / denominator * 100
+
+
+# ---------------------------------------------------------------------------
+# Model queries
+# ---------------------------------------------------------------------------
+
+
+def qa_text(row: Mapping[str, Any]) -> str:
+    """The text whose compressed length divides the NLL in the zlib attack: question and answer."""
+    return f"{row['question']} {row['answer']}"
+
+
+@torch.no_grad()
+def answer_token_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[Mapping[str, Any]],
+    k: float = DEFAULT_K,
+    batch_size: int = 64,
+    max_length: int = 512,
+    lowercase: bool = False,
+) -> dict[str, np.ndarray]:
+    """One forward pass per batch over the (question, answer) pairs; per row ``(N,)`` arrays:
+
+    ``loss`` (mean answer NLL), ``min_k``, ``min_k_pp``, ``exact_memorization``
+    and ``extraction_strength``. With ``lowercase`` both texts are lower-cased first.
+    """
+    check_k(k)
+    pairs = [(row["question"], row["answer"]) for row in rows]
+    if lowercase:
+        pairs = [(question.lower(), answer.lower()) for question, answer in pairs]
+    features = [encode_qa(tokenizer, fmt, question, answer, max_length) for question, answer in pairs]
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    scores = {name: np.zeros(len(features)) for name in ("loss", "min_k", "min_k_pp", "exact_memorization", "extraction_strength")}
+    for start in range(0, len(order), batch_size):
+        chosen = order[start:start + batch_size]
+        batch = {key: value.to(model.device) for key, value in pad_batch([features[i] for i in chosen], tokenizer.pad_token_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        labels = batch["labels"]
+        log_p, mask = token_log_probs(logits, labels)
+        z, _ = min_k_plus_plus_z(logits, labels)
+        scores["exact_memorization"][chosen] = exact_memorization(logits, labels).cpu().numpy()
+        scores["extraction_strength"][chosen] = extraction_strength(logits, labels).cpu().numpy()
+        log_p, z, mask = log_p.double().cpu().numpy(), z.double().cpu().numpy(), mask.cpu().numpy()
+        for row, index in enumerate(chosen):
+            scored = mask[row]
+            scores["loss"][index] = -log_p[row, scored].mean()
+            scores["min_k"][index] = lowest_k_mean(log_p[row, scored], k)
+            scores["min_k_pp"][index] = lowest_k_mean(z[row, scored], k)
+    return scores
+
+
+def gradient_norms(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[Mapping[str, Any]],
+    max_length: int = 512,
+) -> np.ndarray:
+    """Per row (batch size 1): the L2 norm, over every trainable parameter, of the gradient of its mean answer NLL."""
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if not parameters:
+        raise UnlearnkitError("The gradient-norm attack needs parameters with requires_grad=True; this model has none.")
+    was_training = model.training
+    model.eval()  # no dropout: the score must not depend on a random mask
+    norms = np.zeros(len(rows))
+    try:
+        for index, row in enumerate(rows):
+            features = encode_qa(tokenizer, fmt, row["question"], row["answer"], max_length)
+            batch = {key: value.to(model.device) for key, value in pad_batch([features], tokenizer.pad_token_id).items()}
+            with torch.enable_grad():
+                logits = model(input_ids=batch["input_ids"]).logits
+                nll, mask = token_nll(logits, batch["labels"])
+                loss = nll.sum() / mask.sum()
+                grads = torch.autograd.grad(loss, parameters, allow_unused=True)
+            norms[index] = math.sqrt(sum(float(g.double().square().sum()) for g in grads if g is not None))
+    finally:
+        model.train(was_training)
+    return norms
+
+
+# ---------------------------------------------------------------------------
+# Forget vs holdout: the evaluator's membership block
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class MembershipResult:
+    """Summary numbers, per-sample statistics of each split, and what a retain oracle stores for later runs."""
+
+    summary: dict[str, float]
+    forget: list[dict[str, float]]
+    holdout: list[dict[str, float]]
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def evaluate_membership(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    forget: Sequence[Mapping[str, Any]],
+    holdout: Sequence[Mapping[str, Any]],
+    k: float = DEFAULT_K,
+    batch_size: int = 64,
+    reference: Mapping[str, Any] | None = None,
+    with_gradient_norm: bool = False,
+    privleak_form: str = "muse",
+) -> MembershipResult:
+    """Score forget and holdout rows with every attack; AUCs, memorization means and (with a reference) PrivLeak.
+
+    ``reference`` is the ``membership`` record a retain oracle stored (see
+    :attr:`MembershipResult.record`): its per-sample NLLs feed the reference
+    attack (never recomputed) and its Min-K% AUC gives PrivLeak.
+    """
+    statistics: dict[str, dict[str, np.ndarray]] = {}
+    for split, rows in (("forget", forget), ("holdout", holdout)):
+        scores = answer_token_scores(model, tokenizer, fmt, rows, k, batch_size)
+        lowered = answer_token_scores(model, tokenizer, fmt, rows, k, batch_size, lowercase=True)["loss"]
+        scores["zlib"] = np.array([zlib_score(nll, qa_text(row)) for nll, row in zip(scores["loss"], rows, strict=True)])
+        scores["lowercase"] = lowered / scores["loss"]
+        if with_gradient_norm:
+            scores["gradnorm"] = gradient_norms(model, tokenizer, fmt, rows)
+        statistics[split] = scores
+    if reference is not None:
+        _check_membership_reference(reference, forget, holdout, k)
+        if "forget_nll" in reference and "holdout_nll" in reference:
+            statistics["forget"]["reference"] = reference_score(statistics["forget"]["loss"], reference["forget_nll"])
+            statistics["holdout"]["reference"] = reference_score(statistics["holdout"]["loss"], reference["holdout_nll"])
+    attacks = [name for name in MEMBER_SIGN if name in statistics["forget"]]
+    aucs = {name: membership_auc(name, statistics["forget"][name], statistics["holdout"][name]) for name in attacks}
+    summary = {f"mia_{name}_auc": value for name, value in aucs.items()}
+    for split in ("forget", "holdout"):
+        for name in ("exact_memorization", "extraction_strength"):
+            summary[f"{split}_{name}"] = float(np.mean(statistics[split][name]))
+    retain_auc = (reference or {}).get("auc", {}).get("min_k")
+    if retain_auc is not None:
+        # PrivLeak takes MUSE's orientation (forget = non-members), the complement of the AUC reported here.
+        summary["privleak"] = privleak(1.0 - aucs["min_k"], 1.0 - float(retain_auc), privleak_form)
+    record = {
+        "min_k_fraction": k,
+        "holdout_questions": [row["question"] for row in holdout],
+        "forget_nll": [float(v) for v in statistics["forget"]["loss"]],
+        "holdout_nll": [float(v) for v in statistics["holdout"]["loss"]],
+        "auc": {name: value for name, value in aucs.items() if name != "reference"},
+    }
+    per_sample = {
+        split: [{f"mia_{name}" if name in MEMBER_SIGN else name: float(values[i]) for name, values in statistics[split].items()}
+                for i in range(len(rows))]
+        for split, rows in (("forget", forget), ("holdout", holdout))
+    }
+    return MembershipResult(summary=summary, forget=per_sample["forget"], holdout=per_sample["holdout"], record=record)
+
+
+def _check_membership_reference(
+    reference: Mapping[str, Any], forget: Sequence[Mapping[str, Any]], holdout: Sequence[Mapping[str, Any]], k: float
+) -> None:
+    questions = reference.get("holdout_questions")
+    if questions is not None and list(questions) != [row["question"] for row in holdout]:
+        raise UnlearnkitError(
+            f"The oracle reference's membership scores were computed on another holdout set ({len(questions)} questions) "
+            f"than the one evaluated ({len(holdout)}). Pass the reference made with this holdout split."
+        )
+    if len(reference.get("forget_nll", forget)) != len(forget):
+        raise UnlearnkitError("The oracle reference's per-sample forget NLLs do not match the forget set evaluated.")
+    stored_k = reference.get("min_k_fraction")
+    if stored_k is not None and not math.isclose(float(stored_k), k):
+        raise UnlearnkitError(
+            f"The oracle reference's Min-K% AUC used k = {stored_k}, this evaluation k = {k}; PrivLeak compares "
+            "the two, so evaluate with the same k."
+        )
