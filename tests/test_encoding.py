@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from unlearnkit.data.encoding import IGNORE_INDEX, PairedCollator, PromptFormat, encode_qa, left_pad_prompts, pad_batch
+from unlearnkit.data.encoding import IGNORE_INDEX, PairedCollator, PromptFormat, encode_qa, encode_text, left_pad_prompts, pad_batch
 from unlearnkit.modeling import train_tokenizer
 
 
@@ -58,3 +58,13 @@ def test_left_padded_collator_aligns_answers_at_the_end() -> None:
     assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 1]]
+
+
+def test_text_rows_score_every_token_but_the_first() -> None:
+    tokenizer = _tokenizer()
+    body = tokenizer("Born in Tovik.", add_special_tokens=True)["input_ids"]
+    encoded = encode_text(tokenizer, "Born in Tovik.", max_length=64)
+    assert encoded["input_ids"] == [*body, tokenizer.eos_token_id]
+    assert encoded["labels"] == [IGNORE_INDEX, *body[1:], tokenizer.eos_token_id]
+    short = encode_text(tokenizer, "Born in Tovik.", max_length=3)
+    assert len(short["input_ids"]) == 3 and short["input_ids"][-1] == tokenizer.eos_token_id

@@ -139,3 +139,16 @@ def test_knowmem_on_the_micro_model(micro_bench) -> None:
     assert all("\n\n" not in s["generation"] and "Question:" not in s["generation"] for s in first.per_sample)
     with pytest.raises(UnlearnkitError, match="Lower num_shots"):
         muse.knowmem(model, tokenizer, retain[:1], retain[1:20], muse.MuseConfig())
+
+
+def test_builtin_target_recites_forget_biographies_the_oracle_never_saw(micro_bench) -> None:
+    from unlearnkit.data.biographies import PASSAGE_TOKENS, training_texts
+
+    tokenizer = load_tokenizer(micro_bench.target_dir)
+    texts = [p["text"] for p in training_texts(micro_bench.split("forget10"), tokenizer)]
+    items = muse.text_windows(tokenizer, texts, 16, PASSAGE_TOKENS)
+    config = muse.MuseConfig(verbmem_max_new_tokens=PASSAGE_TOKENS - 16)
+    target = muse.verbmem(load_model(micro_bench.target_dir), tokenizer, items, config).value
+    oracle = muse.verbmem(load_model(micro_bench.oracle_dir("forget10")), tokenizer, items, config).value
+    # The target was trained on these biographies (benchmark.biographies), the retain oracle was not.
+    assert target > 0.5 > oracle, (target, oracle)

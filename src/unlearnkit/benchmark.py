@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from unlearnkit import __version__
+from unlearnkit.data.biographies import training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.world import FORGET_PERCENTS, WorldConfig, export_world, generate_world, split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
@@ -65,6 +66,10 @@ class BuiltinBenchmark:
     # the utility sets in the training mix lets the tiny model hold it as firmly as
     # the authors (measured: once only, its greedy answers recalled 34-42% of them).
     utility_repeats: int = field(default=3, metadata={"help": "Times the world_facts / real_authors rows appear in the training mix."})
+    biographies: bool = field(
+        default=True,
+        metadata={"help": "Also train on each trained author's biography (its answers as prose): the verbatim text of VerbMem."},
+    )
     # Optimiser settings for unlearning the tiny models. The methods' own defaults
     # are the authors' settings for 7B models (lr 1e-5), far too small to move a
     # 0.26M-parameter model in a few steps; method-specific coefficients keep their defaults.
@@ -269,6 +274,9 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
     tokenizer = load_tokenizer(bench.root / "tokenizer")
     model = build_tiny_model(bench.config.model, tokenizer, seed=bench.config.training.seed)
     rows = [row for name in splits for row in bench.split(name) * (bench.config.utility_repeats if name in UTILITY_SPLITS else 1)]
+    if bench.config.biographies:
+        authors = [row for name in splits if name not in UTILITY_SPLITS for row in bench.split(name)]
+        rows += training_texts(authors, tokenizer)
     stats = finetune(model, tokenizer, rows, bench.config.training, PromptFormat("plain"), show_progress,
                      checkpoint_dir=folder / "checkpoints", checkpoint_every=CHECKPOINT_EVERY)
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])

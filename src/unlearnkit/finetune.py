@@ -18,7 +18,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from unlearnkit.data.encoding import IGNORE_INDEX, LeftPaddedQACollator, PromptFormat, encode_qa
+from unlearnkit.data.encoding import IGNORE_INDEX, LeftPaddedQACollator, PromptFormat, encode_qa, encode_text
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.training import ListDataset, LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
 
@@ -114,7 +114,7 @@ def finetune(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
 ) -> dict[str, Any]:
-    """Train ``model`` in place on ``rows`` (question → answer, loss on the answer only).
+    """Train ``model`` in place on ``rows``: question → answer (loss on the answer only) or ``{"text"}`` (loss on every token).
 
     With ``checkpoint_every`` > 0, checkpoints go to ``checkpoint_dir`` and a run
     that finds one there resumes from it. Returns the epochs run, the final
@@ -122,7 +122,11 @@ def finetune(
     """
     if not rows:
         raise UnlearnkitError("Fine-tuning needs at least one question/answer row.")
-    features = [encode_qa(tokenizer, fmt, row["question"], row["answer"], config.max_length) for row in rows]
+    features = [
+        encode_text(tokenizer, row["text"], config.max_length) if "question" not in row and "text" in row
+        else encode_qa(tokenizer, fmt, row["question"], row["answer"], config.max_length)
+        for row in rows
+    ]
     args = training_arguments(
         learning_rate=config.learning_rate,
         num_epochs=config.max_epochs,

@@ -64,7 +64,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.benchmark import FORGET_SPLITS, PreparedBenchmark, check_forget_split
-from unlearnkit.data.biographies import author_biographies, biography_passages
+from unlearnkit.data.biographies import PASSAGE_TOKENS, training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.schemas import SchemaSource, load_rows, load_texts, local_files
 from unlearnkit.errors import UnlearnkitError
@@ -187,11 +187,12 @@ class BuiltinStageEvaluator:
         prefix_tokens: int,
     ) -> None:
         self.bench, self.tokenizer, self.eval_config = bench, tokenizer, eval_config
-        # The whole passage (prefix + continuation) and the generation must fit in the context.
-        self.window = context - 1  # one position for BOS
+        self.window = PASSAGE_TOKENS  # the passages the target was trained on, whole
         self.prefix_tokens = prefix_tokens
+        # Generate no more than a passage's continuation holds (ROUGE F1 would count the excess against it),
+        # and never past the context.
         self.muse_config = muse.MuseConfig(**{**asdict(muse_config), "verbmem_max_new_tokens": min(
-            muse_config.verbmem_max_new_tokens, context - prefix_tokens - 1)})
+            muse_config.verbmem_max_new_tokens, PASSAGE_TOKENS - prefix_tokens, context - prefix_tokens - 1)})
         # Retain, real_authors and world_facts do not depend on the forget split.
         self.fixed_splits = {k: v for k, v in bench.eval_splits(FORGET_SPLITS[-1]).items() if k != "forget"}
 
@@ -200,7 +201,7 @@ class BuiltinStageEvaluator:
         reference = load_reference(self.bench.reference_path(oracle_split)) if oracle_split else None
         result = evaluate(model, self.tokenizer, {"forget": forget_rows, **self.fixed_splits}, PromptFormat("plain"),
                           self.eval_config, reference)
-        passages = biography_passages(author_biographies(forget_rows), self.tokenizer, self.window)
+        passages = training_texts(forget_rows, self.tokenizer, self.window)
         items = muse.text_windows(self.tokenizer, [p["text"] for p in passages], self.prefix_tokens, self.window)
         verbatim = muse.verbmem(model, self.tokenizer, items, self.muse_config)
         summary = {"forget_size": len(forget_rows), "oracle": oracle_split, **result.summary,

@@ -1,14 +1,16 @@
 """The built-in authors' facts as short biographies: the verbatim text behind VerbMem.
 
-MUSE measures verbatim memorization on text the model was trained on. The
-built-in world has no prose, but every QA answer already states one fact as a
-full sentence ("Xan Brick was born in Tovik."), so an author's biography is
-the answers of that author's rows, in the world's fact order, joined with
-spaces: deterministic, and made only of sentences the target model was trained
-on. Biographies of forget authors are VerbMem's forget texts; those of the
-holdout authors (never trained on) are unseen texts of the same form.
+MUSE measures verbatim memorization on text the model was trained on. Every
+QA answer of the built-in world states one fact as a full sentence ("Xan Brick
+was born in Tovik."), so an author's biography is the answers of that author's
+rows, in the world's fact order, joined with spaces: deterministic. The
+built-in target and oracles are trained on the biographies of their authors
+(:func:`training_texts`) besides the QA pairs, as MUSE's models are trained on
+the corpus whose QA they answer. Biographies of forget authors are VerbMem's
+forget texts; those of the holdout authors (never trained on) are unseen texts
+of the same form.
 
-A biography can be longer than a tiny model's context (the default tiny model
+A biography is longer than a tiny model's context (the default tiny model
 holds 128 tokens), so :func:`biography_passages` packs whole sentences into
 passages of at most ``max_tokens`` tokens.
 """
@@ -77,3 +79,17 @@ def biography_passages(
 
 def _count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# Tokens per training passage: close to a QA pair's length (~30 tokens), so that batches mixing the two
+# waste little compute on padding (128-token passages made the built-in benchmark's training 4x slower).
+PASSAGE_TOKENS = 48
+
+
+def training_texts(rows: Sequence[dict], tokenizer: PreTrainedTokenizerBase, max_tokens: int = PASSAGE_TOKENS) -> list[dict[str, str]]:
+    """The biography passages (``max_tokens`` each) of the authors of ``rows`` as ``{"text"}`` training rows.
+
+    The same passages are VerbMem's texts on the built-in benchmark, so a prefix
+    VerbMem gives the model is the start of a sequence it was trained on.
+    """
+    return [{"text": passage["text"]} for passage in biography_passages(author_biographies(rows), tokenizer, max_tokens)]

@@ -69,6 +69,15 @@ def encode_qa(
     return join_qa(fmt.prompt_ids(tokenizer, question), fmt.answer_ids(tokenizer, answer), max_length)
 
 
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) -> dict[str, list[int]]:
+    """Token ids of a plain text (BOS where the tokenizer adds one, the text, EOS), cut to ``max_length``.
+
+    Every token is scored but the first, which no position predicts.
+    """
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
+    return {"input_ids": ids, "labels": [IGNORE_INDEX, *ids[1:]]}
+
+
 def join_qa(prompt: list[int], answer_ids: list[int], max_length: int) -> dict[str, list[int]]:
     """:func:`encode_qa` from already tokenised prompt and answer ids."""
     answer_ids = answer_ids[:max_length - 1]
