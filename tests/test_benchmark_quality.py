@@ -1,4 +1,4 @@
-"""The default built-in benchmark must discriminate (slow: trains the 200-author target and oracle, ~3 minutes)."""
+"""The default built-in benchmark must discriminate (slow: trains the 200-author target and oracle, ~6 minutes)."""
 
 from __future__ import annotations
 
