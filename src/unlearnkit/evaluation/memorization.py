@@ -41,9 +41,9 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
-from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
+from unlearnkit.data.encoding import PromptFormat, pad_batch
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.scoring import greedy_token_continuations
+from unlearnkit.evaluation.scoring import encode_pairs, greedy_token_continuations
 from unlearnkit.losses import IGNORE_INDEX, _check_lm_inputs
 
 logger = logging.getLogger("unlearnkit")
@@ -174,7 +174,7 @@ def answer_memorization(
     max_length: int = 512,
 ) -> dict[str, np.ndarray]:
     """Exact memorization (= MA on the answer) and extraction strength of each row's answer; each ``(N,)``."""
-    features = [encode_qa(tokenizer, fmt, row["question"], row["answer"], max_length) for row in rows]
+    features = encode_pairs(tokenizer, fmt, [(row["question"], row["answer"]) for row in rows], max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     memorized = np.zeros(len(features))
     strength = np.zeros(len(features))

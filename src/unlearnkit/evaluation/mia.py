@@ -57,6 +57,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.memorization import exact_memorization, extraction_strength
+from unlearnkit.evaluation.scoring import encode_pairs
 from unlearnkit.losses import _at_least_float32, token_nll
 
 DEFAULT_K = 0.4
@@ -222,7 +223,7 @@ def answer_token_scores(
     pairs = [(row["question"], row["answer"]) for row in rows]
     if lowercase:
         pairs = [(question.lower(), answer.lower()) for question, answer in pairs]
-    features = [encode_qa(tokenizer, fmt, question, answer, max_length) for question, answer in pairs]
+    features = encode_pairs(tokenizer, fmt, pairs, max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     scores = {name: np.zeros(len(features)) for name in ("loss", "min_k", "min_k_pp", "exact_memorization", "extraction_strength")}
     for start in range(0, len(order), batch_size):
