@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from unlearnkit import __version__
+from unlearnkit import __version__, distributed
 from unlearnkit.data.biographies import training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.world import FORGET_PERCENTS, WorldConfig, export_world, generate_world, split_names
@@ -187,6 +187,14 @@ def prepare(
     """
     for split in forget_splits:
         check_forget_split(split)
+    # Under `accelerate launch` every process calls this: the main one builds what is missing, the others then reuse it.
+    with distributed.main_process_first():
+        return _prepare(config, cache_dir, forget_splits, show_progress, jobs)
+
+
+def _prepare(
+    config: BuiltinBenchmark, cache_dir: Path | None, forget_splits: tuple[str, ...], show_progress: bool, jobs: int | None
+) -> PreparedBenchmark:
     root = Path(cache_dir or default_cache_dir()) / f"builtin-{config.cache_key()}"
     bench = PreparedBenchmark(root, config)
     _build_once(bench.data_dir, lambda tmp: _write_data(config, tmp), "benchmark data")

@@ -477,6 +477,86 @@ def general(
 
 
 @app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="The unlearned model: a folder (or an unlearn/demo results folder), or a hub name.")],
+    output: Output,
+    benchmark: Annotated[str | None, typer.Option(help="Audit on the built-in benchmark for this forget split (e.g. forget10); the target and retain oracle come with it.")] = None,
+    target: Annotated[str | None, typer.Option(help="The model before unlearning (folder or hub name); built-in: the benchmark's target.")] = None,
+    oracle: Annotated[str | None, typer.Option(help="The retain oracle, trained without the forget set; built-in: the benchmark's oracle.")] = None,
+    forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...) when not on the built-in benchmark.")] = None,
+    retain: Annotated[str | None, typer.Option(help="Retain QA data (the linear probe trains on it).")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on (membership inference).")] = None,
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `unlearnkit attacks`), or 'all'.")] = "all",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Audit setting KEY=VALUE (repeatable); see `unlearnkit attacks -v`.")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Attack an unlearned model to bring the forgotten knowledge back; compare with the target and the retain oracle."""
+    from unlearnkit.attacks import AuditData
+    from unlearnkit.audit import attack_order, build_audit_config, builtin_audit_settings, format_table, run_audit
+    from unlearnkit.bench import parse_list
+    from unlearnkit.benchmark import get_preset
+    from unlearnkit.benchmark import prepare as prepare_benchmark
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.data.qa import load_qa
+
+    names = None if attacks.strip() == "all" else attack_order(parse_list(attacks, "--attacks"))
+    overrides = _parse_sets(sets)
+    build_audit_config(overrides)  # a bad attack name or setting fails before any model is loaded or trained
+    cached = None
+    if benchmark is not None:
+        if forget or retain or holdout:
+            raise UnlearnkitError("--benchmark brings its own forget, retain and holdout sets: drop --forget/--retain/--holdout.")
+        bench = prepare_benchmark(get_preset(preset), cache, (benchmark,), _state["progress"])
+        config = build_audit_config({**builtin_audit_settings(bench.config), **overrides})
+        data = AuditData(forget=bench.split(benchmark), retain=bench.split(bench.retain_split(benchmark)),
+                         holdout=bench.split("holdout" + benchmark[-2:]), fmt=PromptFormat("plain"))
+        builtin = {"target": bench.target_dir, "oracle": bench.oracle_dir(benchmark)}
+        target, oracle = target or str(builtin["target"]), oracle or str(builtin["oracle"])
+        # The built-in target's and oracle's outcomes are the same for every audited method: computed once, then reused.
+        cached = {role: bench.root / "audits" / f"{role}-{benchmark}" for role, chosen in (("target", target), ("oracle", oracle))
+                  if Path(chosen) == builtin[role]}
+        description = {"benchmark": benchmark, "preset": preset}
+    else:
+        if not forget:
+            raise UnlearnkitError("Give the data to attack: --benchmark SPLIT for the built-in benchmark, or --forget FILE (with --target and --oracle).")
+        config = build_audit_config(overrides)
+        data = AuditData(forget=load_qa(forget, role="forget"), retain=load_qa(retain, role="retain") if retain else [],
+                         holdout=load_qa(holdout, role="holdout") if holdout else [], fmt=PromptFormat(prompt_format))
+        description = {"forget": forget, "retain": retain, "holdout": holdout}
+    result = run_audit(model=model, output=output, data=data, target=target, oracle=oracle, attacks=names, config=config,
+                       overwrite=overwrite, trust_remote_code=trust_remote_code, cached=cached, description=description)
+    typer.echo(format_table(result.rows, result.exposed_by), nl=False)
+    typer.echo(f"Results: {output} (report: {output}/report.html)")
+
+
+@app.command("attacks")
+def attacks_command(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list the audit's settings with their defaults and help.")] = False,
+) -> None:
+    """List the robustness attacks of `unlearnkit audit` with their papers."""
+    from dataclasses import fields
+
+    from unlearnkit.attacks import ATTACKS, AuditConfig
+    from unlearnkit.audit import attack_order
+
+    family = None
+    for name in attack_order():
+        spec = ATTACKS.get(name)
+        if spec.family != family:
+            family = spec.family
+            typer.echo(f"[{family}]")
+        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}\n")
+    if verbose:
+        typer.echo("Audit settings (--set KEY=VALUE):")
+        for item in fields(AuditConfig):
+            typer.echo(f"  {item.name} (default {item.default}): {item.metadata.get('help', '')}")
+
+
+@app.command()
 def methods(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every hyperparameter with its default and help.")] = False,
 ) -> None:

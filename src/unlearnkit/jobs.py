@@ -29,6 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from unlearnkit import distributed
 from unlearnkit.benchmark import (
     FORGET_SPLITS,
     BuiltinBenchmark,
@@ -47,7 +48,7 @@ from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
-from unlearnkit.unlearn import check_method_inputs, check_overlap, resolve_method, unlearn
+from unlearnkit.unlearn import UnlearnOutcome, check_method_inputs, check_overlap, resolve_method, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -70,6 +71,10 @@ def results_folder(output: Path, overwrite: bool, identity: Mapping[str, Any] | 
     staging folder left by an interrupted run with the same ``identity`` (the
     resolved configuration) is reused, and its last checkpoint resumes the run;
     one with another identity is refused unless ``overwrite``.
+
+    With several processes (``accelerate launch``) every process gets the same
+    folder (the Trainer's checkpoints need it), but only the main process
+    creates, marks and publishes it; the others wait for it at barriers.
     """
     check_output_dir(output, overwrite)
     staging = partial_dir(output)
@@ -85,39 +90,74 @@ def results_folder(output: Path, overwrite: bool, identity: Mapping[str, Any] | 
                 f"An interrupted run with other settings is kept in {staging}. Rerun it with its own settings to "
                 "resume it, or pass --overwrite to discard it."
             )
-        else:
-            shutil.rmtree(staging)
     if resume and not resuming:
         raise UnlearnkitError(f"--resume: no interrupted run of this command was found at {staging}.")
-    staging.mkdir(parents=True, exist_ok=True)
-    marker = staging / INCOMPLETE_MARKER
-    write_text(marker, "running\n")
-    if key is not None:
-        write_text(staging / RUN_IDENTITY, key)
-    handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
+    main = distributed.is_main_process()
+    distributed.barrier()  # every process has read the old state before the main process changes it
+    handler = None
+    if main:
+        if staging.exists() and not resuming:
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True, exist_ok=True)
+        write_text(staging / INCOMPLETE_MARKER, "running\n")
+        if key is not None:
+            write_text(staging / RUN_IDENTITY, key)
+        handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+    distributed.barrier()
     if resuming:
         logger.info("resuming the interrupted run kept in %s", staging)
     try:
         yield staging
     except BaseException as error:
-        write_text(marker, f"failed: {type(error).__name__}: {error}\n")
+        if main:
+            write_text(staging / INCOMPLETE_MARKER, f"failed: {type(error).__name__}: {error}\n")
         logger.error("run failed; the unfinished run is kept in %s", staging)
         raise
     finally:
-        logger.removeHandler(handler)
-        handler.close()
-    shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
-    for name in (RUN_IDENTITY, INCOMPLETE_MARKER):
-        (staging / name).unlink(missing_ok=True)
-    publish_dir(staging, output)
-    logger.info("results written to %s", output)
+        if handler is not None:
+            logger.removeHandler(handler)
+            handler.close()
+    distributed.barrier()  # all processes are done with the folder (checkpoints included)
+    if main:
+        shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+        for name in (RUN_IDENTITY, INCOMPLETE_MARKER):
+            (staging / name).unlink(missing_ok=True)
+        publish_dir(staging, output)
+        logger.info("results written to %s", output)
+    distributed.barrier()  # no process returns before the results are in place
+
+
+def _write(path: Path, data: Any) -> None:
+    """Write a results file: the main process does, the others computed the same values and write nothing."""
+    if distributed.is_main_process():
+        write_json(path, data)
+
+
+def _save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any:
+    """Save the unlearned model once (main process) and return the model every process evaluates.
+
+    When training sharded the weights (FSDP, ZeRO-3), the main process saves the
+    gathered full weights and every process reloads them whole for evaluation.
+    """
+    if distributed.is_main_process():
+        if outcome.state_dict is None:
+            save_model(outcome.model, tokenizer, folder, outcome.artifacts)
+        else:
+            from safetensors.torch import save_file
+
+            outcome.model.save_pretrained(folder, state_dict=outcome.state_dict, safe_serialization=True)
+            tokenizer.save_pretrained(folder)
+            for name, tensors in outcome.artifacts.items():
+                save_file({key: value.detach().cpu().contiguous() for key, value in tensors.items()}, str(Path(folder) / name))
+    distributed.barrier()
+    return outcome.model if outcome.state_dict is None else load_model(folder)
 
 
 def _write_eval(folder: Path, result: EvalResult) -> None:
-    write_json(folder / "summary.json", result.summary)
-    write_json(folder / "per_sample.json", result.per_sample)
+    _write(folder / "summary.json", result.summary)
+    _write(folder / "per_sample.json", result.per_sample)
 
 
 def builtin_resolver(bench: PreparedBenchmark | None):  # noqa: ANN201 - returns a callable or None
@@ -150,6 +190,7 @@ def run_unlearn(
     With ``checkpoint_every`` > 0 the run checkpoints every that many steps; an
     interrupted run resumes when the same command runs again (see :func:`results_folder`).
     """
+    distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     config = resolve_method(method, overrides)
     check_output_dir(output, overwrite)
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
@@ -181,34 +222,35 @@ def run_unlearn(
     if tracker is not None:
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
-        write_json(folder / "config.json", run_config)
+        _write(folder / "config.json", run_config)
         started = time.perf_counter()
         outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress,
                           checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
                           callbacks=[tracker] if tracker is not None else ())
-        write_json(folder / "training_log.json", outcome.log_history)
+        _write(folder / "training_log.json", outcome.log_history)
         if tracker is not None:
             _write_tracking(folder, tracker, run_config)
-        save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
-        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
-        write_json(folder / "config.json", run_config)
-        write_json(folder / "timing.json", {"unlearn_seconds": round(time.perf_counter() - started, 2)})
+        unlearned = _save_unlearned(outcome, tokenizer, folder / "model")
+        if distributed.is_main_process():
+            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        _write(folder / "config.json", run_config)
+        _write(folder / "timing.json", {"unlearn_seconds": round(time.perf_counter() - started, 2)})
         summary: dict[str, Any] = {}
         if eval_splits:
-            result = evaluate(outcome.model, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
+            result = evaluate(unlearned, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
             summary.update(result.summary)
-            write_json(folder / "per_sample.json", result.per_sample)
+            _write(folder / "per_sample.json", result.per_sample)
         if tracker is not None and tracker.selected_step is not None:
             summary["selected_step"] = tracker.selected_step
-        write_json(folder / "summary.json", summary)
+        _write(folder / "summary.json", summary)
     return summary
 
 
 def _write_tracking(folder: Path, tracker: EvalTracker, run_config: dict[str, Any]) -> None:
     """The curve of evaluations during training, and the chosen step in config.json."""
-    write_json(folder / CURVE_FILE, tracker.curve)
+    _write(folder / CURVE_FILE, tracker.curve)
     run_config["eval_during_training"] = {**run_config.get("eval_during_training", {}), **tracker.selection()}
-    write_json(folder / "config.json", run_config)
+    _write(folder / "config.json", run_config)
 
 
 def run_eval(
@@ -229,6 +271,7 @@ def run_eval(
     ``save_reference_to``: also write the model's per-sample forget truth ratios
     as an oracle reference file (for evaluating a retain oracle).
     """
+    distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     check_output_dir(output, overwrite)
     if save_reference_to is not None:
         if Path(save_reference_to).exists() and not overwrite:
@@ -239,13 +282,13 @@ def run_eval(
     tokenizer = load_tokenizer(model, trust_remote_code)
     fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
     with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
+        _write(folder / "config.json", {
             "command": "eval", "model": str(model), **(description or {}), "prompt_format": fmt.style,
             "eval": asdict(eval_config), "environment": environment(),
         })
         result = evaluate(network, tokenizer, splits, fmt, eval_config, oracle_reference)
         _write_eval(folder, result)
-    if save_reference_to is not None:
+    if save_reference_to is not None and distributed.is_main_process():
         split_name = str((description or {}).get("forget") or "forget")
         save_reference(Path(save_reference_to), make_reference(splits["forget"], result.forget_truth_ratios, split_name, result.membership))
     return result.summary
@@ -267,6 +310,7 @@ def run_finetune(
     resume: bool = False,
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (or, for ``model == "tiny"``, a fresh tiny Llama) on the union of ``data``."""
+    distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     check_output_dir(output, overwrite)
     rows = [row for source in data for row in load_qa(source, role="training", builtin=builtin_resolver(bench))]
     if model == "tiny":
@@ -286,14 +330,15 @@ def run_finetune(
         "environment": environment(), "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model)},
     }
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
-        write_json(folder / "config.json", run_config)
+        _write(folder / "config.json", run_config)
         stats = finetune(network, tokenizer, rows, config, fmt, show_progress,
                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every)
-        write_json(folder / "training_log.json", stats.pop("log_history"))
-        save_model(network, tokenizer, folder / "model")
-        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
-        write_json(folder / "config.json", run_config)
-        write_json(folder / "summary.json", {"examples": len(rows), **stats})
+        _write(folder / "training_log.json", stats.pop("log_history"))
+        if distributed.is_main_process():
+            save_model(network, tokenizer, folder / "model")
+            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        _write(folder / "config.json", run_config)
+        _write(folder / "summary.json", {"examples": len(rows), **stats})
     return stats
 
 
@@ -318,13 +363,13 @@ def run_general(
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
+        _write(folder / "config.json", {
             "command": "general", "model": str(model), "tasks": list(tasks), "include_path": str(include_path) if include_path else None,
             "batch_size": batch_size, "limit": limit, "num_fewshot": num_fewshot, "environment": environment(),
         })
         results = evaluate_general(network, tokenizer, tasks, include_path, batch_size, limit, num_fewshot)
-        write_json(folder / "general.json", results)
-        write_json(folder / "summary.json", general_summary(results))
+        _write(folder / "general.json", results)
+        _write(folder / "summary.json", general_summary(results))
     return results
 
 
@@ -332,12 +377,14 @@ def evaluation_cache(bench: PreparedBenchmark, name: str, model_dir: Path, forge
     """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
     key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
     path = bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
-    if path.exists():
+    stored_before = path.exists()
+    distributed.barrier()  # every process decides on the same state: all evaluate together, or none does
+    if stored_before:
         stored = json.loads(path.read_text(encoding="utf-8"))
         return EvalResult(summary=stored["summary"], per_sample=stored["per_sample"], forget_truth_ratios=None)
     reference = load_reference(bench.reference_path(forget_split))
     result = evaluate_cached_model(bench, model_dir, forget_split, reference, eval_config)
-    write_json(path, {"summary": result.summary, "per_sample": result.per_sample})
+    _write(path, {"summary": result.summary, "per_sample": result.per_sample})
     return result
 
 
@@ -361,6 +408,7 @@ def run_demo(
     hyperparameters = {**config.overrides_for(method), **dict(overrides or {})}
     method_config = resolve_method(method, hyperparameters)
     check_output_dir(output, overwrite)
+    distributed.setup()
     started = time.perf_counter()
     bench = prepare(config, cache_dir, (forget_split,), show_progress)
     prepared = time.perf_counter()
@@ -388,31 +436,33 @@ def run_demo(
                               load_reference(bench.reference_path(forget_split)), {"oracle": results["oracle"].summary})
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
-        write_json(folder / "config.json", run_config)
+        _write(folder / "config.json", run_config)
         unlearn_started = time.perf_counter()
         outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress,
                           checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
                           callbacks=[tracker] if tracker is not None else ())
         unlearned_at = time.perf_counter()
-        write_json(folder / "training_log.json", outcome.log_history)
+        _write(folder / "training_log.json", outcome.log_history)
         if tracker is not None:
             _write_tracking(folder, tracker, run_config)
-        save_model(outcome.model, tokenizer, folder / "model", outcome.artifacts)
-        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
-        write_json(folder / "config.json", run_config)
+        unlearned = _save_unlearned(outcome, tokenizer, folder / "model")
+        if distributed.is_main_process():
+            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        _write(folder / "config.json", run_config)
         reference = load_reference(bench.reference_path(forget_split))
-        results["unlearned"] = evaluate(outcome.model, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
+        results["unlearned"] = evaluate(unlearned, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
         summary = {name: result.summary for name, result in results.items()}
         if tracker is not None and tracker.selected_step is not None:
             summary["unlearned"] = {**summary["unlearned"], "selected_step": tracker.selected_step}
-        write_json(folder / "summary.json", summary)
-        write_json(folder / "per_sample.json", {name: result.per_sample for name, result in results.items()})
-        write_json(folder / "timing.json", {
+        _write(folder / "summary.json", summary)
+        _write(folder / "per_sample.json", {name: result.per_sample for name, result in results.items()})
+        _write(folder / "timing.json", {
             "prepare_seconds": round(prepared - started, 2),
             "unlearn_seconds": round(unlearned_at - unlearn_started, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
         })
-        write_run_report(folder, output, title=f"unlearnkit demo: {method} on {forget_split}")
+        if distributed.is_main_process():
+            write_run_report(folder, output, title=f"unlearnkit demo: {method} on {forget_split}")
     return summary
 
 

@@ -12,6 +12,8 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments
 
+from unlearnkit.errors import UnlearnkitError
+
 logger = logging.getLogger("unlearnkit")
 
 
@@ -44,13 +46,21 @@ def training_arguments(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
     optimizer: str = "adamw_torch",
+    gradient_checkpointing: bool = False,
+    mixed_precision: str = "no",
 ) -> TrainingArguments:
     """TrainingArguments without external loggers; checkpoints every ``checkpoint_every`` steps into ``checkpoint_dir``.
+
+    ``gradient_checkpointing`` recomputes layer activations in the backward pass
+    (non-reentrant checkpointing: it needs no input that requires grad, so LoRA and
+    frozen-base methods get their gradients, and ``torch.autograd.grad`` works);
+    ``mixed_precision`` ("no", "bf16", "fp16") autocasts the forward passes.
 
     unlearnkit saves the final model itself (atomically); the Trainer's
     checkpoints (model, optimiser, scheduler and RNG states, the last one kept)
     exist only to resume an interrupted run.
     """
+    precision = precision_arguments(mixed_precision)
     checkpoints = (
         {"save_strategy": "steps", "save_steps": checkpoint_every, "save_total_limit": 1}
         if checkpoint_every > 0 and checkpoint_dir is not None
@@ -78,8 +88,29 @@ def training_arguments(
         use_cpu=not torch.cuda.is_available(),
         # transformers 5 reads a warmup_steps value below 1 as a fraction of all steps.
         warmup_steps=warmup_ratio,
+        activation_checkpointing=gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
+        **precision,
         **checkpoints,
     )
+
+
+def precision_arguments(mixed_precision: str) -> dict[str, bool]:
+    """TrainingArguments' ``bf16``/``fp16`` flags, refusing a precision this machine cannot train in."""
+    if mixed_precision == "no":
+        return {}
+    if mixed_precision == "fp16":
+        if not torch.cuda.is_available():
+            raise UnlearnkitError(
+                "mixed_precision=fp16 needs a CUDA GPU (its loss scaling is GPU-only) and none is visible. "
+                "Use mixed_precision=bf16 (runs on CPU) or 'no'."
+            )
+        return {"fp16": True}
+    if mixed_precision == "bf16":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            raise UnlearnkitError("mixed_precision=bf16 needs a GPU with bfloat16 support (Ampere or newer); use fp16 or 'no'.")
+        return {"bf16": True}
+    raise UnlearnkitError(f"mixed_precision must be 'no', 'bf16' or 'fp16', got {mixed_precision!r}.")
 
 
 class LogHistoryCallback(TrainerCallback):

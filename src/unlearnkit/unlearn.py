@@ -10,8 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
+from unlearnkit import distributed
 from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.world import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
@@ -30,6 +31,9 @@ class UnlearnOutcome:
     log_history: list[dict[str, Any]]
     # Extra tensors the method produced (file name -> tensors), saved with safetensors next to the model.
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # When training sharded the weights (FSDP, DeepSpeed ZeRO-3): the full weights to save, on the main process
+    # (``model`` then holds a shard only). None when each process holds the whole model.
+    state_dict: dict[str, Any] | None = None
 
 
 def resolve_method(method: str, overrides: Mapping[str, Any]) -> MethodConfig:
@@ -76,6 +80,25 @@ def check_method_inputs(
         selected_parameter_names(model, config.selection())  # a layer past the model's depth or an unknown module
 
 
+def per_device_batch_size(batch_size: int, processes: int) -> int:
+    """Forget examples per process and micro-batch, so that ``processes`` processes together see ``batch_size``.
+
+    ``batch_size`` counts the forget examples of one micro-batch summed over all
+    processes; an optimiser step sees ``batch_size * gradient_accumulation_steps``
+    of them whatever the number of processes, so a run on 8 GPUs follows the
+    same schedule (steps, learning rate, data order) as on one.
+    """
+    if batch_size % processes:
+        lower = batch_size // processes * processes
+        options = sorted({value for value in (lower, lower + processes) if value > 0})
+        raise UnlearnkitError(
+            f"batch_size {batch_size} does not split evenly over {processes} processes: each must get the same number "
+            f"of forget examples. Set batch_size to a multiple of {processes} (e.g. {' or '.join(map(str, options))}), "
+            "or run with another number of processes."
+        )
+    return batch_size // processes
+
+
 def unlearn(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -99,10 +122,13 @@ def unlearn(
     if not isinstance(config, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
     check_method_inputs(method, config, forget, retain, model)
+    batch_size = per_device_batch_size(config.batch_size, distributed.world_size())
     selection = config.selection()
     if config.uses_lora:
         # The base weights stay frozen under LoRA, so the model with adapters off serves as the reference.
         reference = None
+        # LoRA draws its initial A factors from the global generator: seed it, so that a seed gives the same run.
+        set_seed(config.seed)
         model = apply_lora(model, selection, config.lora_rank, config.lora_alpha, config.lora_dropout)
     else:
         # Validate the selection before copying the model (a bad layer index fails here, before any training).
@@ -123,7 +149,7 @@ def unlearn(
     args = training_arguments(
         learning_rate=config.learning_rate,
         num_epochs=config.num_epochs,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         weight_decay=config.weight_decay,
         warmup_ratio=config.warmup_ratio,
@@ -135,6 +161,8 @@ def unlearn(
         checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every,
         optimizer=config.optimizer,
+        gradient_checkpointing=config.gradient_checkpointing,
+        mixed_precision=config.mixed_precision,
     )
     model.train()
     trainer = spec.trainer(
@@ -154,12 +182,18 @@ def unlearn(
         logger.info("resuming from %s", resume_from)
     trainer.train(resume_from_checkpoint=resume_from)
     model = trainer.finalize(trainer.model)
+    state_dict = None
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # Every process must join in: the full weights are gathered from the shards onto the main process.
+        state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped if trainer.is_deepspeed_enabled else model)
+        model = trainer.accelerator.unwrap_model(model)
     if config.uses_lora and config.lora_merge:
         model = model.merge_and_unload()
     if not is_lora_model(model):
         model.requires_grad_(True)  # hand the model back as it came: every weight trainable
     model.eval()
-    return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history), artifacts=trainer.artifacts)
+    return UnlearnOutcome(model=model, config=config, log_history=list(trainer.state.log_history), artifacts=trainer.artifacts,
+                          state_dict=state_dict)
 
 
 def _overrides_pair_extras(trainer: type[UnlearnTrainer]) -> bool:

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
+from unlearnkit import distributed
 from unlearnkit.data.encoding import PromptFormat, pad_batch
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.scoring import encode_pairs, greedy_token_continuations
@@ -164,7 +165,6 @@ def _check_n(n: int) -> None:
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def answer_memorization(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -173,7 +173,17 @@ def answer_memorization(
     batch_size: int = 64,
     max_length: int = 512,
 ) -> dict[str, np.ndarray]:
-    """Exact memorization (= MA on the answer) and extraction strength of each row's answer; each ``(N,)``."""
+    """Exact memorization (= MA on the answer) and extraction strength of each row's answer; each ``(N,)``.
+
+    Several processes score a share of the rows each (:mod:`unlearnkit.distributed`).
+    """
+    return distributed.sharded_rows(lambda share: _answer_memorization(model, tokenizer, fmt, share, batch_size, max_length), rows)
+
+
+@torch.no_grad()
+def _answer_memorization(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, rows: Sequence[dict], batch_size: int, max_length: int
+) -> dict[str, np.ndarray]:
     features = encode_pairs(tokenizer, fmt, [(row["question"], row["answer"]) for row in rows], max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     memorized = np.zeros(len(features))

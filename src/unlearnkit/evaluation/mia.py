@@ -54,6 +54,7 @@ from scipy.stats import rankdata
 from torch import Tensor
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearnkit import distributed
 from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.memorization import exact_memorization, extraction_strength
@@ -203,7 +204,6 @@ def qa_text(row: Mapping[str, Any]) -> str:
     return f"{row['question']} {row['answer']}"
 
 
-@torch.no_grad()
 def answer_token_scores(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -218,8 +218,25 @@ def answer_token_scores(
 
     ``loss`` (mean answer NLL), ``min_k``, ``min_k_pp``, ``exact_memorization``
     and ``extraction_strength``. With ``lowercase`` both texts are lower-cased first.
+    Several processes score a share of the rows each (:mod:`unlearnkit.distributed`).
     """
     check_k(k)
+    return distributed.sharded_rows(
+        lambda share: _answer_token_scores(model, tokenizer, fmt, share, k, batch_size, max_length, lowercase), rows
+    )
+
+
+@torch.no_grad()
+def _answer_token_scores(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[Mapping[str, Any]],
+    k: float,
+    batch_size: int,
+    max_length: int,
+    lowercase: bool,
+) -> dict[str, np.ndarray]:
     pairs = [(row["question"], row["answer"]) for row in rows]
     if lowercase:
         pairs = [(question.lower(), answer.lower()) for question, answer in pairs]
@@ -255,6 +272,17 @@ def gradient_norms(
     parameters = [p for p in model.parameters() if p.requires_grad]
     if not parameters:
         raise UnlearnkitError("The gradient-norm attack needs parameters with requires_grad=True; this model has none.")
+    return distributed.sharded_rows(lambda share: _gradient_norms(model, tokenizer, fmt, share, max_length, parameters), rows)
+
+
+def _gradient_norms(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    rows: Sequence[Mapping[str, Any]],
+    max_length: int,
+    parameters: list[torch.nn.Parameter],
+) -> np.ndarray:
     was_training = model.training
     model.eval()  # no dropout: the score must not depend on a random mask
     norms = np.zeros(len(rows))

@@ -13,6 +13,10 @@ the caller's order. What makes them fast without changing a value:
 Changing which positions reach the output layer changes float32 results only
 in their last bits (relative differences below 1e-6), as a change of batch
 size does.
+
+Under ``accelerate launch`` with several processes, each process scores a
+contiguous share of the rows and all get every row's result, in order
+(:func:`unlearnkit.distributed.sharded_rows`): every process must make the call.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearnkit import distributed
 from unlearnkit.data.encoding import IGNORE_INDEX, PromptFormat, join_qa, left_pad_prompts, pad_batch
 from unlearnkit.losses import sequence_nll, sequence_token_count
 
@@ -57,7 +62,6 @@ def _answer_logits(model: PreTrainedModel, batch: dict[str, torch.Tensor], parti
     return logits, labels[:, start:]
 
 
-@torch.no_grad()
 def answer_nll(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -67,6 +71,18 @@ def answer_nll(
     max_length: int = 512,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per (question, answer) pair: the answer's summed NLL and its token count, shapes (N,), (N,)."""
+    return distributed.sharded_rows(lambda share: _answer_nll(model, tokenizer, fmt, share, batch_size, max_length), pairs)
+
+
+@torch.no_grad()
+def _answer_nll(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: PromptFormat,
+    pairs: Sequence[tuple[str, str]],
+    batch_size: int,
+    max_length: int,
+) -> tuple[np.ndarray, np.ndarray]:
     features = encode_pairs(tokenizer, fmt, pairs, max_length)
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     nll_sum = np.zeros(len(features))
@@ -94,7 +110,6 @@ def answer_avg_nll(
     return nll_sum / np.maximum(tokens, 1)
 
 
-@torch.no_grad()
 def greedy_token_continuations(
     model: PreTrainedModel,
     prompts: Sequence[Sequence[int]],
@@ -110,6 +125,17 @@ def greedy_token_continuations(
     ``eos_token_id`` None uses the model's generation config.
     """
     limits = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    jobs = list(zip(prompts, limits, strict=True))
+    return distributed.sharded_rows(lambda share: _greedy_continuations(model, share, pad_token_id, eos_token_id, batch_size), jobs)
+
+
+@torch.no_grad()
+def _greedy_continuations(
+    model: PreTrainedModel, jobs: Sequence[tuple[Sequence[int], int]], pad_token_id: int, eos_token_id: int | None, batch_size: int
+) -> list[list[int]]:
+    """:func:`greedy_token_continuations` of (prompt, limit) pairs, in one process."""
+    prompts = [prompt for prompt, _ in jobs]
+    limits = [limit for _, limit in jobs]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     outputs: list[list[int]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):

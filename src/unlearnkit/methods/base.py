@@ -8,6 +8,7 @@ overrides ``compute_loss`` alone, composing the pure functions of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -20,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
 
-from unlearnkit import losses
+from unlearnkit import distributed, losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import NumericalFault, UnlearnkitError, did_you_mean
 from unlearnkit.parameters import Selection, is_lora_model, parse_layers, parse_modules
@@ -30,6 +31,7 @@ from unlearnkit.training import last_checkpoint
 logger = logging.getLogger("unlearnkit")
 
 RETAIN_LOSSES = ("nll", "kl")
+MIXED_PRECISIONS = ("no", "bf16", "fp16")
 
 
 @dataclass
@@ -43,7 +45,7 @@ class MethodConfig:
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
     num_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
-    batch_size: int = field(default=32, metadata={"help": "Forget examples per optimiser step (each paired with a retain example)."})
+    batch_size: int = field(default=32, metadata={"help": "Forget examples per micro-batch, over all processes (each paired with a retain example); an optimiser step sees batch_size x gradient_accumulation_steps."})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimiser step."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.2, metadata={"help": "Fraction of steps for linear warm-up (TOFU: one epoch of five)."})
@@ -68,6 +70,14 @@ class MethodConfig:
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank * B A)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
     lora_merge: bool = field(default=True, metadata={"help": "Merge the trained adapter into the weights when saving (false: save the adapter alone, with a pointer to its base model)."})
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Recompute each decoder layer's activations in the backward pass instead of storing them (less memory, about one more forward per step; works with LoRA)."},
+    )
+    mixed_precision: str = field(
+        default="no",
+        metadata={"help": "'no', 'bf16' or 'fp16': autocast the forward passes (weights stay in their dtype; losses in float32). fp16 needs a CUDA GPU; bf16 also runs on CPU."},
+    )
 
     def __post_init__(self) -> None:
         positive = ("learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length")
@@ -82,6 +92,8 @@ class MethodConfig:
             raise UnlearnkitError(f"stop_forget_nll must be > 0 (or None), got {self.stop_forget_nll}.")
         if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise UnlearnkitError("lora_rank must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1).")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise UnlearnkitError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}.")
         self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
 
     @property
@@ -98,6 +110,22 @@ class MethodConfig:
     def needs_reference(self) -> bool:
         """Whether the method (with these settings) needs the frozen pre-unlearning model."""
         return False
+
+
+def cache_reference_field() -> Any:
+    """The ``cache_reference`` option of methods whose reference terms are per-sequence log-probabilities (NPO, IDK-DPO).
+
+    Default on: the reference is frozen, so a sequence's reference log-probability is the
+    same number at every step; computing it once before training gives the loss of the
+    uncached run up to float rounding (batch composition and padding change the order of
+    the sums, nothing else), costs at most one forward per distinct sequence (the uncached
+    run pays one per sequence per epoch) and frees the reference copy (or, under LoRA, the
+    adapter-free forward of every step).
+    """
+    return field(
+        default=True,
+        metadata={"help": "Compute the frozen reference's sequence log-probabilities once before training and keep no reference model (same loss up to float rounding; less memory and time). false: a reference forward every step."},
+    )
 
 
 def check_retain_loss(value: str) -> None:
@@ -163,6 +191,9 @@ class UnlearnTrainer(Trainer):
     the method's hyperparameters; ``reference_logits``/``reference_outputs`` give
     the frozen model before unlearning (when the config's ``needs_reference()``
     is true: a frozen copy, or under LoRA the base model with adapters disabled).
+    ``reference_sequence_nll`` gives the reference's per-sequence NLLs: methods that
+    only need those list their batch keys in ``cached_reference_keys`` and, with
+    their config's ``cache_reference`` on, hold no reference at all.
 
     Methods that need more than a loss use the hooks, in the order ``unlearn`` calls them:
 
@@ -176,6 +207,13 @@ class UnlearnTrainer(Trainer):
 
     required_forget_fields: ClassVar[tuple[str, ...]] = ()
     supports_lora: ClassVar[bool] = True
+    # Batch keys whose reference sequence NLLs the method reads through ``reference_sequence_nll``; with the
+    # config's ``cache_reference`` on, they are computed once before training (see ``ReferenceCache``).
+    cached_reference_keys: ClassVar[tuple[str, ...]] = ()
+    # compute_loss returns each micro-batch's mean, never a sum normalised by the accumulated batch's item count:
+    # the Trainer must divide it by the accumulation steps (it guesses otherwise from the model's forward signature).
+    loss_is_scaled_for_ga = False
+    _reference_cache: ReferenceCache | None = None
     # Tensors a method hands back besides the model (e.g. EUL's unlearning layers): file name -> {name: tensor},
     # saved with safetensors next to the model.
     artifacts: dict[str, dict[str, torch.Tensor]]
@@ -201,7 +239,7 @@ class UnlearnTrainer(Trainer):
         self.artifacts = {}
         self._recorded: dict[str, list[float]] = {}
         if reference_model is not None:
-            reference_model.to(self.args.device).eval().requires_grad_(False)
+            self.reference_model = distributed.place_frozen_model(self.accelerator, reference_model, self.args.device)
 
     @staticmethod
     def logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -238,8 +276,11 @@ class UnlearnTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """The Trainer's log line plus the mean of every recorded term: the training curves of the report."""
         if "loss" in logs:  # training log lines only; the final summary line carries no terms
-            for name, values in self._recorded.items():
-                logs[name] = sum(values) / len(values)
+            names = sorted(self._recorded)
+            means = [sum(self._recorded[name]) / len(self._recorded[name]) for name in names]
+            # Each process recorded the terms of its own share of the batch: log their mean over processes, as the Trainer does the loss.
+            shares = distributed.gather([means])
+            logs.update({name: sum(share[index] for share in shares) / len(shares) for index, name in enumerate(names)})
             self._recorded.clear()
         super().log(logs, start_time)
 
@@ -267,19 +308,108 @@ class UnlearnTrainer(Trainer):
     @torch.no_grad()
     def reference_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
         """The frozen pre-unlearning model's outputs on ``batch`` (``kwargs``: e.g. ``output_hidden_states=True``)."""
+        if self.reference_model is not None or (self.method_config.needs_reference() and is_lora_model(self.model)):
+            return self._frozen_outputs(batch, **kwargs)
+        raise RuntimeError("This method needs a reference model: its config's needs_reference() must return True.")
+
+    @torch.no_grad()
+    def _frozen_outputs(self, batch: dict[str, torch.Tensor], **kwargs: Any) -> Any:
+        """The reference copy's outputs, else this model's in eval mode with any adapters off.
+
+        Without a copy, the latter is the pre-unlearning model under LoRA (the base weights never
+        change) or, in full fine-tuning, only before the first update (``ReferenceCache`` runs then).
+        """
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], **kwargs}
         if self.reference_model is not None:
             return self.reference_model(**inputs)
-        if self.method_config.needs_reference() and is_lora_model(self.model):
-            # Under LoRA the base weights never change: the reference is the model with its adapters switched off.
-            was_training = self.model.training
-            self.model.eval()
-            try:
-                with self.model.disable_adapter():
-                    return self.model(**inputs)
-            finally:
-                self.model.train(was_training)
-        raise RuntimeError("This method needs a reference model: its config's needs_reference() must return True.")
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self.model.disable_adapter() if is_lora_model(self.model) else contextlib.nullcontext():
+                return self.model(**inputs)
+        finally:
+            self.model.train(was_training)
+
+    def reference_sequence_nll(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen reference's sequence-sum NLL ``-log π_ref(y | x)`` (B,): cached when ``cache_reference`` is on."""
+        if self._reference_cache is not None:
+            return self._reference_cache.lookup(batch)
+        with torch.no_grad():
+            return losses.sequence_nll(self.reference_logits(batch), batch["labels"])
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The Trainer's loop, after caching the reference terms (from the model as given, before any update or resume)."""
+        if self.cached_reference_keys and getattr(self.method_config, "cache_reference", False) and self._reference_cache is None:
+            self._reference_cache = ReferenceCache.build(self)
+        return super().train(*args, **kwargs)
+
+
+def _sequence_key(input_ids: Sequence[int], labels: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(input_ids), tuple(labels)
+
+
+class ReferenceCache:
+    """Reference sequence NLLs of every sequence training will see, keyed by its (unpadded) tokens and labels.
+
+    Keying by content rather than by dataset index makes a lookup independent of the batch
+    order and of which refusal answer an epoch drew (IDK-DPO): every (epoch, index) item the
+    :class:`PairedDataset` will yield is enumerated up front, as its draws are a pure function
+    of (seed, epoch, index), and each distinct sequence is scored once.
+    """
+
+    def __init__(self, values: dict[tuple[tuple[int, ...], tuple[int, ...]], float]) -> None:
+        self.values = values
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, trainer: UnlearnTrainer) -> ReferenceCache:
+        dataset = trainer.train_dataset
+        unique: dict[tuple[tuple[int, ...], tuple[int, ...]], dict[str, list[int]]] = {}
+        saved_epoch = getattr(dataset, "epoch", None)
+        try:
+            for epoch in range(_epochs_to_cache(trainer) if saved_epoch is not None else 1):
+                if saved_epoch is not None:
+                    dataset.epoch = epoch
+                for index in range(len(dataset)):
+                    item = dataset[index]
+                    for key in trainer.cached_reference_keys:
+                        unique.setdefault(_sequence_key(item[key]["input_ids"], item[key]["labels"]), item[key])
+        finally:
+            if saved_epoch is not None:
+                dataset.epoch = saved_epoch
+        # Similar lengths batched together: less padding to run through the model.
+        ordered = sorted(unique.items(), key=lambda entry: len(entry[0][0]))
+        size = trainer.args.per_device_train_batch_size
+        values: dict[tuple[tuple[int, ...], tuple[int, ...]], float] = {}
+        for start in range(0, len(ordered), size):
+            chunk = ordered[start:start + size]
+            batch = trainer._prepare_inputs(trainer.data_collator([{"sequence": item} for _, item in chunk])["sequence"])
+            nll = losses.sequence_nll(trainer._frozen_outputs(batch).logits, batch["labels"])
+            values.update(zip((key for key, _ in chunk), nll.float().cpu().tolist(), strict=True))
+        logger.info("cached the reference NLL of %d sequences; no reference forward during training", len(values))
+        return cls(values)
+
+    def lookup(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The cached NLLs (B,) of a padded batch's rows."""
+        real = batch["attention_mask"].bool().cpu()
+        ids, labels = batch["input_ids"].cpu(), batch["labels"].cpu()
+        try:
+            found = [self.values[_sequence_key(ids[i][real[i]].tolist(), labels[i][real[i]].tolist())] for i in range(len(ids))]
+        except KeyError:
+            raise RuntimeError(
+                "A batch holds a sequence the reference cache was not built for (the cache covers the training "
+                "dataset's items for every epoch). Set cache_reference=false to compute reference terms per step."
+            ) from None
+        return torch.tensor(found, dtype=torch.float32, device=batch["input_ids"].device)
+
+
+def _epochs_to_cache(trainer: UnlearnTrainer) -> int:
+    """How many epochs (pairings) training will draw: ``num_train_epochs``, or enough for ``max_steps``."""
+    args = trainer.args
+    if args.max_steps and args.max_steps > 0:
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        return max(1, math.ceil(args.max_steps * per_step / max(1, len(trainer.train_dataset))))
+    return max(1, math.ceil(args.num_train_epochs))
 
 
 @dataclass(frozen=True)

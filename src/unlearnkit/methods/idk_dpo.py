@@ -4,23 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from unlearnkit import losses
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, cache_reference_field, check_positive, register_method
 
 
 @dataclass
 class IDKDPOConfig(MethodConfig):
     beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature (TOFU: 0.1)."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain NLL term."})
+    cache_reference: bool = cache_reference_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(beta=self.beta)
 
     def needs_reference(self) -> bool:
-        return True
+        return not self.cache_reference
 
 
 @register_method(
@@ -31,15 +30,19 @@ class IDKDPOConfig(MethodConfig):
     needs_idk=True,
 )
 class IDKDPO(UnlearnTrainer):
-    """DPO with the refusal as the chosen answer and the forget answer as the rejected one."""
+    """DPO with the refusal as the chosen answer and the forget answer as the rejected one.
+
+    The refusal paired with a forget question is drawn anew each epoch (``PairedDataset``);
+    the reference cache holds every (question, refusal) pair the run's epochs will draw.
+    """
+
+    cached_reference_keys = ("idk", "forget")
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         idk, forget = inputs["idk"], inputs["forget"]
         chosen = losses.sequence_nll(self.logits(model, idk), idk["labels"])
         rejected = losses.sequence_nll(self.logits(model, forget), forget["labels"])
-        with torch.no_grad():
-            reference_chosen = losses.sequence_nll(self.reference_logits(idk), idk["labels"])
-            reference_rejected = losses.sequence_nll(self.reference_logits(forget), forget["labels"])
+        reference_chosen, reference_rejected = self.reference_sequence_nll(idk), self.reference_sequence_nll(forget)
         loss = losses.dpo_loss(chosen, rejected, reference_chosen, reference_rejected, self.method_config.beta)
         self.record(forget_loss=loss)
         loss = loss + self.method_config.alpha * self.retain_loss(model, inputs["retain"], "nll")

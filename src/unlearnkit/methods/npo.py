@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from unlearnkit import losses
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    cache_reference_field,
+    check_positive,
+    check_retain_loss,
+    register_method,
+)
 
 
 @dataclass
@@ -17,6 +22,7 @@ class NPOConfig(MethodConfig):
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (NPO+RT) or 'kl' (NPO+KL)."})
     num_epochs: float = field(default=10.0, metadata={"help": "Passes over the forget set (authors: 10 on TOFU)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for warm-up (one epoch of ten)."})
+    cache_reference: bool = cache_reference_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -24,7 +30,8 @@ class NPOConfig(MethodConfig):
         check_retain_loss(self.retain_loss)
 
     def needs_reference(self) -> bool:
-        return True
+        # The cached forget NLLs replace the reference model, except for the token-level KL retain term.
+        return not self.cache_reference or self.retain_loss == "kl"
 
 
 @register_method(
@@ -36,13 +43,13 @@ class NPOConfig(MethodConfig):
 class NPO(UnlearnTrainer):
     """NPO (Zhang et al., COLM 2024) with sequence-sum NLLs against the frozen reference."""
 
+    cached_reference_keys = ("forget",)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
         config = self.method_config
         forget = inputs["forget"]
         nll = losses.sequence_nll(self.logits(model, forget), forget["labels"])
-        with torch.no_grad():
-            reference_nll = losses.sequence_nll(self.reference_logits(forget), forget["labels"])
-        loss = losses.npo_loss(nll, reference_nll, config.beta)
+        loss = losses.npo_loss(nll, self.reference_sequence_nll(forget), config.beta)
         self.record(forget_loss=loss)
         loss = loss + config.alpha * self.retain_loss(model, inputs["retain"], config.retain_loss)
         return (loss, None) if return_outputs else loss

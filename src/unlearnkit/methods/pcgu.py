@@ -99,6 +99,11 @@ class PCGUConfig(MethodConfig):
                 "PCGU selects blocks of the model's own weights by their gradients and has no LoRA form; set lora_rank=0 "
                 "(target_modules and layers restrict which weights it may select)."
             )
+        if self.mixed_precision == "fp16":
+            raise UnlearnkitError(
+                "PCGU writes its masked gradients itself, past fp16's loss scaling (which would then unscale "
+                "gradients that were never scaled). Use mixed_precision=bf16 or 'no'."
+            )
         if self.weight_decay != 0:
             raise UnlearnkitError(
                 f"PCGU changes only the blocks it selects; weight_decay={self.weight_decay} would move every weight. "

@@ -64,7 +64,8 @@ Defaults and memory
   reinforced model (always a full copy; under LoRA a copy of the base weights
   without adapters, trained in full). While the reinforced model trains, its
   AdamW state (two more copies of its weights) exists too. ``finalize`` drops
-  the reinforced model.
+  the reinforced model. The reinforcement follows ``gradient_checkpointing`` and
+  ``mixed_precision`` as the Trainer's loop does (fp16 with loss scaling).
 """
 
 from __future__ import annotations
@@ -233,7 +234,11 @@ class WHP(UnlearnTrainer):
         # Under LoRA the copy drops its (still zero) adapters: the reinforced model is the base, trained in full.
         reinforced = copy.deepcopy(self.model).unload() if is_lora_model(self.model) else copy.deepcopy(self.model)
         reinforced.requires_grad_(True).train()
+        if config.gradient_checkpointing:
+            reinforced.activation_checkpointing_enable({"use_reentrant": False})
         device = next(reinforced.parameters()).device
+        precision = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+        scaler = torch.amp.GradScaler(device.type, enabled=config.mixed_precision == "fp16")
         learning_rate = config.reinforce_lr if config.reinforce_lr is not None else config.learning_rate
         optimizer = torch.optim.AdamW(reinforced.parameters(), lr=learning_rate, weight_decay=config.weight_decay)
         examples = self.train_dataset.forget
@@ -246,17 +251,23 @@ class WHP(UnlearnTrainer):
             for start in range(0, len(order), config.batch_size):
                 batch = pad_batch([examples[index] for index in order[start:start + config.batch_size]], pad_token_id)
                 batch = {key: value.to(device) for key, value in batch.items()}
-                loss = losses.mean_nll(self.logits(reinforced, batch), batch["labels"])
+                with torch.autocast(device.type, dtype=precision, enabled=precision is not None):
+                    logits = self.logits(reinforced, batch)
+                loss = losses.mean_nll(logits, batch["labels"])
                 if not math.isfinite(float(loss.detach())):
                     raise NumericalFault(f"whp: the reinforcement loss became {float(loss.detach())} in epoch {epoch}; lower reinforce_lr.")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(reinforced.parameters(), config.max_grad_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 epoch_losses.append(float(loss.detach()))
             self.reinforce_log.append({"whp_reinforce_epoch": float(epoch), "whp_reinforce_loss": sum(epoch_losses) / len(epoch_losses)})
             logger.info("whp: reinforcement epoch %d, forget NLL %.4g", epoch, self.reinforce_log[-1]["whp_reinforce_loss"])
         del optimizer
+        if config.gradient_checkpointing:
+            reinforced.activation_checkpointing_disable()
         return reinforced.eval().requires_grad_(False)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001

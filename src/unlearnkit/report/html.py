@@ -119,7 +119,7 @@ def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], sp
                          "(forget quality needs the retain oracle's reference).</p>")
             continue
         image = plots.tradeoff(points, f"Forget quality vs model utility, {split}")
-        parts.append(_figure(image, f"Trade-off on {split}", f"Forget quality (log) against model utility on {split}."))
+        parts.append(figure_html(image, f"Trade-off on {split}", f"Forget quality (log) against model utility on {split}."))
     return "".join(parts)
 
 
@@ -214,21 +214,21 @@ def _runs_section(groups: Sequence[RunGroup]) -> str:
                 curves["target"] = target
             if run.truth_ratios():
                 title = f"{run.label}: forget truth ratios" + (f" (forget quality {format_number('q', quality)})" if quality is not None else "")
-                figures.append(_figure(plots.truth_ratio_ecdf(curves, title), f"Forget truth ratios of {run.label}",
+                figures.append(figure_html(plots.truth_ratio_ecdf(curves, title), f"Forget truth ratios of {run.label}",
                                        "ECDF of per-sample forget truth ratios" + ("" if run.oracle_truth_ratios else
                                        " (the retain oracle's reference was not found for this folder)") + "."))
             else:
                 figures.append('<p class="note">No per-sample forget truth ratios in this folder.</p>')
             steps = run.training_steps()
             if steps:
-                figures.append(_figure(plots.training_curves(steps, run.training_terms(), f"{run.label}: training"),
+                figures.append(figure_html(plots.training_curves(steps, run.training_terms(), f"{run.label}: training"),
                                        f"Training curves of {run.label}",
                                        f"{len(steps)} logged step(s); terms: {', '.join(run.training_terms())}."))
             else:
                 figures.append('<p class="note">No training log (an evaluation-only folder).</p>')
             if run.eval_curve:
                 selected = (run.config.get("eval_during_training") or {}).get("selected_step")
-                figures.append(_figure(plots.eval_curves(run.eval_curve, f"{run.label}: metrics tracked during training", selected),
+                figures.append(figure_html(plots.eval_curves(run.eval_curve, f"{run.label}: metrics tracked during training", selected),
                                        f"Metrics tracked during training of {run.label}",
                                        f"{len(run.eval_curve)} evaluation(s) during training (eval_curve.json)"
                                        + (f"; the weights of step {selected} were kept." if selected is not None else ".")))
@@ -261,7 +261,7 @@ def _note(text: str) -> str:
     return f'<p class="note">{escape(text)}</p>'
 
 
-def _figure(png: bytes, alt: str, caption: str) -> str:
+def figure_html(png: bytes, alt: str, caption: str) -> str:
     width, height = png_size(png)
     data = base64.b64encode(png).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(alt)}" width="{width}" height="{height}">'

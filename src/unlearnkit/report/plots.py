@@ -133,6 +133,25 @@ def eval_curves(curve: Sequence[Mapping], title: str, selected_step: int | None 
     return _png(figure)
 
 
+def recovery_bars(attacks: Sequence[str], recoveries: Mapping[str, Sequence[float | None]], title: str) -> bytes:
+    """Grouped bars: each attack's recovery for each model (e.g. unlearned, target, oracle); a missing value draws no bar."""
+    figure = Figure(figsize=(max(6.0, 0.9 * len(attacks) + 2), 4.2))
+    axes = figure.add_subplot()
+    width = 0.8 / max(len(recoveries), 1)
+    colours = {"unlearned": "#1f77b4", "target": "black", "oracle": "#e6a700"}
+    for index, (model, values) in enumerate(recoveries.items()):
+        positions = [i + (index - (len(recoveries) - 1) / 2) * width for i in range(len(attacks))]
+        heights = [np.nan if value is None else value for value in values]
+        axes.bar(positions, heights, width, label=model, color=colours.get(model, _palette(index + 1)[index]), edgecolor="white")
+    axes.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right", fontsize=8)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("recovery (higher: more knowledge back)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, axis="y", alpha=0.3)
+    axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    return _png(figure)
+
+
 def _palette(count: int) -> list[str]:
     base = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22", "#ff7f0e"]
     return [base[i % len(base)] for i in range(max(count, 1))]

@@ -1,0 +1,288 @@
+"""The robustness audit: every attack on the unlearned model, the target and the retain oracle, with a verdict per attack.
+
+An unlearned model that gives an answer back after a few fine-tuning steps, after
+4-bit quantization or when the question is rephrased has hidden the knowledge,
+not removed it (Lynch et al. 2024; Patil, Hase & Bansal, ICLR 2024; Zhang et al.,
+ICLR 2025). The retain oracle, trained without the forget set, gets the same
+attacks: what it "recovers" (lucky guesses, facts learnable from the attack's
+own data) is the level exact unlearning would show. Verdict per attack, with
+``u``, ``o`` the unlearned model's and the oracle's recovery and ``τ`` the threshold:
+
+* ``recovered above the oracle's level`` when u − o > τ (the knowledge comes back);
+* ``at the oracle's level`` when |u − o| ≤ τ;
+* ``below the oracle's level`` when o − u > τ (over-unlearning: itself a tell-tale sign).
+
+An attack *exposes hidden knowledge* when it recovers above the oracle's level
+while the direct questions do not.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
+from unlearnkit.attacks.base import FAMILIES
+from unlearnkit.benchmark import BuiltinBenchmark
+from unlearnkit.errors import UnlearnkitError
+from unlearnkit.io import write_json
+
+logger = logging.getLogger("unlearnkit")
+
+AUDITED_MODELS = ("unlearned", "target", "oracle")
+RECOVERED = "recovered above the oracle's level"
+AT_ORACLE = "at the oracle's level"
+BELOW_ORACLE = "below the oracle's level"
+NO_ORACLE = "no oracle to compare with"
+
+
+def builtin_audit_settings(benchmark: BuiltinBenchmark) -> dict[str, Any]:
+    """Audit settings for the built-in benchmark's tiny models.
+
+    The relearning attack fine-tunes at the benchmark's own unlearning learning
+    rate (the authors' 1e-5 hardly moves a tiny model), two epochs over the
+    attacker's half of the forget set; answers are generated as in evaluation.
+    """
+    return {"relearn_learning_rate": dict(benchmark.unlearn_overrides)["learning_rate"], "relearn_epochs": 2, "max_new_tokens": 48}
+
+
+def attack_order(names: Sequence[str] | None = None) -> list[str]:
+    """``names`` (default: every registered attack) in listing order: by family, then registration order."""
+    chosen = list(ATTACKS.names()) if names is None else [ATTACKS.get(name).name for name in names]
+    return sorted(dict.fromkeys(chosen), key=lambda name: FAMILIES.index(ATTACKS.get(name).family))
+
+
+def plan_attacks(names: Sequence[str] | None, data: AuditData) -> tuple[list[str], dict[str, str]]:
+    """The attacks to run on ``data`` and those skipped, with why.
+
+    With ``names`` None (every attack), one that does not suit the data (no
+    holdout set, a missing field) is skipped; one the user named is refused.
+    """
+    if not data.forget:
+        raise UnlearnkitError("The forget set is empty: the audit has nothing to attack.")
+    runnable, skipped = [], {}
+    for name in attack_order(names):
+        reason = ATTACKS.get(name).missing(data)
+        if reason is None:
+            runnable.append(name)
+        elif names is None:
+            skipped[name] = reason
+        else:
+            raise UnlearnkitError(f"The {name} attack {reason}. Give that data, or leave the attack out of --attacks.")
+    return runnable, skipped
+
+
+def build_audit_config(overrides: Mapping[str, Any]) -> AuditConfig:
+    """An AuditConfig from KEY=VALUE strings or values, refusing unknown keys with the list of known ones."""
+    known = {f.name: f for f in fields(AuditConfig)}
+    values: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        if key not in known:
+            raise UnlearnkitError(f"Unknown audit setting {key!r}. Settings: {', '.join(known)} (see `unlearnkit attacks -v`).")
+        values[key] = _coerce(key, raw, known[key].default)
+    return AuditConfig(**values)
+
+
+def _coerce(key: str, raw: Any, default: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    if raw.lower() in ("none", "null"):
+        return None
+    try:
+        if isinstance(default, bool):
+            return raw.lower() in ("1", "true", "yes")
+        if isinstance(default, int) or key == "probe_layer":
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError:
+        raise UnlearnkitError(f"Audit setting {key}={raw!r} is not a valid {type(default).__name__ if default is not None else 'int'}.") from None
+    return raw
+
+
+def verdict(unlearned: float, oracle: float | None, threshold: float) -> str:
+    """Compare an attack's recovery on the unlearned model with the oracle's (see the module docstring)."""
+    if oracle is None:
+        return NO_ORACLE
+    if unlearned - oracle > threshold:
+        return RECOVERED
+    if oracle - unlearned > threshold:
+        return BELOW_ORACLE
+    return AT_ORACLE
+
+
+def recovered_share(unlearned: float, target: float | None, oracle: float | None) -> float | None:
+    """(u − o) / (t − o): the share of the target's knowledge above the oracle's level that the attack brings back (None when t ≤ o)."""
+    if target is None or oracle is None or target <= oracle:
+        return None
+    return (unlearned - oracle) / (target - oracle)
+
+
+@dataclass
+class AuditResult:
+    """Per attack: each model's outcome; the summary rows; the attacks that expose hidden knowledge."""
+
+    outcomes: dict[str, dict[str, AttackOutcome]]
+    rows: list[dict[str, Any]]
+    exposed_by: list[str]
+    skipped: dict[str, str]
+
+
+def summarize(outcomes: Mapping[str, Mapping[str, AttackOutcome]], threshold: float) -> tuple[list[dict[str, Any]], list[str]]:
+    """One summary row per attack (recoveries, share, verdict) and the attacks that expose hidden knowledge."""
+    rows = []
+    for name, by_model in outcomes.items():
+        unlearned = by_model["unlearned"].recovery
+        target = by_model["target"].recovery if "target" in by_model else None
+        oracle = by_model["oracle"].recovery if "oracle" in by_model else None
+        rows.append({
+            "attack": name, "family": ATTACKS.get(name).family, "measure": by_model["unlearned"].measure,
+            "unlearned": unlearned, "target": target, "oracle": oracle,
+            "recovered_share": recovered_share(unlearned, target, oracle),
+            "verdict": verdict(unlearned, oracle, threshold), "threshold": threshold,
+        })
+    direct = next((row for row in rows if row["attack"] == "direct"), None)
+    direct_holds = direct is None or direct["verdict"] != RECOVERED
+    exposed = [row["attack"] for row in rows if row["attack"] != "direct" and row["verdict"] == RECOVERED and direct_holds]
+    return rows, exposed
+
+
+def run_attacks(
+    models: Mapping[str, tuple[PreTrainedModel, PreTrainedTokenizerBase]],
+    data: AuditData,
+    attacks: Sequence[str],
+    config: AuditConfig,
+    cached: Mapping[str, Path] | None = None,
+) -> AuditResult:
+    """Run ``attacks`` (None: every attack that suits the data) on each model of ``models`` (keys from :data:`AUDITED_MODELS`; "unlearned" required).
+
+    ``cached`` maps a model name to a folder where its outcomes are stored and
+    reused by later audits with the same data and settings (the built-in
+    target's and oracles' outcomes do not change between methods).
+    """
+    if "unlearned" not in models:
+        raise ValueError("run_attacks needs the 'unlearned' model.")
+    names, skipped = plan_attacks(attacks, data)
+    for name, reason in skipped.items():
+        logger.warning("skipping the %s attack: it %s", name, reason)
+    outcomes: dict[str, dict[str, AttackOutcome]] = {}
+    for name in names:
+        spec = ATTACKS.get(name)
+        outcomes[name] = {}
+        for role, (model, tokenizer) in models.items():
+            store = _cache_path(cached, role, name, data, config)
+            if store is not None and store.exists():
+                outcomes[name][role] = AttackOutcome(**json.loads(store.read_text(encoding="utf-8")))
+                continue
+            started = time.perf_counter()
+            model.eval()
+            outcome = spec.run(model, tokenizer, data, config)
+            logger.info("%-18s %-9s recovery %.3f (%s) in %.1f s", name, role, outcome.recovery, outcome.measure,
+                        time.perf_counter() - started)
+            outcomes[name][role] = outcome
+            if store is not None:
+                write_json(store, asdict(outcome))
+    rows, exposed = summarize(outcomes, config.threshold)
+    return AuditResult(outcomes=outcomes, rows=rows, exposed_by=exposed, skipped=skipped)
+
+
+def _cache_path(cached: Mapping[str, Path] | None, role: str, attack: str, data: AuditData, config: AuditConfig) -> Path | None:
+    if not cached or role not in cached:
+        return None
+    payload = json.dumps({"config": asdict(config), "fmt": data.fmt.style,
+                          "rows": [[row.get("question"), row.get("answer")] for split in (data.forget, data.retain, data.holdout) for row in split]},
+                         sort_keys=True, default=str)
+    key = hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return Path(cached[role]) / f"{attack}-{key}.json"
+
+
+def merged(model: PreTrainedModel) -> PreTrainedModel:
+    """A plain model: an adapter model (saved with lora_merge false) is merged into a copy of its base, so attacks see the weights it runs with."""
+    if hasattr(model, "merge_and_unload"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], exposed_by: Sequence[str]) -> str:
+    """The audit summary as a Markdown table, with the hidden-knowledge line under it."""
+    lines = ["| attack | measure | unlearned | target | oracle | recovered share | verdict |", "|---|---|---:|---:|---:|---:|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['attack']} | {row['measure']} | {_fmt(row['unlearned'])} | {_fmt(row['target'])} | {_fmt(row['oracle'])} "
+            f"| {_fmt(row['recovered_share'])} | {row['verdict']} |"
+        )
+    threshold = rows[0]["threshold"] if rows else 0.0
+    lines.append("")
+    lines.append(f"Verdict threshold: {threshold:g} (absolute difference from the retain oracle's recovery under the same attack).")
+    lines.append("Hidden knowledge exposed by: " + (", ".join(exposed_by) if exposed_by else "none of the attacks") + ".")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def resolve_model_dir(path: str) -> str:
+    """A results folder of `unlearn`/`demo` (which holds no weights itself) stands for the model saved in its ``model/``."""
+    folder = Path(path)
+    weights = ("model.safetensors", "model.safetensors.index.json", "adapter_config.json")
+    if (folder / "model").is_dir() and not any((folder / name).is_file() for name in weights):
+        return str(folder / "model")
+    return path
+
+
+def run_audit(
+    *,
+    model: str,
+    output: Path,
+    data: AuditData,
+    target: str | None = None,
+    oracle: str | None = None,
+    attacks: Sequence[str] | None = None,
+    config: AuditConfig = AuditConfig(),
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    cached: Mapping[str, Path] | None = None,
+    description: Mapping[str, Any] | None = None,
+) -> AuditResult:
+    """Audit ``model`` and write a results folder: config.json, summary.json, per_sample.json, audit.md and report.html."""
+    from unlearnkit.io import check_output_dir, write_text
+    from unlearnkit.jobs import results_folder
+    from unlearnkit.modeling import load_model, load_tokenizer
+    from unlearnkit.provenance import environment
+    from unlearnkit.report.audit import write_audit_report
+
+    names, _ = plan_attacks(attacks, data)  # unsuitable data fails here, before any model is loaded
+    check_output_dir(output, overwrite)
+    sources = {"unlearned": model, "target": target, "oracle": oracle}
+    models = {}
+    for role, source in sources.items():
+        if source is not None:
+            path = resolve_model_dir(source)
+            models[role] = (merged(load_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
+    data.fmt.uses_chat(models["unlearned"][1])  # an impossible prompt format fails before any output exists
+    with results_folder(output, overwrite) as folder:
+        write_json(folder / "config.json", {
+            "command": "audit", **{role: str(source) for role, source in sources.items() if source is not None},
+            **(description or {}), "attacks": names, "audit": asdict(config), "prompt_format": data.fmt.style,
+            "rows": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)},
+            "environment": environment(),
+        })
+        result = run_attacks(models, data, attacks, config, cached)
+        write_json(folder / "summary.json", {"attacks": result.rows, "exposed_by": result.exposed_by, "skipped": result.skipped,
+                                             "details": {name: {role: outcome.details for role, outcome in by_model.items()}
+                                                         for name, by_model in result.outcomes.items()}})
+        write_json(folder / "per_sample.json", {name: {role: outcome.per_sample for role, outcome in by_model.items()}
+                                                for name, by_model in result.outcomes.items()})
+        write_text(folder / "audit.md", format_table(result.rows, result.exposed_by))
+        write_audit_report(result, folder / "report.html", title=f"unlearnkit audit: {model}")
+    return result
