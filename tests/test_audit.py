@@ -77,8 +77,9 @@ def test_verdicts_and_recovered_share_by_hand() -> None:
     assert verdict(0.30, 0.20, 0.05) == RECOVERED
     assert verdict(0.24, 0.20, 0.05) == AT_ORACLE
     assert verdict(0.10, 0.20, 0.05) == BELOW_ORACLE
-    assert recovered_share(0.4, 0.9, 0.1) == pytest.approx(0.375)  # (0.4 - 0.1) / (0.9 - 0.1)
-    assert recovered_share(0.4, 0.1, 0.1) is None
+    assert recovered_share(0.4, 0.9, 0.1, 0.05) == pytest.approx(0.375)  # (0.4 - 0.1) / (0.9 - 0.1)
+    assert recovered_share(0.4, 0.1, 0.1, 0.05) is None
+    assert recovered_share(0.5, 0.52, 0.48, 0.05) is None  # a target-oracle gap within the margin: no share
 
 
 def test_summary_names_attacks_that_expose_hidden_knowledge() -> None:

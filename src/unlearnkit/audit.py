@@ -120,9 +120,13 @@ def verdict(unlearned: float, oracle: float | None, threshold: float) -> str:
     return AT_ORACLE
 
 
-def recovered_share(unlearned: float, target: float | None, oracle: float | None) -> float | None:
-    """(u − o) / (t − o): the share of the target's knowledge above the oracle's level that the attack brings back (None when t ≤ o)."""
-    if target is None or oracle is None or target <= oracle:
+def recovered_share(unlearned: float, target: float | None, oracle: float | None, threshold: float) -> float | None:
+    """(u − o) / (t − o): the share of the target's knowledge above the oracle's level that the attack brings back.
+
+    None unless the target is above the oracle by more than ``threshold``: a share of a gap
+    within the verdict's margin would only magnify noise.
+    """
+    if target is None or oracle is None or target - oracle <= threshold:
         return None
     return (unlearned - oracle) / (target - oracle)
 
@@ -147,7 +151,7 @@ def summarize(outcomes: Mapping[str, Mapping[str, AttackOutcome]], threshold: fl
         rows.append({
             "attack": name, "family": ATTACKS.get(name).family, "measure": by_model["unlearned"].measure,
             "unlearned": unlearned, "target": target, "oracle": oracle,
-            "recovered_share": recovered_share(unlearned, target, oracle),
+            "recovered_share": recovered_share(unlearned, target, oracle, threshold),
             "verdict": verdict(unlearned, oracle, threshold), "threshold": threshold,
         })
     direct = next((row for row in rows if row["attack"] == "direct"), None)

@@ -49,7 +49,7 @@ def render_audit_report(result: AuditResult, title: str) -> str:
         f"{figure_html(chart, 'Recovery per attack', 'Recovery of the unlearned model, the target and the retain oracle under each attack.')}"
         f"<table><tr>{header}</tr>{body}</table>"
         f'<p class="note">Verdict: the unlearned model\'s recovery minus the retain oracle\'s under the same attack, against the '
-        f"threshold {threshold:g}. Recovered share: (unlearned − oracle) / (target − oracle).</p>"
+        f"threshold {threshold:g}. Recovered share: (unlearned − oracle) / (target − oracle), where target − oracle exceeds the threshold.</p>"
         + (f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else "")
         + f"<h2>Attacks</h2><ul>{papers}</ul></body></html>\n"
     )
