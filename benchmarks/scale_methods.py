@@ -108,7 +108,7 @@ def run_one(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
 
     from unlearnkit.data.encoding import PromptFormat
     from unlearnkit.methods import METHODS
-    from unlearnkit.methods.base import build_config
+    from unlearnkit.settings import build_config
     from unlearnkit.unlearn import unlearn
 
     torch.set_num_threads(options.threads)

@@ -21,8 +21,8 @@ from unlearnkit.evaluation.memorization import (
     ngram_overlap,
 )
 from unlearnkit.methods import METHODS
-from unlearnkit.methods.base import build_config
 from unlearnkit.modeling import load_model, load_tokenizer
+from unlearnkit.settings import build_config
 from unlearnkit.unlearn import unlearn
 
 FMT = PromptFormat("plain")

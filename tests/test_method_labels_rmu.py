@@ -13,12 +13,12 @@ from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.losses import activation_mse, adversarial_labels, ga_mismatch_loss, random_labels
-from unlearnkit.methods.base import build_config
 from unlearnkit.methods.ga_mismatch import GAMismatch, GAMismatchConfig, stack_batches
 from unlearnkit.methods.random_labels import RandomLabelsConfig, label_generator, non_special_ids
 from unlearnkit.methods.rmu import RMUConfig, block_output, control_vector
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import changed_parameter_names
+from unlearnkit.settings import build_config
 from unlearnkit.unlearn import unlearn
 
 FMT = PromptFormat("plain")

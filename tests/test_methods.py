@@ -11,9 +11,9 @@ from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.scoring import answer_avg_nll
 from unlearnkit.methods import METHODS
-from unlearnkit.methods.base import build_config
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import changed_parameter_names, is_lora_model, selected_parameter_names
+from unlearnkit.settings import build_config
 from unlearnkit.unlearn import resolve_method, unlearn
 
 FMT = PromptFormat("plain")

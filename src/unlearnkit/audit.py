@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from unlearnkit.attacks.base import FAMILIES
 from unlearnkit.benchmark import BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json
+from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
 
@@ -82,31 +83,8 @@ def plan_attacks(names: Sequence[str] | None, data: AuditData) -> tuple[list[str
 
 
 def build_audit_config(overrides: Mapping[str, Any]) -> AuditConfig:
-    """An AuditConfig from KEY=VALUE strings or values, refusing unknown keys with the list of known ones."""
-    known = {f.name: f for f in fields(AuditConfig)}
-    values: dict[str, Any] = {}
-    for key, raw in overrides.items():
-        if key not in known:
-            raise UnlearnkitError(f"Unknown audit setting {key!r}. Settings: {', '.join(known)} (see `unlearnkit attacks -v`).")
-        values[key] = _coerce(key, raw, known[key].default)
-    return AuditConfig(**values)
-
-
-def _coerce(key: str, raw: Any, default: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    if raw.lower() in ("none", "null"):
-        return None
-    try:
-        if isinstance(default, bool):
-            return raw.lower() in ("1", "true", "yes")
-        if isinstance(default, int) or key == "probe_layer":
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError:
-        raise UnlearnkitError(f"Audit setting {key}={raw!r} is not a valid {type(default).__name__ if default is not None else 'int'}.") from None
-    return raw
+    """An AuditConfig from KEY=VALUE strings or values, refusing unknown keys with the closest and the known ones."""
+    return build_config(AuditConfig, dict(overrides), what="audit setting")
 
 
 def verdict(unlearned: float, oracle: float | None, threshold: float) -> str:

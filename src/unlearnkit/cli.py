@@ -562,7 +562,7 @@ def methods(
 ) -> None:
     """List the unlearning methods with their papers."""
     from unlearnkit.methods import METHODS
-    from unlearnkit.methods.base import config_help
+    from unlearnkit.settings import config_help
 
     families: dict[str, list[str]] = {}
     for name in METHODS.names():

@@ -135,6 +135,40 @@ def _write(path: Path, data: Any) -> None:
         write_json(path, data)
 
 
+def _unlearn_into(
+    folder: Path,
+    run_config: dict[str, Any],
+    tracker: EvalTracker | None,
+    model: Any,
+    tokenizer: Any,
+    method: str,
+    forget: Sequence[dict],
+    retain: Sequence[dict],
+    config: Any,
+    fmt: PromptFormat,
+    show_progress: bool,
+    checkpoint_every: int,
+) -> tuple[Any, float]:
+    """Unlearn into a results folder being built: config, training log, curve, model and its digest.
+
+    Returns the model every process evaluates and the seconds the unlearning itself took.
+    """
+    _write(folder / "config.json", run_config)
+    started = time.perf_counter()
+    outcome = unlearn(model, tokenizer, method, forget, retain, config, fmt, show_progress,
+                      checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
+                      callbacks=[tracker] if tracker is not None else ())
+    seconds = time.perf_counter() - started
+    _write(folder / "training_log.json", outcome.log_history)
+    if tracker is not None:
+        _write_tracking(folder, tracker, run_config)
+    unlearned = _save_unlearned(outcome, tokenizer, folder / "model")
+    if distributed.is_main_process():
+        run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+    _write(folder / "config.json", run_config)
+    return unlearned, seconds
+
+
 def _save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any:
     """Save the unlearned model once (main process) and return the model every process evaluates.
 
@@ -222,19 +256,9 @@ def run_unlearn(
     if tracker is not None:
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
-        _write(folder / "config.json", run_config)
-        started = time.perf_counter()
-        outcome = unlearn(network, tokenizer, method, forget_rows, retain_rows, config, fmt, show_progress,
-                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
-                          callbacks=[tracker] if tracker is not None else ())
-        _write(folder / "training_log.json", outcome.log_history)
-        if tracker is not None:
-            _write_tracking(folder, tracker, run_config)
-        unlearned = _save_unlearned(outcome, tokenizer, folder / "model")
-        if distributed.is_main_process():
-            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
-        _write(folder / "config.json", run_config)
-        _write(folder / "timing.json", {"unlearn_seconds": round(time.perf_counter() - started, 2)})
+        unlearned, seconds = _unlearn_into(folder, run_config, tracker, network, tokenizer, method, forget_rows, retain_rows,
+                                           config, fmt, show_progress, checkpoint_every)
+        _write(folder / "timing.json", {"unlearn_seconds": round(seconds, 2)})
         summary: dict[str, Any] = {}
         if eval_splits:
             result = evaluate(unlearned, tokenizer, eval_splits, fmt, eval_config, oracle_reference)
@@ -436,19 +460,8 @@ def run_demo(
                               load_reference(bench.reference_path(forget_split)), {"oracle": results["oracle"].summary})
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(output, overwrite, identity=run_config, resume=resume) as folder:
-        _write(folder / "config.json", run_config)
-        unlearn_started = time.perf_counter()
-        outcome = unlearn(model, tokenizer, method, forget, retain, method_config, fmt, show_progress,
-                          checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=checkpoint_every,
-                          callbacks=[tracker] if tracker is not None else ())
-        unlearned_at = time.perf_counter()
-        _write(folder / "training_log.json", outcome.log_history)
-        if tracker is not None:
-            _write_tracking(folder, tracker, run_config)
-        unlearned = _save_unlearned(outcome, tokenizer, folder / "model")
-        if distributed.is_main_process():
-            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
-        _write(folder / "config.json", run_config)
+        unlearned, unlearn_seconds = _unlearn_into(folder, run_config, tracker, model, tokenizer, method, forget, retain,
+                                                   method_config, fmt, show_progress, checkpoint_every)
         reference = load_reference(bench.reference_path(forget_split))
         results["unlearned"] = evaluate(unlearned, tokenizer, bench.eval_splits(forget_split), fmt, eval_config, reference)
         summary = {name: result.summary for name, result in results.items()}
@@ -458,7 +471,7 @@ def run_demo(
         _write(folder / "per_sample.json", {name: result.per_sample for name, result in results.items()})
         _write(folder / "timing.json", {
             "prepare_seconds": round(prepared - started, 2),
-            "unlearn_seconds": round(unlearned_at - unlearn_started, 2),
+            "unlearn_seconds": round(unlearn_seconds, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
         })
         if distributed.is_main_process():

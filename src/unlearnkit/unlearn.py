@@ -17,8 +17,9 @@ from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.world import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods import METHODS, MethodConfig
-from unlearnkit.methods.base import EpochToDataset, PairedDataset, UnlearnTrainer, build_config
+from unlearnkit.methods.base import EpochToDataset, PairedDataset, UnlearnTrainer
 from unlearnkit.parameters import apply_lora, is_lora_model, restrict_trainable, selected_parameter_names
+from unlearnkit.settings import build_config
 from unlearnkit.training import LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
 
 logger = logging.getLogger("unlearnkit")

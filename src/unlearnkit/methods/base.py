@@ -13,9 +13,9 @@ import logging
 import math
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, get_args, get_type_hints
+from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 
 from unlearnkit import distributed, losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
-from unlearnkit.errors import NumericalFault, UnlearnkitError, did_you_mean
+from unlearnkit.errors import NumericalFault, UnlearnkitError
 from unlearnkit.parameters import Selection, is_lora_model, parse_layers, parse_modules
 from unlearnkit.registry import Registry
 from unlearnkit.training import last_checkpoint
@@ -137,51 +137,6 @@ def check_positive(**values: float) -> None:
     for name, value in values.items():
         if value <= 0:
             raise UnlearnkitError(f"{name} must be > 0, got {value}.")
-
-
-def build_config(config_cls: type[MethodConfig], overrides: dict[str, Any]) -> MethodConfig:
-    """Instantiate ``config_cls`` from string or typed overrides; unknown keys fail with did-you-mean."""
-    known = {f.name: f for f in fields(config_cls)}
-    hints = get_type_hints(config_cls)
-    values: dict[str, Any] = {}
-    for key, raw in overrides.items():
-        if key not in known:
-            raise UnlearnkitError(
-                f"Unknown hyperparameter {key!r} for {config_cls.__name__}.{did_you_mean(key, known)} "
-                f"Known: {', '.join(sorted(known))}."
-            )
-        values[key] = _coerce(key, raw, hints[key])
-    return config_cls(**values)
-
-
-def _coerce(key: str, raw: Any, hint: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    optional = get_args(hint)
-    if optional:  # ``X | None``
-        if raw.lower() == "none":
-            return None
-        hint = next(arg for arg in optional if arg is not type(None))
-    try:
-        if hint is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(raw)
-            return raw.lower() in ("true", "1", "yes")
-        if hint in (int, float):
-            return hint(raw)
-    except ValueError:
-        raise UnlearnkitError(f"Hyperparameter {key!r} needs a {hint.__name__}, got {raw!r}.") from None
-    return raw
-
-
-def config_help(config_cls: type[MethodConfig]) -> list[tuple[str, str, Any, str]]:
-    """(name, type, default, help) for each field, for ``unlearnkit methods``."""
-    hints = get_type_hints(config_cls)
-    rows = []
-    for f in fields(config_cls):
-        default = f.default if f.default is not MISSING else None
-        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default, f.metadata.get("help", "")))
-    return rows
 
 
 class UnlearnTrainer(Trainer):
