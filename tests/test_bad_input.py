@@ -92,6 +92,54 @@ CASES = [
     Case("LoRA for a method without a LoRA form", lambda p: ["unlearn", "--model", p["target"], "--method", "eul", "--forget", p["one"],
                                                              "--retain", p["other"], "--set", "lora_rank=4", "--output", p["out"]],
          "EUL trains its own unlearning layers and has no LoRA form; set lora_rank=0"),
+    Case("hyperparameter set twice", lambda p: _unlearn_file(p, p["one"], "--set", "learning_rate=1e-4", "--set", "learning_rate=1e-3"),
+         "--set learning_rate is given twice"),
+    Case("CE-U ignoring every answer token", lambda p: ["unlearn", "--model", p["target"], "--method", "ce_u", "--forget", p["one"], "--retain", p["other"],
+                                                        "--set", "ignore_first_answer_tokens=50", "--output", p["out"]],
+         "ignore_first_answer_tokens=50 leaves nothing to unlearn"),
+    Case("probe layer past the model's depth", lambda p: ["audit", p["target"], "--forget", p["one"], "--retain", p["other"], "--target",
+                                                          p["target"], "--oracle", p["target"], "--set", "probe_layer=5",
+                                                          "--output", p["out"]], "probe_layer asks for layer(s) 5"),
+    # Usage errors: typer's own exceptions, each a message and exit 2, never a traceback.
+    Case("unknown option", lambda p: ["unlearn", "--method", "ga", "--bogus", "--output", p["out"]], "No such option: --bogus"),
+    Case("missing required option", lambda p: ["unlearn", "--output", p["out"]], "Missing option '--method'"),
+    Case("mistyped command", lambda p: ["unlearnn", "--method", "ga", "--output", p["out"]], "No such command 'unlearnn'"),
+    Case("option without its value", lambda p: ["unlearn", "--method", "ga", "--output"], "Option '--output' requires an argument"),
+    Case("extra argument", lambda p: ["unlearn", "--method", "ga", "--output", p["out"], "surplus"], "Got unexpected extra argument"),
+    Case("non-number for a number", lambda p: ["eval", "--model", p["target"], "--forget", p["one"], "--batch-size", "many",
+                                               "--output", p["out"]], "Invalid value for '--batch-size'"),
+    Case("non-number for a float", lambda p: ["finetune", "--data", p["one"], "--learning-rate", "fast", "--output", p["out"]],
+         "Invalid value for '--learning-rate'"),
+    Case("NaN for a float option", lambda p: ["finetune", "--data", p["one"], "--learning-rate", "nan", "--output", p["out"]],
+         "nan is not a finite number"),
+    Case("zero where a count goes", lambda p: ["unlearn", "--method", "ga", "--max-new-tokens", "0", "--output", p["out"]],
+         "Invalid value for '--max-new-tokens'"),
+    Case("negative checkpoint interval", lambda p: _unlearn_file(p, p["one"], "--checkpoint-every", "-5"),
+         "Invalid value for '--checkpoint-every'"),
+    Case("seed out of range", lambda p: ["finetune", "--data", p["one"], "--seed", "-1", "--output", p["out"]], "Invalid value for '--seed'"),
+    Case("accuracy above one", lambda p: ["finetune", "--data", p["one"], "--target-accuracy", "1.5", "--output", p["out"]],
+         "1.5 must be > 0 and <= 1"),
+    Case("unknown prompt format", lambda p: _unlearn_file(p, p["one"], "--prompt-format", "chatt"), "'chatt' is not one of auto, plain, chat"),
+    Case("unknown overlap policy", lambda p: _unlearn_file(p, p["one"], "--on-overlap", "ignore"), "'ignore' is not one of refuse, warn"),
+    Case("unknown sequence mode", lambda p: ["sequence", "--mode", "scalable", "--output", p["out"]], "Did you mean: scalability"),
+    Case("negative ridge", lambda p: ["fuse", "--base", p["target"], "--layers", p["one"], "--ridge", "-1", "--output", p["out"]],
+         "-1.0 must be >= 0"),
+    Case("zero threads", lambda p: ["--threads", "0", "methods"], "Invalid value for '--threads'"),
+    Case("negative threads", lambda p: ["--threads", "-1", "unlearn", "--method", "ga", "--output", p["out"]], "Invalid value for '--threads'"),
+    # Paths that cannot be what they name.
+    Case("cache that is a file", lambda p: ["demo", "--output", p["out"], "--preset", "micro", "--cache", p["one"]],
+         "is a file; pass a folder"),
+    Case("empty output", lambda p: _unlearn_file(p, p["one"], "--output", ""), "is the current folder"),
+    Case("output that is a file", lambda p: _unlearn_file(p, p["one"], "--output", p["txt"]), "exists and is not a folder"),
+    Case("output replacing a folder that is no result", lambda p: _unlearn_file(p, p["one"], "--output", p["not_results"], "--overwrite"),
+         "holds files that are not an unlearnkit result"),
+    Case("reference over a file that is no reference", lambda p: ["eval", "--model", p["target"], "--forget", p["one"], "--save-reference",
+                                                                  p["txt"], "--overwrite", "--output", p["out"]],
+         "is not an oracle reference file that --overwrite may replace"),
+    Case("reference where the results go", lambda p: ["eval", "--model", p["target"], "--forget", p["one"], "--save-reference", p["out"],
+                                                      "--output", p["out"]], "is a folder (or the --output folder)"),
+    Case("report over a folder", lambda p: ["report", p["existing"], "--output", p["not_results"]], "choose another --output"),
+    Case("report of a folder that is no result", lambda p: ["report", p["not_results"], "--output", p["out"] + ".html"], "no summary.json, so no results to report"),
 ]
 
 
@@ -106,6 +154,9 @@ def paths(micro_cache: Path, micro_bench, tmp_path_factory: pytest.TempPathFacto
     pickled.mkdir()
     (pickled / "config.json").write_text("{}", encoding="utf-8")
     (pickled / "pytorch_model.bin").write_bytes(b"never unpickled")
+    not_results = tmp / "notes"
+    not_results.mkdir()
+    (not_results / "todo.txt").write_text("keep me", encoding="utf-8")
     existing = tmp / "existing"
     existing.mkdir()
     (existing / "summary.json").write_text('{"earlier": 1}', encoding="utf-8")
@@ -124,6 +175,7 @@ def paths(micro_cache: Path, micro_bench, tmp_path_factory: pytest.TempPathFacto
         "too_long": _jsonl(tmp / "long.jsonl", [{"question": "Why? " * 200, "answer": "Because."}]),
         "pickled": str(pickled),
         "existing": str(existing),
+        "not_results": str(not_results),
     }
 
 
@@ -143,4 +195,4 @@ def test_bad_input_is_refused_cleanly(case: Case, paths: dict, tmp_path: Path, m
 
 
 def test_the_matrix_is_large_enough() -> None:
-    assert len(CASES) >= 20
+    assert len(CASES) >= 60

@@ -15,7 +15,7 @@ import pytest
 from unlearnkit.io import partial_dir
 from unlearnkit.jobs import INCOMPLETE_MARKER
 from unlearnkit.provenance import weights_sha256
-from unlearnkit.training import last_checkpoint
+from unlearnkit.training import newest_intact_checkpoint
 
 
 def _unlearn(cache: Path, data: Path, output: Path) -> list[str]:
@@ -44,12 +44,12 @@ def test_killed_run_resumes_to_identical_results(command, micro_cache: Path, mic
     checkpoints = partial_dir(killed) / "checkpoints"
     process = subprocess.Popen(cli(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while process.poll() is None and time.monotonic() < deadline and last_checkpoint(checkpoints) is None:
+    while process.poll() is None and time.monotonic() < deadline and newest_intact_checkpoint(checkpoints) is None:
         time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be interrupted; make it longer"
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert last_checkpoint(checkpoints) is not None
+    assert newest_intact_checkpoint(checkpoints) is not None
     assert not killed.exists(), "an interrupted run must not look finished"
     assert (partial_dir(killed) / INCOMPLETE_MARKER).exists()
 

@@ -34,7 +34,7 @@ from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
 from unlearnkit.attacks.base import FAMILIES
 from unlearnkit.benchmark import BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import write_json
+from unlearnkit.io import locks_output, write_json
 from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
@@ -222,6 +222,18 @@ def resolve_model_dir(path: str) -> str:
     return path
 
 
+def check_audit_layers(config: AuditConfig, networks: Sequence[PreTrainedModel]) -> None:
+    """The layers the latent attacks read must exist in every audited model: checked before any output exists."""
+    from unlearnkit.parameters import check_layers_exist, parse_layers
+
+    for network in networks:
+        if config.lens_layers:
+            check_layers_exist(network, parse_layers(config.lens_layers), "lens_layers")
+        if config.probe_layer is not None:
+            check_layers_exist(network, [config.probe_layer], "probe_layer")
+
+
+@locks_output
 def run_audit(
     *,
     model: str,
@@ -244,14 +256,15 @@ def run_audit(
     from unlearnkit.report.audit import write_audit_report
 
     names, _ = plan_attacks(attacks, data)  # unsuitable data fails here, before any model is loaded
-    check_output_dir(output, overwrite)
     sources = {"unlearned": model, "target": target, "oracle": oracle}
+    check_output_dir(output, overwrite, {f"the {role} model": source for role, source in sources.items()})
     models = {}
     for role, source in sources.items():
         if source is not None:
             path = resolve_model_dir(source)
             models[role] = (merged(load_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
     data.fmt.uses_chat(models["unlearned"][1])  # an impossible prompt format fails before any output exists
+    check_audit_layers(config, [network for network, _ in models.values()])
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "audit", **{role: str(source) for role, source in sources.items() if source is not None},

@@ -27,7 +27,7 @@ from typing import Any
 
 from unlearnkit.benchmark import FORGET_SPLITS, BuiltinBenchmark, check_forget_split, prepare
 from unlearnkit.errors import NumericalFault, UnlearnkitError
-from unlearnkit.io import check_output_dir, write_json, write_text
+from unlearnkit.io import check_output_dir, locks_output, write_json, write_text
 from unlearnkit.jobs import run_demo
 from unlearnkit.report.glossary import LEADERBOARD_METRICS, describe
 from unlearnkit.report.results import BENCH_MANIFEST, RunResults, load_run
@@ -248,6 +248,7 @@ def plan_runs(
     return [RunKey(method, split, seed) for split in splits for method in methods for seed in seeds]
 
 
+@locks_output
 def run_bench(
     *,
     output: Path,

@@ -167,6 +167,14 @@ class PreparedBenchmark:
         return "retain" + f"{100 - int(forget_split[-2:]):02d}"
 
 
+def benchmark_root(config: BuiltinBenchmark, cache_dir: Path | None = None) -> Path:
+    """The cache folder of one benchmark configuration; refuses a ``--cache`` that is not a folder."""
+    cache = Path(cache_dir or default_cache_dir()).expanduser()
+    if cache.exists() and not cache.is_dir():
+        raise UnlearnkitError(f"--cache {cache} is a file; pass a folder (it is created if missing), or leave it out.")
+    return cache / f"builtin-{config.cache_key()}"
+
+
 def check_forget_split(name: str) -> None:
     if name not in FORGET_SPLITS:
         raise UnlearnkitError(f"Unknown forget split {name!r}.{did_you_mean(name, FORGET_SPLITS)} Use one of {', '.join(FORGET_SPLITS)}.")
@@ -195,7 +203,7 @@ def prepare(
 def _prepare(
     config: BuiltinBenchmark, cache_dir: Path | None, forget_splits: tuple[str, ...], show_progress: bool, jobs: int | None
 ) -> PreparedBenchmark:
-    root = Path(cache_dir or default_cache_dir()) / f"builtin-{config.cache_key()}"
+    root = benchmark_root(config, cache_dir)
     bench = PreparedBenchmark(root, config)
     _build_once(bench.data_dir, lambda tmp: _write_data(config, tmp), "benchmark data")
     write_json(root / "benchmark.json", asdict(config))

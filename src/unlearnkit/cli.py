@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 
-from unlearnkit.errors import NumericalFault, UnlearnkitError
+from unlearnkit.errors import Interrupted, NumericalFault, UnlearnkitError, did_you_mean
 
 app = typer.Typer(
     help="Machine unlearning for LLMs: methods, trusted metrics and an offline benchmark.",
@@ -23,23 +26,51 @@ app.add_typer(data_app, name="data")
 
 _state: dict[str, Any] = {"progress": True}
 
-Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: $OMP_NUM_THREADS, else 1).")]
+
+def _choice(*choices: str) -> Callable[[str | None], str | None]:
+    """An option callback refusing a value outside ``choices`` (a usage error: exit 2, with did-you-mean)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(choices)}.{did_you_mean(value, choices)}")
+        return value
+
+    return check
+
+
+def _finite(above: float | None = None, at_least: float | None = None, at_most: float | None = None) -> Callable[[float | None], float | None]:
+    """An option callback refusing a non-finite number, or one outside the given bounds (click's ranges let NaN through)."""
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number.")
+        if (above is not None and value <= above) or (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
+            bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
+                      f"<= {at_most}" if at_most is not None else ""]
+            raise typer.BadParameter(f"{value} must be {' and '.join(b for b in bounds if b)}.")
+        return value
+
+    return check
+
+Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: $OMP_NUM_THREADS, else 1).")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Results folder (must be new or empty unless --overwrite).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
 Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
 Cache = Annotated[Path | None, typer.Option("--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
 OracleReference = Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")]
-MaxNewTokens = Annotated[int, typer.Option(help="Greedy tokens generated per question for ROUGE.")]
-CheckpointEvery = Annotated[int, typer.Option(help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one.")]
+MaxNewTokens = Annotated[int, typer.Option(min=1, help="Greedy tokens generated per question for ROUGE.")]
+CheckpointEvery = Annotated[int, typer.Option(min=0, help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one.")]
 Resume = Annotated[bool, typer.Option("--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway).")]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
-PromptStyle = Annotated[str, typer.Option("--prompt-format", help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
-EvalEvery = Annotated[int, typer.Option(help="Evaluate every N optimiser steps during training and write eval_curve.json (0: off).")]
+PromptStyle = Annotated[str, typer.Option("--prompt-format", callback=_choice("auto", "plain", "chat"), help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
+EvalEvery = Annotated[int, typer.Option(min=0, help="Evaluate every N optimiser steps during training and write eval_curve.json (0: off).")]
 SelectBest = Annotated[str | None, typer.Option(help="Keep the weights of the best evaluation during training by METRIC, max:METRIC or min:METRIC.")]
 SubjectTo = Annotated[str | None, typer.Option(help="Constraints on the best evaluation, comma-separated METRIC OP VALUE; VALUE a number, F*oracle or F*target (e.g. 'model_utility>=0.9*oracle').")]
-Patience = Annotated[int, typer.Option(help="Stop training after K evaluations without a new best (0: never early).")]
-EvalRows = Annotated[int, typer.Option(help="Evaluate during training on at most N evenly spaced rows per set (0: all rows).")]
+Patience = Annotated[int, typer.Option(min=0, help="Stop training after K evaluations without a new best (0: never early).")]
+EvalRows = Annotated[int, typer.Option(min=0, help="Evaluate during training on at most N evenly spaced rows per set (0: all rows).")]
 
 
 @app.callback()
@@ -76,8 +107,53 @@ def _parse_sets(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise UnlearnkitError(f"--set expects KEY=VALUE, got {pair!r} (e.g. --set learning_rate=1e-4).")
+        if key.strip() in overrides and overrides[key.strip()] != value.strip():
+            raise UnlearnkitError(f"--set {key.strip()} is given twice, as {overrides[key.strip()]!r} and {value.strip()!r}; keep one.")
         overrides[key.strip()] = value.strip()
     return overrides
+
+
+def _check_outputs(output: Path | None, overwrite: bool, *, preset: str | None = None, cache: Path | None = None,
+                   files: dict[str, Path | None] | None = None, **inputs: Any) -> None:
+    """Before any work: no output may destroy what the command reads (its models, data, references, the cache).
+
+    ``inputs`` are the command's options and arguments that name something it
+    reads, keyword by option name (an argument's name in capitals, e.g. ``MODEL``);
+    ``files`` are other outputs than the results folder (a reference file).
+    """
+    from unlearnkit.io import check_output_dir, check_spares_inputs
+
+    read: dict[str, Any] = {}
+    for name, value in inputs.items():
+        for each in value if isinstance(value, (list, tuple)) else [value]:
+            read.update(_local_inputs(name if name.isupper() else f"--{name.replace('_', '-')}", each))
+    if preset is not None:
+        from unlearnkit.benchmark import benchmark_root, get_preset
+
+        read["the built-in benchmark's cache"] = benchmark_root(get_preset(preset), cache)
+    if output is not None:
+        check_output_dir(output, overwrite, read)
+    check_spares_inputs({role: path for role, path in (files or {}).items() if path is not None}, read)
+
+
+def _local_inputs(role: str, value: Any) -> dict[str, Any]:
+    """The local paths behind one input: a file or folder, a TOFU/MUSE name's @DIR, an adapter's base model."""
+    import json
+
+    if value is None:
+        return {}
+    text = str(value)
+    found: dict[str, Any] = {role: text}
+    prefix, sep, rest = text.partition(":")
+    if sep and "@" in rest and not Path(text).exists():
+        found[role] = rest.rpartition("@")[2]  # tofu:forget10@DIR reads DIR
+    adapter = Path(text) / "adapter_config.json"
+    if adapter.is_file():
+        try:
+            found[f"the base model of {role}"] = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        except (ValueError, OSError, AttributeError):
+            pass  # the model loader reports a damaged adapter
+    return found
 
 
 def _eval_config(batch_size: int, max_new_tokens: int):  # noqa: ANN202
@@ -110,6 +186,7 @@ def demo(
     eval_rows: EvalRows = 0,
 ) -> None:
     """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache)
     from unlearnkit.benchmark import get_preset
     from unlearnkit.jobs import format_table, run_demo
 
@@ -138,6 +215,7 @@ def bench(
     checkpoint_every: CheckpointEvery = 50,
 ) -> None:
     """Run every method x split x seed on the built-in benchmark (resumable) and write a leaderboard and a report."""
+    _check_outputs(None, False, preset=preset, cache=cache, files={"--output": output})
     from unlearnkit.bench import parse_list, parse_seeds, run_bench
     from unlearnkit.benchmark import get_preset
 
@@ -167,6 +245,7 @@ def report(
     from unlearnkit.report.html import write_report
     from unlearnkit.report.results import load_runs
 
+    _check_outputs(None, overwrite, files={"--output": output}, FOLDERS=folders)
     if output.exists() and (output.is_dir() or not overwrite):
         raise UnlearnkitError(f"{output} exists; choose another --output{'' if output.is_dir() else ', or pass --overwrite'}.")
     runs = load_runs(folders)
@@ -198,11 +277,11 @@ def finetune(
     data: Annotated[list[str], typer.Option("--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable.")],
     output: Output,
     model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
-    learning_rate: Annotated[float | None, typer.Option(help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
-    max_epochs: Annotated[int, typer.Option(help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy.")] = 12,
-    batch_size: Annotated[int, typer.Option(help="Examples per step.")] = 32,
-    target_accuracy: Annotated[float, typer.Option(help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    learning_rate: Annotated[float | None, typer.Option(callback=_finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy.")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 32,
+    target_accuracy: Annotated[float, typer.Option(callback=_finite(above=0, at_most=1), help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
     preset: Annotated[str, typer.Option("--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses.")] = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -212,6 +291,7 @@ def finetune(
     resume: Resume = False,
 ) -> None:
     """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, data=data, model=model)
     from unlearnkit.benchmark import get_preset
     from unlearnkit.benchmark import prepare as prepare_benchmark
     from unlearnkit.data.encoding import PromptFormat
@@ -250,11 +330,11 @@ def unlearn(
     prompt_format: PromptStyle = "auto",
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
-    eval_batch_size: Annotated[int, typer.Option(help="Sequences per evaluation forward pass.")] = 64,
+    eval_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per evaluation forward pass.")] = 64,
     max_new_tokens: MaxNewTokens = 48,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
-    on_overlap: Annotated[str, typer.Option(help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
+    on_overlap: Annotated[str, typer.Option(callback=_choice("refuse", "warn"), help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
     eval_every: EvalEvery = 0,
     select_best: SelectBest = None,
     subject_to: SubjectTo = None,
@@ -262,6 +342,8 @@ def unlearn(
     eval_rows: EvalRows = 0,
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, model=model, forget=forget, retain=retain,
+                   oracle_reference=oracle_reference)
     from unlearnkit.benchmark import FORGET_SPLITS, get_preset
     from unlearnkit.benchmark import prepare as prepare_benchmark
     from unlearnkit.data.encoding import PromptFormat
@@ -334,10 +416,13 @@ def eval_command(
     prompt_format: PromptStyle = "auto",
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 64,
     max_new_tokens: MaxNewTokens = 48,
 ) -> None:
     """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, files={"--save-reference": save_reference}, model=model,
+                   forget=forget, retain=retain, real_authors=real_authors, world_facts=world_facts, holdout=holdout,
+                   oracle_reference=oracle_reference)
     from unlearnkit.benchmark import get_preset
     from unlearnkit.benchmark import prepare as prepare_benchmark
     from unlearnkit.data.encoding import PromptFormat
@@ -378,16 +463,16 @@ def eval_command(
 
 @app.command()
 def sequence(
-    mode: Annotated[str, typer.Option(help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).")],
+    mode: Annotated[str, typer.Option(callback=_choice("scalability", "sustainability"), help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).")],
     output: Output,
     method: Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")] = "npo",
     model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name (with --muse).")] = "builtin",
     muse: Annotated[Path | None, typer.Option("--muse", help="A MUSE-format folder (raw/, verbmem/, knowmem/, optional scal/ sust/) instead of the built-in benchmark.")] = None,
-    muse_name: Annotated[str, typer.Option(help="Which MUSE corpus the folder holds: muse-news or muse-books.")] = "muse-news",
+    muse_name: Annotated[str, typer.Option(callback=_choice("muse-news", "muse-books"), help="Which MUSE corpus the folder holds: muse-news or muse-books.")] = "muse-news",
     splits: Annotated[str, typer.Option(help="Scalability on the built-in benchmark: comma-separated forget splits, smallest first.")] = "forget01,forget05,forget10",
     source_split: Annotated[str, typer.Option(help="Sustainability on the built-in benchmark: the forget split cut into requests.")] = "forget10",
-    requests: Annotated[int, typer.Option(help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget).")] = 4,
-    num_shots: Annotated[int | None, typer.Option(help="KnowMem in-context examples (default: all given).")] = None,
+    requests: Annotated[int, typer.Option(min=1, help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget).")] = 4,
+    num_shots: Annotated[int | None, typer.Option(min=0, help="KnowMem in-context examples (default: all given).")] = None,
     sets: Sets = None,
     preset: Preset = "default",
     cache: Cache = None,
@@ -396,6 +481,7 @@ def sequence(
     trust_remote_code: RemoteCode = False,
 ) -> None:
     """MUSE's scalability and sustainability: unlearn several forget sets and evaluate after each stage."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, model=model, muse=muse)
     from transformers import AutoConfig
 
     from unlearnkit.benchmark import get_preset
@@ -452,15 +538,16 @@ def general(
     tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks, e.g. mmlu,wmdp_bio,wmdp_cyber.")],
     output: Output,
     include_path: Annotated[Path | None, typer.Option(help="A folder of your own lm-eval task YAML files.")] = None,
-    limit: Annotated[int | None, typer.Option(help="At most N documents per task (quick checks).")] = None,
-    num_fewshot: Annotated[int | None, typer.Option(help="Few-shot examples per question (default: the task's).")] = None,
-    batch_size: Annotated[int, typer.Option(help="Requests per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N documents per task (quick checks).")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(min=0, help="Few-shot examples per question (default: the task's).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
     preset: Preset = "default",
     cache: Cache = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:
-    """Accuracy on general benchmarks through lm-eval (optional extra: pip install 'unlearnkit[general]')."""
+    """Accuracy on general benchmarks through lm-eval (optional extra: pip install "unlearnkit\\[general]")."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, model=model, include_path=include_path)
     from unlearnkit.evaluation.general import parse_tasks
     from unlearnkit.jobs import run_general
 
@@ -495,6 +582,8 @@ def audit(
     trust_remote_code: RemoteCode = False,
 ) -> None:
     """Attack an unlearned model to bring the forgotten knowledge back; compare with the target and the retain oracle."""
+    _check_outputs(output, overwrite, preset=preset, cache=cache, MODEL=model, target=target, oracle=oracle, forget=forget,
+                   retain=retain, holdout=holdout)
     from unlearnkit.attacks import AuditData
     from unlearnkit.audit import attack_order, build_audit_config, builtin_audit_settings, format_table, run_audit
     from unlearnkit.bench import parse_list
@@ -601,11 +690,12 @@ def fuse(
     base: Annotated[str, typer.Option("--base", help="The model every EUL run started from (folder or hub name).")],
     layers: Annotated[list[Path], typer.Option("--layers", help="An EUL run's model/unlearning_layers.safetensors; repeat once per run.")],
     output: Output,
-    ridge: Annotated[float | None, typer.Option(help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6).")] = None,
+    ridge: Annotated[float | None, typer.Option(callback=_finite(at_least=0), help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6).")] = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:
     """Fuse the unlearning layers of several EUL runs into one model (Chen & Yang's least-squares closed form)."""
+    _check_outputs(output, overwrite, base=base, layers=layers)
     from unlearnkit.methods.eul import DEFAULT_RIDGE, fuse_unlearning_files
 
     modules = fuse_unlearning_files(
@@ -621,36 +711,103 @@ def data_export(
     overwrite: Overwrite = False,
 ) -> None:
     """Write the built-in benchmark's splits as JSONL files, one per split."""
-    import shutil
-
     from unlearnkit.benchmark import get_preset
     from unlearnkit.data.world import export_world, generate_world
-    from unlearnkit.io import check_output_dir, partial_dir, publish_dir
+    from unlearnkit.io import write_json
+    from unlearnkit.jobs import results_folder
 
-    check_output_dir(output, overwrite)
-    staging = partial_dir(output)
-    shutil.rmtree(staging, ignore_errors=True)
-    paths = export_world(generate_world(get_preset(preset).world), staging)
-    publish_dir(staging, output)
+    config = get_preset(preset)
+    with results_folder(output, overwrite) as folder:
+        paths = export_world(generate_world(config.world), folder)
+        write_json(folder / "export.json", {"command": "data export", "preset": preset, "files": sorted(p.name for p in paths)})
     typer.echo(f"wrote {len(paths)} splits to {output}")
 
 
+# Exit statuses (README, "Reliability"): 0 done; 1 an internal error (a bug: please report the traceback);
+# 2 bad input or usage, nothing written; 3 training diverged; 4 results could not be written (disk full,
+# I/O error), the unfinished run is kept; 130 / 143 interrupted by SIGINT / SIGTERM, the unfinished run is kept.
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CANNOT_WRITE = 2, 3, 4
+SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def main() -> None:
-    """Console entry point: user errors print one message and exit with status 2 (a diverged run: 3)."""
+    """Console entry point: every failure the user can fix prints one message (no traceback) and a documented status."""
+    previous = _catch_signals()
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)
     except NumericalFault as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(3)
+        _fail(str(error), EXIT_DIVERGED)
     except UnlearnkitError as error:
-        typer.echo(f"error: {error}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
+        _fail(str(error), EXIT_BAD_INPUT)
+    except Interrupted as error:
+        _fail(_interrupted_message(error), error.exit_status)
+    except KeyboardInterrupt as error:  # before the handlers were installed, or raised by a library
+        _fail(_interrupted_message(error), SIGNAL_EXIT[signal.SIGINT])
+    except OSError as error:
+        if error.errno not in NO_SPACE:
+            raise
+        _fail(f"{error.strerror or error} while writing {error.filename or 'the results'}. Free some space and rerun the "
+              "same command: an unfinished run resumes from its last intact checkpoint.", EXIT_CANNOT_WRITE)
+    except Exception as error:
+        # typer ships its own copy of click, whose exceptions are not click's: recognise them by what they carry.
+        if not (hasattr(error, "format_message") and hasattr(error, "exit_code")):
+            raise
+        _usage_error(error)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if isinstance(status, int) and status:  # typer returns the status of a command that exits early
+        sys.exit(status)
+
+
+def _fail(message: str, status: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def _usage_error(error: Exception) -> None:
+    """A usage error (unknown option or command, missing or malformed value): one message and a pointer to --help."""
+    context = getattr(error, "ctx", None)
+    message = error.format_message()  # type: ignore[attr-defined]
+    if type(error).__name__ == "NoArgsIsHelpError":  # a bare command group: its help is the message
+        typer.echo(message, err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    hint = f"\nSee '{context.command_path} --help'." if context is not None else ""
+    typer.echo(f"error: {message}{hint}", err=True)
+    sys.exit(error.exit_code or EXIT_BAD_INPUT)  # type: ignore[attr-defined]
+
+
+def _catch_signals() -> dict[int, Any]:
+    """SIGINT and SIGTERM raise :class:`Interrupted`, so the run keeps its unfinished state and exits 130 / 143.
+
+    A second signal during that clean-up gets the default behaviour (stop at once).
+    """
+    previous = {number: signal.getsignal(number) for number in SIGNAL_EXIT}
+
+    def interrupt(number: int, _frame: Any) -> None:
+        for each in SIGNAL_EXIT:
+            signal.signal(each, signal.default_int_handler if each == signal.SIGINT else signal.SIG_DFL)
+        raise Interrupted(signal.Signals(number).name, SIGNAL_EXIT[number])
+
+    try:
+        for number in SIGNAL_EXIT:
+            signal.signal(number, interrupt)
+    except ValueError:  # not the main thread (e.g. called from a worker thread): keep Python's defaults
+        return {}
+    return previous
+
+
+def _interrupted_message(error: BaseException) -> str:
+    """Where the unfinished run is kept and how to resume it."""
+    name = getattr(error, "signal_name", "SIGINT")
+    staging = getattr(error, "staging", None)
+    if staging is None:
+        return f"interrupted by {name} before any results were written; rerun the same command to run it again."
+    checkpoints = sorted(Path(staging, "checkpoints").glob("checkpoint-*"))
+    how = ("rerun the same command to resume it from its last checkpoint (--resume insists on resuming)"
+           if checkpoints else "rerun the same command to run it again")
+    return f"interrupted by {name}; the unfinished run is kept in {staging}: {how}, or pass --overwrite to start over."
 
 
 if __name__ == "__main__":

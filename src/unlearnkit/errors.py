@@ -19,6 +19,19 @@ class NumericalFault(UnlearnkitError):
     """Training produced a non-finite loss; the run stops before anything is saved (exit status 3)."""
 
 
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM arrived while a command ran (a ``BaseException``, like ``KeyboardInterrupt``, so no handler swallows it).
+
+    ``staging`` is set by the results folder being built, when there is one: where the unfinished run is kept.
+    """
+
+    def __init__(self, signal_name: str, exit_status: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_status = exit_status
+        self.staging = None
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean: X?' for the closest choice, or '' when none is close."""
     close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.5)

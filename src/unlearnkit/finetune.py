@@ -15,12 +15,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from unlearnkit.data.encoding import IGNORE_INDEX, LeftPaddedQACollator, PromptFormat, encode_qa, encode_text
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.training import ListDataset, LogHistoryCallback, last_checkpoint, quiet_trainer, training_arguments
+from unlearnkit.settings import (
+    check_field_types,
+    check_lr_scheduler,
+    check_seed,
+    require_at_least,
+    require_fraction,
+    require_non_negative,
+    require_positive,
+)
+from unlearnkit.training import (
+    CheckpointedTrainer,
+    ListDataset,
+    LogHistoryCallback,
+    last_checkpoint,
+    quiet_trainer,
+    training_arguments,
+)
 
 logger = logging.getLogger("unlearnkit")
 
@@ -40,10 +56,15 @@ class FinetuneConfig:
     seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
 
     def __post_init__(self) -> None:
-        if self.learning_rate <= 0 or self.max_epochs < 1 or self.batch_size < 1:
-            raise UnlearnkitError("learning_rate must be > 0, and max_epochs and batch_size at least 1.")
-        if not 0 < self.target_accuracy <= 1:
-            raise UnlearnkitError(f"target_accuracy must be in (0, 1], got {self.target_accuracy}.")
+        check_field_types(self)  # a float must be finite: nan passes every comparison below
+        require_positive(learning_rate=self.learning_rate)
+        require_at_least(1, max_epochs=self.max_epochs, batch_size=self.batch_size)
+        require_at_least(2, max_length=self.max_length)  # a prompt token and an answer token: the least a loss can score
+        require_non_negative(weight_decay=self.weight_decay)
+        require_fraction("warmup_ratio", self.warmup_ratio, high_open=True)
+        require_fraction("target_accuracy", self.target_accuracy, low_open=True)
+        check_lr_scheduler(self.lr_scheduler)
+        check_seed("seed", self.seed)
 
 
 class AnswerAccuracy(TrainerCallback, ExportableState):
@@ -73,7 +94,7 @@ class AnswerAccuracy(TrainerCallback, ExportableState):
         return control
 
 
-class _AnswerOnlyTrainer(Trainer):
+class _AnswerOnlyTrainer(CheckpointedTrainer):
     """A Trainer whose loss touches answer positions only, feeding :class:`AnswerAccuracy`.
 
     Batches are left-padded (see :class:`LeftPaddedQACollator`), so every answer

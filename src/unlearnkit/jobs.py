@@ -40,12 +40,13 @@ from unlearnkit.benchmark import (
 )
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.data.qa import QA_FIELDS, TRUTH_RATIO_FIELDS, has_fields, load_qa
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import Interrupted, UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference, save_reference
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
 from unlearnkit.finetune import FinetuneConfig, finetune
-from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json, write_text
+from unlearnkit.training import disk_full_error
+from unlearnkit.io import check_output_dir, check_spares_inputs, locks_output, output_lock, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.unlearn import UnlearnOutcome, check_method_inputs, check_overlap, resolve_method, unlearn
@@ -62,71 +63,103 @@ CHECKPOINTS = "checkpoints"
 
 
 @contextlib.contextmanager
-def results_folder(output: Path, overwrite: bool, identity: Mapping[str, Any] | None = None, resume: bool = False) -> Iterator[Path]:
+def results_folder(
+    output: Path,
+    overwrite: bool,
+    identity: Mapping[str, Any] | None = None,
+    resume: bool = False,
+    inputs: Mapping[str, Any] | None = None,
+) -> Iterator[Path]:
     """Yield the staging folder of ``output``; it becomes ``output`` only if the block finishes.
 
-    The staging folder (``.NAME.partial`` beside ``output``) holds an
-    ``INCOMPLETE`` marker while the run is unfinished, and keeps it, with the
-    error, when the run fails, so that a failed run never looks finished. A
-    staging folder left by an interrupted run with the same ``identity`` (the
-    resolved configuration) is reused, and its last checkpoint resumes the run;
-    one with another identity is refused unless ``overwrite``.
+    The block runs under the output's lock (:func:`unlearnkit.io.output_lock`),
+    so a second command on the same ``output`` is refused instead of deleting
+    this one's files. The staging folder (``.NAME.partial`` beside ``output``)
+    holds an ``INCOMPLETE`` marker while the run is unfinished, and keeps it,
+    saying why, when the run fails or is interrupted, so that an unfinished run
+    never looks finished. A staging folder left by an interrupted run with the
+    same ``identity`` (the resolved configuration) is reused, and its last
+    intact checkpoint resumes the run; one with another identity is refused
+    unless ``overwrite``, except a run that failed, which is replaced. The
+    output is checked against ``inputs`` (see :func:`unlearnkit.io.check_output_dir`).
 
     With several processes (``accelerate launch``) every process gets the same
     folder (the Trainer's checkpoints need it), but only the main process
     creates, marks and publishes it; the others wait for it at barriers.
     """
-    check_output_dir(output, overwrite)
-    staging = partial_dir(output)
-    key = json.dumps(identity, sort_keys=True, default=str) if identity is not None else None
-    resuming = False
-    if staging.exists():
-        stored = staging / RUN_IDENTITY
-        previous = stored.read_text(encoding="utf-8") if stored.exists() else None
-        if key is not None and previous == key and not overwrite:
-            resuming = True
-        elif key is not None and not overwrite:
-            raise UnlearnkitError(
-                f"An interrupted run with other settings is kept in {staging}. Rerun it with its own settings to "
-                "resume it, or pass --overwrite to discard it."
-            )
-    if resume and not resuming:
-        raise UnlearnkitError(f"--resume: no interrupted run of this command was found at {staging}.")
-    main = distributed.is_main_process()
-    distributed.barrier()  # every process has read the old state before the main process changes it
-    handler = None
-    if main:
-        if staging.exists() and not resuming:
-            shutil.rmtree(staging)
-        staging.mkdir(parents=True, exist_ok=True)
-        write_text(staging / INCOMPLETE_MARKER, "running\n")
-        if key is not None:
-            write_text(staging / RUN_IDENTITY, key)
-        handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    distributed.barrier()
-    if resuming:
-        logger.info("resuming the interrupted run kept in %s", staging)
-    try:
-        yield staging
-    except BaseException as error:
+    with output_lock(output):
+        check_output_dir(output, overwrite, inputs)
+        staging = partial_dir(output)
+        resuming = _reusable_staging(staging, identity, overwrite)
+        if resume and not resuming:
+            raise UnlearnkitError(f"--resume: no interrupted run of this command was found at {staging}.")
+        main = distributed.is_main_process()
+        distributed.barrier()  # every process has read the old state before the main process changes it
+        handler = None
         if main:
-            write_text(staging / INCOMPLETE_MARKER, f"failed: {type(error).__name__}: {error}\n")
-        logger.error("run failed; the unfinished run is kept in %s", staging)
-        raise
-    finally:
-        if handler is not None:
-            logger.removeHandler(handler)
-            handler.close()
-    distributed.barrier()  # all processes are done with the folder (checkpoints included)
-    if main:
-        shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
-        for name in (RUN_IDENTITY, INCOMPLETE_MARKER):
-            (staging / name).unlink(missing_ok=True)
-        publish_dir(staging, output)
-        logger.info("results written to %s", output)
-    distributed.barrier()  # no process returns before the results are in place
+            if staging.exists() and not resuming:
+                shutil.rmtree(staging)
+            staging.mkdir(parents=True, exist_ok=True)
+            write_text(staging / INCOMPLETE_MARKER, "running\n")
+            if identity is not None:
+                write_text(staging / RUN_IDENTITY, json.dumps(identity, sort_keys=True, default=str))
+            handler = logging.FileHandler(staging / "log.txt", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+        distributed.barrier()
+        if resuming:
+            logger.info("resuming the interrupted run kept in %s", staging)
+        try:
+            yield staging
+        except BaseException as error:
+            interrupted = isinstance(error, (KeyboardInterrupt, Interrupted))
+            if main:
+                reason = "interrupted" if interrupted else "failed"
+                with contextlib.suppress(OSError):  # on a full disk the marker may not fit: the original error matters
+                    write_text(staging / INCOMPLETE_MARKER, f"{reason}: {type(error).__name__}: {error}\n")
+            if interrupted:
+                error.staging = staging  # the command line says where the unfinished run is and how to resume it
+                raise
+            logger.error("run failed; the unfinished run is kept in %s", staging)
+            full = disk_full_error(error, staging) if isinstance(error, Exception) else None
+            if full is not None and not isinstance(error, OSError):
+                raise full from error  # safetensors and torch report a full disk in their own words
+            raise
+        finally:
+            if handler is not None:
+                logger.removeHandler(handler)
+                handler.close()
+        distributed.barrier()  # all processes are done with the folder (checkpoints included)
+        if main:
+            shutil.rmtree(staging / CHECKPOINTS, ignore_errors=True)
+            for name in (RUN_IDENTITY, INCOMPLETE_MARKER):
+                (staging / name).unlink(missing_ok=True)
+            publish_dir(staging, output)
+            logger.info("results written to %s", output)
+        distributed.barrier()  # no process returns before the results are in place
+
+
+def _reusable_staging(staging: Path, identity: Mapping[str, Any] | None, overwrite: bool) -> bool:
+    """Whether the staging folder left by an earlier run of this command is resumed (else it is replaced).
+
+    A run with the same identity resumes; one with other settings is refused
+    (``--overwrite`` discards it) unless it failed, since a failed run holds
+    nothing to resume that would not fail again: it is replaced, with a message.
+    """
+    if not staging.exists() or identity is None or overwrite:
+        return False
+    stored = staging / RUN_IDENTITY
+    previous = stored.read_text(encoding="utf-8") if stored.exists() else None
+    if previous == json.dumps(identity, sort_keys=True, default=str):
+        return True
+    marker = staging / INCOMPLETE_MARKER
+    if marker.is_file() and marker.read_text(encoding="utf-8").startswith("failed"):
+        logger.warning("replacing the failed run kept in %s", staging)
+        return False
+    raise UnlearnkitError(
+        f"An interrupted run with other settings is kept in {staging}. Rerun it with its own settings to "
+        "resume it, or pass --overwrite to discard it."
+    )
 
 
 def _write(path: Path, data: Any) -> None:
@@ -198,6 +231,7 @@ def builtin_resolver(bench: PreparedBenchmark | None):  # noqa: ANN201 - returns
     return bench.split if bench is not None else None
 
 
+@locks_output
 def run_unlearn(
     *,
     model: str,
@@ -226,15 +260,15 @@ def run_unlearn(
     """
     distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     config = resolve_method(method, overrides)
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, {"--model": model, "--forget": forget, "--retain": retain})
     forget_rows = load_qa(forget, role="forget", builtin=builtin_resolver(bench), required=QA_FIELDS)
     retain_rows = load_qa(retain, role="retain", builtin=builtin_resolver(bench)) if retain else []
     check_overlap(forget_rows, retain_rows, on_overlap)
     check_method_inputs(method, config, forget_rows, retain_rows)
     network = load_model(model, trust_remote_code)
-    check_method_inputs(method, config, forget_rows, retain_rows, network)
     tokenizer = load_tokenizer(model, trust_remote_code)
     fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    check_method_inputs(method, config, forget_rows, retain_rows, network, tokenizer, fmt)
     context = getattr(network.config, "max_position_embeddings", None)
     check_fits_context(tokenizer, fmt, forget_rows, context, "forget data")
     check_fits_context(tokenizer, fmt, retain_rows, context, "retain data")
@@ -277,6 +311,23 @@ def _write_tracking(folder: Path, tracker: EvalTracker, run_config: dict[str, An
     _write(folder / "config.json", run_config)
 
 
+def check_reference_target(path: Path, output: Path, overwrite: bool) -> None:
+    """``--save-reference`` may replace (with ``overwrite``) only an earlier reference file, and never the results folder."""
+    if path.expanduser().absolute() == Path(output).expanduser().absolute() or path.is_dir():
+        raise UnlearnkitError(f"--save-reference {path} is a folder (or the --output folder); name a .json file for the reference.")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise UnlearnkitError(f"Reference file {path} exists; choose another path or pass --overwrite.")
+    try:
+        load_reference(path)
+    except UnlearnkitError:
+        raise UnlearnkitError(
+            f"--save-reference {path} is not an oracle reference file that --overwrite may replace; choose another path."
+        ) from None
+
+
+@locks_output
 def run_eval(
     *,
     model: str,
@@ -296,10 +347,10 @@ def run_eval(
     as an oracle reference file (for evaluating a retain oracle).
     """
     distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, {"--model": model})
     if save_reference_to is not None:
-        if Path(save_reference_to).exists() and not overwrite:
-            raise UnlearnkitError(f"Reference file {save_reference_to} exists; choose another path or pass --overwrite.")
+        check_spares_inputs({"--save-reference": save_reference_to}, {"--model": model})
+        check_reference_target(Path(save_reference_to), output, overwrite)
         if not has_fields(splits.get("forget", []), TRUTH_RATIO_FIELDS):
             raise UnlearnkitError("--save-reference needs forget data with paraphrased_answer and perturbed_answer fields.")
     network = load_model(model, trust_remote_code)
@@ -318,6 +369,7 @@ def run_eval(
     return result.summary
 
 
+@locks_output
 def run_finetune(
     *,
     model: str,
@@ -335,7 +387,7 @@ def run_finetune(
 ) -> dict[str, Any]:
     """Fine-tune ``model`` (or, for ``model == "tiny"``, a fresh tiny Llama) on the union of ``data``."""
     distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, {"--model": model, **{f"--data {source}": source for source in data}})
     rows = [row for source in data for row in load_qa(source, role="training", builtin=builtin_resolver(bench))]
     if model == "tiny":
         tiny = tiny or TinyModelConfig()
@@ -366,6 +418,7 @@ def run_finetune(
     return stats
 
 
+@locks_output
 def run_general(
     *,
     model: str,
@@ -383,7 +436,7 @@ def run_general(
 
     if not lm_eval_available():
         raise UnlearnkitError(INSTALL_HINT)
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, {"--model": model, "--include-path": include_path})
     network = load_model(model, trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code)
     with results_folder(output, overwrite) as folder:
@@ -412,6 +465,7 @@ def evaluation_cache(bench: PreparedBenchmark, name: str, model_dir: Path, forge
     return result
 
 
+@locks_output
 def run_demo(
     *,
     output: Path,
@@ -452,7 +506,7 @@ def run_demo(
     }
     tokenizer = load_tokenizer(bench.target_dir)
     model = load_model(bench.target_dir)
-    check_method_inputs(method, method_config, forget, retain, model)
+    check_method_inputs(method, method_config, forget, retain, model, tokenizer, fmt)
     tracker = None
     if tracking.enabled:
         # Forget quality during training uses the oracle reference of the final evaluation.

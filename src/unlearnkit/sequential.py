@@ -70,7 +70,7 @@ from unlearnkit.data.schemas import SchemaSource, load_rows, load_texts, local_f
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import muse
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
-from unlearnkit.io import check_output_dir, write_json
+from unlearnkit.io import check_output_dir, locks_output, write_json
 from unlearnkit.methods import MethodConfig
 from unlearnkit.modeling import load_model
 from unlearnkit.provenance import environment, rows_sha256
@@ -364,6 +364,7 @@ def run_plan(
     return SequenceResult(summary, per_sample, logs)
 
 
+@locks_output
 def run_sequence(
     *,
     plan: SequencePlan,
@@ -389,6 +390,8 @@ def run_sequence(
                       "sha256": rows_sha256(r.forget)} for r in plan.requests],
         "environment": environment(),
     }
+    for request in plan.requests:  # the data and tokenised answers now; the model's layers once it is loaded
+        check_method_inputs(method, config, request.forget, request.retain, tokenizer=tokenizer, fmt=fmt)
     started = time.perf_counter()
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", run_config)

@@ -62,11 +62,22 @@ def check_overlap(forget: Sequence[dict], retain: Sequence[dict], policy: str) -
 
 
 def check_method_inputs(
-    method: str, config: MethodConfig, forget: Sequence[dict], retain: Sequence[dict], model: PreTrainedModel | None = None
+    method: str,
+    config: MethodConfig,
+    forget: Sequence[dict],
+    retain: Sequence[dict],
+    model: PreTrainedModel | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    fmt: PromptFormat | None = None,
 ) -> None:
-    """Everything about the data, options and model a method can refuse before any training (and any output)."""
+    """Everything about the data, options and model a method can refuse before any training (and any output).
+
+    Called with what is known so far (data, then the model and its tokenizer); each call checks all it can.
+    """
     spec = METHODS.get(method)
     check_retain_given(method, retain)
+    config.check_data(forget, retain)
+    per_device_batch_size(config.batch_size, distributed.world_size())  # an uneven split over processes
     missing = [name for name in spec.trainer.required_forget_fields if forget and name not in forget[0]]
     if missing:
         raise UnlearnkitError(
@@ -79,6 +90,8 @@ def check_method_inputs(
     if model is not None:
         config.check_model(model)  # first: a method's own option (RMU's layer) names what to change more precisely
         selected_parameter_names(model, config.selection())  # a layer past the model's depth or an unknown module
+    if tokenizer is not None and fmt is not None:
+        config.check_encoded(tokenizer, fmt, forget)
 
 
 def per_device_batch_size(batch_size: int, processes: int) -> int:
@@ -122,7 +135,7 @@ def unlearn(
     spec = METHODS.get(method)
     if not isinstance(config, spec.config):
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
-    check_method_inputs(method, config, forget, retain, model)
+    check_method_inputs(method, config, forget, retain, model, tokenizer, fmt)
     batch_size = per_device_batch_size(config.batch_size, distributed.world_size())
     selection = config.selection()
     if config.uses_lora:

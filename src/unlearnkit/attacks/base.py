@@ -19,7 +19,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.parameters import parse_layers
 from unlearnkit.registry import Registry
+from unlearnkit.settings import check_field_types, check_seed, require_at_least, require_fraction, require_positive
 
 
 @dataclass(frozen=True)
@@ -41,18 +43,19 @@ class AuditConfig:
     probe_layer: int | None = field(default=None, metadata={"help": "Linear probe: decoder layer whose output is probed (None: the middle layer)."})
 
     def __post_init__(self) -> None:
-        if not 0 <= self.threshold < 1:
-            raise UnlearnkitError(f"threshold must be in [0, 1), got {self.threshold}.")
-        if not 0 < self.heldout_fraction < 1:
-            raise UnlearnkitError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}.")
-        positive = ("max_new_tokens", "batch_size", "relearn_epochs", "relearn_batch_size", "in_context_facts", "quantization_group_size", "lens_k")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise UnlearnkitError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        if self.relearn_learning_rate <= 0:
-            raise UnlearnkitError(f"relearn_learning_rate must be > 0, got {self.relearn_learning_rate}.")
-        if self.probe_layer is not None and self.probe_layer < 0:
-            raise UnlearnkitError(f"probe_layer must be >= 0 (or None), got {self.probe_layer}.")
+        check_field_types(self)  # a float must be finite: nan passes every comparison below
+        require_fraction("threshold", self.threshold, high_open=True)
+        require_fraction("heldout_fraction", self.heldout_fraction, low_open=True, high_open=True)
+        require_at_least(1, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, relearn_epochs=self.relearn_epochs,
+                         relearn_batch_size=self.relearn_batch_size, in_context_facts=self.in_context_facts,
+                         quantization_group_size=self.quantization_group_size, lens_k=self.lens_k)
+        require_positive(relearn_learning_rate=self.relearn_learning_rate)
+        require_at_least(0, probe_layer=self.probe_layer)
+        check_seed("seed", self.seed)
+        try:
+            parse_layers(self.lens_layers)  # a malformed list fails now; a layer past the model's depth once it is loaded
+        except UnlearnkitError as error:
+            raise UnlearnkitError(f"lens_layers: {error}") from None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,29 @@ from unlearnkit.data.schemas import is_schema_source, load_qa_rows
 from unlearnkit.data.world import split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
+logger = logging.getLogger("unlearnkit")
+
 QA_FIELDS = ("question", "answer")
 TRUTH_RATIO_FIELDS = ("paraphrased_answer", "perturbed_answer")
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 HUB_PREFIX = "hf:"
+
+# What a known field must hold wherever a row has it (null counts as absent, except for required fields).
+TEXT = "a non-empty string"
+TEXT_LIST = "a non-empty list of non-empty strings"
+TEXT_OR_LIST = "a non-empty string or a non-empty list of non-empty strings"
+FIELD_KINDS: dict[str, str] = {
+    "question": TEXT,
+    "answer": TEXT,
+    "paraphrased_answer": TEXT,  # the truth ratio's correct answer
+    "perturbed_answer": TEXT_LIST,  # the truth ratio's wrong answers
+    "paraphrased_question": TEXT_OR_LIST,  # the paraphrase attack
+    "translated_question": TEXT_OR_LIST,  # the translation attack
+    "author": TEXT,  # groups one entity's facts (audit splits, sequential units, WHP's built-in terms)
+    "fact": TEXT,  # the built-in translation templates' key
+    "value": TEXT,  # exact answer recall in the audit
+}
+_KIND_HINTS = {TEXT_LIST: ' In a CSV file, write the list as JSON in its cell: ["first", "second"].'}
 
 
 def load_qa(
@@ -62,32 +82,113 @@ def is_builtin_name(source: str) -> bool:
 
 
 def validate_rows(rows: Sequence[Any], *, required: Sequence[str], where: str) -> None:
-    """Check that ``rows`` is a non-empty list of dicts holding every ``required`` field."""
+    """Check every row, not only the first: a list of dicts holding each ``required`` field, and every known field
+    (:data:`FIELD_KINDS`) that a row holds of the right type.
+
+    Also refuses truth-ratio fields given on some rows only (:func:`has_fields` would otherwise decide from
+    part of the data), and warns about repeated questions and perturbed-answer lists of different lengths.
+    ``where`` (e.g. "forget data (rows.jsonl)") names the data in messages, with the row number and the field.
+    """
     if len(rows) == 0:
         raise UnlearnkitError(f"The {where} is empty: it needs at least one row with fields {', '.join(required)}.")
     for index, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
             raise UnlearnkitError(f"Row {index} of the {where} is a {type(row).__name__}, not an object with fields.")
         for field_name in required:
-            if field_name not in row or row[field_name] is None:
-                present = ", ".join(sorted(row)) or "none"
+            if field_name not in row:
+                present = ", ".join(sorted(map(str, row))) or "none"
                 raise UnlearnkitError(
                     f"Row {index} of the {where} has no field {field_name!r} (fields present: {present}). "
                     f"Every row needs: {', '.join(required)}."
                 )
-            value = row[field_name]
-            if field_name == "perturbed_answer":
-                if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                    raise UnlearnkitError(
-                        f"Row {index} of the {where}: field 'perturbed_answer' must be a non-empty list of strings."
-                    )
-            elif not isinstance(value, str) or not value.strip():
-                raise UnlearnkitError(f"Row {index} of the {where}: field {field_name!r} must be a non-empty string.")
+            if row[field_name] is None:
+                raise UnlearnkitError(
+                    f"Row {index} of the {where}: field {field_name!r} is null (empty). Every row needs a value for: "
+                    f"{', '.join(required)}; give it {FIELD_KINDS.get(field_name, 'a value')}, or remove the row."
+                )
+        for field_name, kind in {**dict.fromkeys(required, TEXT), **FIELD_KINDS}.items():
+            value = row.get(field_name)
+            if value is not None and not _is_kind(value, kind):
+                raise UnlearnkitError(
+                    f"Row {index} of the {where}: field {field_name!r} must be {kind}, got {_describe(value)}.{_KIND_HINTS.get(kind, '')}"
+                )
+    for field_name in TRUTH_RATIO_FIELDS:
+        _check_all_or_none(rows, field_name, where)
+    _warn_duplicate_questions(rows, where)
+    _warn_uneven_perturbed(rows, where)
 
 
-def has_fields(rows: Sequence[dict], fields: Sequence[str]) -> bool:
-    """True when every row has every field in ``fields``."""
-    return all(all(row.get(name) for name in fields) for row in rows)
+def has_fields(rows: Sequence[dict], fields: Sequence[str], where: str = "data") -> bool:
+    """True when every row has every field in ``fields`` (a non-null, non-empty value); False when some field is on no row.
+
+    A field given on some rows and not others is an error naming them: deciding from part of the
+    data would silently leave a metric out, or compute it on some rows only.
+    """
+    for name in fields:
+        _check_all_or_none(rows, name, where)
+    return all(all(_given(row.get(name)) for name in fields) for row in rows)
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    def text(item: Any) -> bool:
+        return isinstance(item, str) and bool(item.strip())
+
+    def texts(item: Any) -> bool:
+        return isinstance(item, list) and bool(item) and all(text(part) for part in item)
+
+    if kind == TEXT:
+        return text(value)
+    if kind == TEXT_LIST:
+        return texts(value)
+    return text(value) or texts(value)
+
+
+def _describe(value: Any) -> str:
+    """A short picture of a wrong value for a message: its type, and the value when it is short."""
+    shown = repr(value)
+    return f"{type(value).__name__} {shown}" if len(shown) <= 40 else f"a {type(value).__name__}"
+
+
+def _given(value: Any) -> bool:
+    """Whether a field holds a value (None, '' and [] count as absent, as a missing field does)."""
+    return value is not None and not (isinstance(value, (str, list)) and not value)
+
+
+def _check_all_or_none(rows: Sequence[dict], name: str, where: str) -> None:
+    lacking = [index for index, row in enumerate(rows, start=1) if not _given(row.get(name))]
+    if 0 < len(lacking) < len(rows):
+        shown = ", ".join(map(str, lacking[:10])) + (", ..." if len(lacking) > 10 else "")
+        raise UnlearnkitError(
+            f"The {where} has {name!r} on some rows but not on row(s) {shown} ({len(lacking)} of {len(rows)} lack it, "
+            "or hold null). The metrics that read it (the truth ratio, for paraphrased_answer and perturbed_answer) need "
+            f"it on every row or on none: deciding from part of the rows would skip or distort them. Give every row "
+            f"a {name}, or remove it from all rows."
+        )
+
+
+def _warn_duplicate_questions(rows: Sequence[dict], where: str) -> None:
+    """Repeated questions weigh one fact several times in training and in every mean; usually a data-preparation slip."""
+    seen: dict[str, int] = {}
+    repeats: list[tuple[int, int]] = []
+    for index, row in enumerate(rows, start=1):
+        question = row.get("question")
+        if isinstance(question, str):
+            if question in seen:
+                repeats.append((seen[question], index))
+            else:
+                seen[question] = index
+    if repeats:
+        first, again = repeats[0]
+        logger.warning("The %s repeats %d question(s) (e.g. row %d repeats row %d: %r); each copy counts as a separate "
+                       "example.", where, len(repeats), again, first, rows[first - 1]["question"])
+
+
+def _warn_uneven_perturbed(rows: Sequence[dict], where: str) -> None:
+    """The truth ratio uses as many perturbed answers per row as the shortest list has: say so when lists differ."""
+    lengths = {len(row["perturbed_answer"]) for row in rows if isinstance(row.get("perturbed_answer"), list)}
+    if len(lengths) > 1:
+        logger.warning("The %s has perturbed_answer lists of %d to %d answers; the truth ratio uses the first %d of each row.",
+                       where, min(lengths), max(lengths), min(lengths))
 
 
 def _load_file(path: Path, role: str) -> list[dict]:
@@ -127,8 +228,12 @@ def _load_file(path: Path, role: str) -> list[dict]:
 
 
 def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
-    """CSV has no lists: ``perturbed_answer`` is stored as a JSON list in its cell."""
-    decoded: dict[str, Any] = dict(row)
+    """CSV has no lists: ``perturbed_answer`` is stored as a JSON list in its cell.
+
+    CSV has no null either: an empty cell outside question/answer is read as null, which an optional field
+    treats as absent (as a missing key in JSON) and a required one reports as null.
+    """
+    decoded: dict[str, Any] = {key: None if key not in QA_FIELDS and value == "" else value for key, value in row.items()}
     cell = decoded.get("perturbed_answer")
     if isinstance(cell, str) and cell.strip().startswith("["):
         decoded["perturbed_answer"] = json.loads(cell)

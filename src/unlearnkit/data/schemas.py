@@ -194,10 +194,12 @@ def to_internal(rows: list[dict], spec: Subset, fields: Mapping[str, str], where
         out = {key: value for key, value in row.items() if key not in fields.values()}
         for name in spec.fields:
             source_name = fields.get(name, name)
-            value = row.get(source_name)
-            if value is None:
-                present = ", ".join(sorted(row)) or "none"
+            if source_name not in row:
+                present = ", ".join(sorted(map(str, row))) or "none"
                 raise UnlearnkitError(f"Row {index} of {where} has no field {source_name!r} (fields present: {present}).")
+            value = row[source_name]
+            if value is None:
+                raise UnlearnkitError(f"Row {index} of {where}: field {source_name!r} is null (empty); every row needs a value for it.")
             if name == "perturbed_answer":
                 if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
                     raise UnlearnkitError(f"Row {index} of {where}: field {source_name!r} must be a non-empty list of strings.")

@@ -40,6 +40,7 @@ from unlearnkit.evaluation import metrics
 from unlearnkit.evaluation.mia import DEFAULT_K, PRIVLEAK_FORMS, check_k, evaluate_membership
 from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
 from unlearnkit.io import write_json
+from unlearnkit.settings import check_choice, check_field_types, require_at_least
 
 logger = logging.getLogger("unlearnkit")
 
@@ -61,11 +62,10 @@ class EvalConfig:
     gradient_norm: bool = field(default=False, metadata={"help": "Also run the (slow, one backward pass per text) gradient-norm attack."})
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_new_tokens < 1:
-            raise UnlearnkitError("batch_size and max_new_tokens must be at least 1.")
+        check_field_types(self)  # a float must be finite: nan passes every comparison below
+        require_at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
         check_k(self.min_k_fraction)
-        if self.privleak_form not in PRIVLEAK_FORMS:
-            raise UnlearnkitError(f"privleak_form must be one of {', '.join(PRIVLEAK_FORMS)}; got {self.privleak_form!r}.")
+        check_choice("privleak_form", self.privleak_form, PRIVLEAK_FORMS)
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _evaluate_split(
     rows: Sequence[dict],
 ) -> tuple[dict[str, float], list[dict[str, Any]], np.ndarray | None]:
     questions = [row["question"] for row in rows]
-    with_truth = has_fields(rows, TRUTH_RATIO_FIELDS)
+    with_truth = has_truth_fields(split, rows)
     # One scoring call for the answer, the correct paraphrase and every perturbed answer.
     pairs = [(row["question"], row["answer"]) for row in rows]
     if with_truth:
@@ -173,6 +173,16 @@ def _evaluate_split(
     for sample, probability in zip(samples, probabilities, strict=False):
         sample["probability"] = float(probability)
     return summary, samples, ratios
+
+
+def truth_fields(split: str) -> tuple[str, ...]:
+    """The fields the truth ratio of ``split`` reads: on fact splits the answer itself is the correct option."""
+    return ("perturbed_answer",) if split in FACT_SPLITS else TRUTH_RATIO_FIELDS
+
+
+def has_truth_fields(split: str, rows: Sequence[dict]) -> bool:
+    """Whether every row of ``split`` holds the truth-ratio fields; an error when only some rows do (never decided from part)."""
+    return bool(rows) and has_fields(rows, truth_fields(split), where=f"{split} data")
 
 
 def oracle_reference(

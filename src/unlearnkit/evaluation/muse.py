@@ -40,6 +40,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.catalog import MUSE, MetricSpec, register_metric
 from unlearnkit.evaluation.metrics import rouge_l_f1
 from unlearnkit.evaluation.scoring import greedy_texts
+from unlearnkit.settings import check_field_types, require_at_least
 
 logger = logging.getLogger("unlearnkit")
 
@@ -72,9 +73,9 @@ class MuseConfig:
     batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
 
     def __post_init__(self) -> None:
-        for name in ("verbmem_max_new_tokens", "knowmem_max_new_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise UnlearnkitError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        check_field_types(self)
+        require_at_least(1, verbmem_max_new_tokens=self.verbmem_max_new_tokens,
+                         knowmem_max_new_tokens=self.knowmem_max_new_tokens, batch_size=self.batch_size)
         if self.num_shots is not None and self.num_shots < 0:
             raise UnlearnkitError(f"num_shots must be >= 0 (or None for all examples), got {self.num_shots}.")
 

@@ -20,6 +20,11 @@ maximise or minimise) subject to constraints, written as
   metric) or ``F*target`` (F times the value before unlearning, the step-0
   evaluation); e.g. ``model_utility>=0.9*oracle,forget_rouge_l<=0.5``.
 
+Every metric named must be one of the catalog's that the evaluation reports during
+training (:func:`trackable_metrics`), and, once the evaluation data is known, one
+that this data yields (:func:`reportable_metrics`): a criterion on a metric that is
+never reported would silently keep the last weights.
+
 Only evaluations after training started (step > 0) can be chosen; the step-0
 baseline is recorded in the curve. Early stopping ends training after
 ``patience`` evaluations in a row that did not give a new best. At the end the
@@ -48,8 +53,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from unlearnkit.data.encoding import PromptFormat
-from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.evaluator import EvalConfig, evaluate
+from unlearnkit.errors import UnlearnkitError, did_you_mean
+from unlearnkit.evaluation.catalog import metric_catalog
+from unlearnkit.evaluation.evaluator import EVAL_SPLITS, MEMBERSHIP_SPLITS, EvalConfig, evaluate, has_truth_fields, truth_fields
+from unlearnkit.evaluation.metrics import MODEL_UTILITY_COMPONENTS
+from unlearnkit.evaluation.mia import MEMBER_SIGN
+from unlearnkit.settings import check_field_types
 
 logger = logging.getLogger("unlearnkit")
 
@@ -58,12 +67,17 @@ CURVE_FILE = "eval_curve.json"
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
+REFERENCES = ("oracle", "target")
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 # METRIC OP VALUE, VALUE a number or F*oracle / F*target (F a number).
 _CONSTRAINT = re.compile(
     r"^\s*(?P<metric>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<op>>=|<=|>|<)\s*"
-    r"(?:(?P<factor>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*\*\s*(?P<reference>oracle|target)"
-    r"|(?P<value>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))\s*$"
+    rf"(?:(?P<factor>{_NUMBER})\s*\*\s*(?P<reference>oracle|target)"
+    rf"|(?P<value>{_NUMBER}))\s*$"
 )
+# Looser shapes, only to say precisely what is wrong with a constraint the pattern above refuses.
+_LOOSE_CONSTRAINT = re.compile(r"^\s*(?P<metric>[^<>=!\s]*)\s*(?P<op>[<>=!]+)\s*(?P<rest>.*?)\s*$")
+_LOOSE_REFERENCE = re.compile(rf"^(?P<factor>{_NUMBER})\s*\*\s*(?P<reference>\S+)$")
 _METRIC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -134,27 +148,47 @@ def parse_constraints(text: str | None) -> tuple[Constraint, ...]:
         match = _CONSTRAINT.match(part)
         if not match:
             raise UnlearnkitError(
-                f"--subject-to: cannot read {part.strip()!r}. Write METRIC OP VALUE with OP one of >=, <=, >, < and VALUE "
-                "a number, F*oracle or F*target; separate constraints by commas, e.g. 'model_utility>=0.9*oracle'."
+                f"--subject-to: cannot read {part.strip()!r}{_constraint_fault(part)} Write METRIC OP VALUE with OP one of "
+                ">=, <=, >, < and VALUE a number, F*oracle or F*target; separate constraints by commas, e.g. "
+                "'model_utility>=0.9*oracle'."
             )
+        number = float(match["factor"] or match["value"])
+        if not math.isfinite(number):  # e.g. 1e999: a bound no value can meet, or that every value meets
+            raise UnlearnkitError(f"--subject-to {part.strip()!r}: {match['factor'] or match['value']} is not a finite number.")
         if match["reference"]:
-            constraints.append(Constraint(match["metric"], match["op"], factor=float(match["factor"]), reference=match["reference"]))
+            constraints.append(Constraint(match["metric"], match["op"], factor=number, reference=match["reference"]))
         else:
-            constraints.append(Constraint(match["metric"], match["op"], value=float(match["value"])))
+            constraints.append(Constraint(match["metric"], match["op"], value=number))
     return tuple(constraints)
+
+
+def _constraint_fault(part: str) -> str:
+    """What is wrong with a constraint the strict pattern refused, as the end of a sentence ('.' when unclear)."""
+    loose = _LOOSE_CONSTRAINT.match(part)
+    if not loose:
+        return ": it has no operator."
+    if not _METRIC_NAME.match(loose["metric"]):
+        return f": {loose['metric']!r} is not a metric name." if loose["metric"] else ": the metric name is missing."
+    if loose["op"] not in _OPERATORS:
+        return f": {loose['op']!r} is not an operator."
+    reference = _LOOSE_REFERENCE.match(loose["rest"])
+    if reference and reference["reference"] not in REFERENCES:
+        return f": {reference['reference']!r} is not a reference (oracle or target).{did_you_mean(reference['reference'], REFERENCES)}"
+    return f": {loose['rest']!r} is not a number, F*oracle or F*target." if loose["rest"] else ": the value is missing."
 
 
 def parse_objective(text: str) -> tuple[str, bool]:
     """``"forget_quality"`` / ``"max:METRIC"`` / ``"min:METRIC"`` → (metric, maximise)."""
-    from unlearnkit.report.glossary import METRICS
-
     direction, _, name = text.strip().rpartition(":")
-    name = name.strip()
+    direction, name = direction.strip(), name.strip()
     if direction not in ("", "max", "min") or not _METRIC_NAME.match(name):
         raise UnlearnkitError(f"--select-best: cannot read {text!r}; write METRIC, max:METRIC or min:METRIC (e.g. forget_quality).")
     if direction:
         return name, direction == "max"
-    better = METRICS[name].better if name in METRICS else None
+    catalog = metric_catalog()
+    if name not in catalog:
+        check_metric_name(name, "--select-best")  # unknown: refused with the closest names
+    better = catalog.get(name).direction
     if better not in ("higher", "lower"):
         raise UnlearnkitError(
             f"--select-best {name}: say which way is better, max:{name} or min:{name}"
@@ -179,13 +213,18 @@ class TrackingConfig:
     max_rows: int = field(default=0, metadata={"help": "Evaluate on at most this many evenly spaced rows per split (0: all)."})
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.every < 0 or self.patience < 0 or self.max_rows < 0:
             raise UnlearnkitError("--eval-every, --patience and --eval-rows must be 0 or more.")
         if self.every == 0 and (self.select_best or self.subject_to or self.patience or self.max_rows):
             raise UnlearnkitError("--select-best, --subject-to, --patience and --eval-rows need --eval-every N (N > 0).")
         if (self.subject_to or self.patience) and not self.select_best:
             raise UnlearnkitError("--subject-to and --patience need --select-best METRIC (what makes an evaluation the best).")
-        self.criterion()  # a malformed criterion fails here, before any training
+        criterion = self.criterion()  # a malformed criterion fails here, before any training
+        if criterion is not None:
+            check_metric_name(criterion.metric, "--select-best")
+            for constraint in criterion.constraints:
+                check_metric_name(constraint.metric, f"--subject-to {constraint}")
 
     @property
     def enabled(self) -> bool:
@@ -193,6 +232,64 @@ class TrackingConfig:
 
     def criterion(self) -> Criterion | None:
         return parse_criterion(self.select_best, self.subject_to) if self.select_best else None
+
+
+def trackable_metrics() -> tuple[str, ...]:
+    """The catalog's metrics that :func:`~unlearnkit.evaluation.evaluator.evaluate` can report during training.
+
+    Others in the catalog (MUSE's VerbMem/KnowMem, Jang et al.'s MA and EL) come from other
+    commands: a criterion on one of them would never find a value, and the selection would
+    silently keep the last weights.
+    """
+    per_split = [f"{split}_{name}" for split in EVAL_SPLITS if split not in MEMBERSHIP_SPLITS
+                 for name in ("probability", "rouge_l", "truth_ratio")]
+    membership = [f"mia_{attack}_auc" for attack in MEMBER_SIGN]
+    memorization = [f"{split}_{name}" for split in ("forget", "holdout") for name in ("exact_memorization", "extraction_strength")]
+    names = {*per_split, "forget_quality", "model_utility", *membership, *memorization, "privleak"}
+    return tuple(name for name in metric_catalog().names() if name in names)
+
+
+def check_metric_name(name: str, option: str) -> None:
+    """``name`` is a catalog metric the evaluation during training reports; otherwise the closest ones."""
+    trackable = trackable_metrics()
+    if name in trackable:
+        return
+    if name in metric_catalog():
+        raise UnlearnkitError(
+            f"{option}: {name} is not among the metrics evaluated during training (it comes from another command). "
+            f"Use one of: {', '.join(trackable)}."
+        )
+    raise UnlearnkitError(
+        f"{option}: unknown metric {name!r}.{did_you_mean(name, trackable)} Metrics evaluated during training: "
+        f"{', '.join(trackable)} (`unlearnkit metrics` describes them)."
+    )
+
+
+def reportable_metrics(
+    splits: Mapping[str, Sequence[dict]], eval_config: EvalConfig, oracle_reference: Mapping[str, Any] | None
+) -> set[str]:
+    """The summary keys :func:`evaluate` reports for these splits and reference (mirrors its rules; tested against it)."""
+    reported: set[str] = set()
+    for split, rows in splits.items():
+        if not rows or split in MEMBERSHIP_SPLITS:
+            continue
+        reported |= {f"{split}_rouge_l", f"{split}_probability"}
+        if has_truth_fields(split, rows):
+            reported.add(f"{split}_truth_ratio")
+    if oracle_reference is not None and "forget_truth_ratio" in reported:
+        reported.add("forget_quality")
+    if all(name in reported for name in MODEL_UTILITY_COMPONENTS):
+        reported.add("model_utility")
+    if splits.get("forget") and splits.get("holdout"):
+        membership = (oracle_reference or {}).get("membership") or {}
+        attacks = [attack for attack in MEMBER_SIGN
+                   if (attack != "gradnorm" or eval_config.gradient_norm)
+                   and (attack != "reference" or ("forget_nll" in membership and "holdout_nll" in membership))]
+        reported |= {f"mia_{attack}_auc" for attack in attacks}
+        reported |= {f"{split}_{name}" for split in ("forget", "holdout") for name in ("exact_memorization", "extraction_strength")}
+        if (membership.get("auc") or {}).get("min_k") is not None:
+            reported.add("privleak")
+    return reported
 
 
 def subset_rows(rows: Sequence[dict], max_rows: int) -> list[dict]:
@@ -253,6 +350,8 @@ class EvalTracker(TrainerCallback):
         )
         self.criterion = config.criterion()
         self.references: dict[str, Mapping[str, float]] = dict(references or {})
+        if self.criterion is not None:
+            self._check_reported(reportable_metrics(self.splits, eval_config, self.oracle_reference))
         if self.criterion and "oracle" in self.criterion.needs():
             # Fails now, before training, when the oracle's values are not known.
             for constraint in self.criterion.constraints:
@@ -263,6 +362,16 @@ class EvalTracker(TrainerCallback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.stopped_early = False
         self._since_best = 0
+
+    def _check_reported(self, reported: set[str]) -> None:
+        """Refuse a criterion on a metric this data never yields: the selection would silently keep the last weights."""
+        named = [("--select-best", self.criterion.metric)] + [(f"--subject-to {c}", c.metric) for c in self.criterion.constraints]
+        for option, metric in named:
+            if metric not in reported:
+                raise UnlearnkitError(
+                    f"{option}: the evaluation during training reports no {metric} with this data (it needs "
+                    f"{_metric_needs(metric)}). It reports: {', '.join(sorted(reported)) or 'nothing'}."
+                )
 
     # -- Trainer hooks ---------------------------------------------------------------------------------------------
 
@@ -348,6 +457,23 @@ class EvalTracker(TrainerCallback):
             "selected_metrics": chosen["metrics"] if chosen else None,
             "note": None if chosen or self.criterion is None else "no evaluation met the constraints: the last weights are kept",
         }
+
+
+def _metric_needs(metric: str) -> str:
+    """What the data must hold for ``metric`` to be reported, for the message refusing it."""
+    truth = "paraphrased_answer and perturbed_answer"
+    if metric == "forget_quality":
+        return f"the retain oracle's reference and forget rows with {truth}"
+    if metric == "model_utility":
+        return f"retain rows with {truth}, and real_authors and world_facts rows with perturbed_answer"
+    if metric in ("privleak", "mia_reference_auc"):
+        return "a holdout set and a retain oracle reference that stores membership statistics"
+    if metric == "mia_gradnorm_auc":
+        return "a holdout set and the gradient-norm attack switched on"
+    if metric.startswith(("mia_", "holdout_")) or metric.endswith(("_exact_memorization", "_extraction_strength")):
+        return "a forget and a holdout set"
+    split = next((name for name in EVAL_SPLITS if metric.startswith(f"{name}_")), "its")
+    return f"{split} rows with {' and '.join(truth_fields(split))}" if metric.endswith("_truth_ratio") else f"a {split} set"
 
 
 def _trainable(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:

@@ -19,14 +19,25 @@ from typing import Any, ClassVar
 
 import torch
 from torch.utils.data import Dataset
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
 
 from unlearnkit import distributed, losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import NumericalFault, UnlearnkitError
 from unlearnkit.parameters import Selection, is_lora_model, parse_layers, parse_modules
 from unlearnkit.registry import Registry
-from unlearnkit.training import last_checkpoint
+from unlearnkit.settings import (
+    check_choice,
+    check_field_types,
+    check_lr_scheduler,
+    check_optimizer,
+    check_seed,
+    require_at_least,
+    require_fraction,
+    require_non_negative,
+    require_positive,
+)
+from unlearnkit.training import CheckpointedTrainer, newest_intact_checkpoint, precision_arguments
 
 logger = logging.getLogger("unlearnkit")
 
@@ -80,20 +91,25 @@ class MethodConfig:
     )
 
     def __post_init__(self) -> None:
-        positive = ("learning_rate", "num_epochs", "batch_size", "gradient_accumulation_steps", "max_length")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise UnlearnkitError(f"{name} must be > 0, got {getattr(self, name)}.")
-        if not 0 <= self.warmup_ratio < 1:
-            raise UnlearnkitError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}.")
-        if self.weight_decay < 0 or self.max_grad_norm <= 0:
-            raise UnlearnkitError("weight_decay must be >= 0 and max_grad_norm > 0.")
-        if self.stop_forget_nll is not None and self.stop_forget_nll <= 0:
-            raise UnlearnkitError(f"stop_forget_nll must be > 0 (or None), got {self.stop_forget_nll}.")
-        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise UnlearnkitError("lora_rank must be >= 0 (0: no LoRA), lora_alpha > 0 and lora_dropout in [0, 1).")
-        if self.mixed_precision not in MIXED_PRECISIONS:
-            raise UnlearnkitError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got {self.mixed_precision!r}.")
+        # Types first (a float field must hold a finite number), so the range checks below compare real numbers.
+        check_field_types(self)
+        require_positive(learning_rate=self.learning_rate, num_epochs=self.num_epochs, max_grad_norm=self.max_grad_norm,
+                         stop_forget_nll=self.stop_forget_nll, lora_alpha=self.lora_alpha)
+        require_at_least(1, batch_size=self.batch_size, gradient_accumulation_steps=self.gradient_accumulation_steps)
+        require_at_least(2, max_length=self.max_length)  # a prompt token and an answer token: the least a loss can score
+        require_non_negative(weight_decay=self.weight_decay)
+        require_fraction("warmup_ratio", self.warmup_ratio, high_open=True)
+        require_fraction("lora_dropout", self.lora_dropout, high_open=True)
+        if self.lora_rank < 0:
+            raise UnlearnkitError(f"lora_rank must be >= 0 (0: no LoRA, full fine-tuning), got {self.lora_rank}.")
+        check_seed("seed", self.seed)
+        check_lr_scheduler(self.lr_scheduler)
+        if self.lr_scheduler == "constant" and self.warmup_ratio > 0:
+            logger.warning("lr_scheduler=constant has no warm-up: warmup_ratio=%g is ignored (constant_with_warmup warms up).",
+                           self.warmup_ratio)
+        check_optimizer(self.optimizer)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        precision_arguments(self.mixed_precision)  # fp16 without a CUDA GPU fails now, not once training starts
         self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
 
     @property
@@ -106,6 +122,16 @@ class MethodConfig:
 
     def check_model(self, model: PreTrainedModel) -> None:
         """Refuse a model these settings cannot work with (e.g. a layer it lacks), before training; default: accept."""
+
+    def check_data(self, forget: Sequence[dict], retain: Sequence[dict]) -> None:
+        """Refuse data these settings cannot train on (e.g. fewer retain rows than a method draws per example); default: accept.
+
+        The rows are already validated (:func:`unlearnkit.data.qa.validate_rows`); this is for what only the
+        settings make wrong, which would otherwise surface in ``setup()``, after the results folder exists.
+        """
+
+    def check_encoded(self, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, forget: Sequence[dict]) -> None:
+        """Refuse forget rows these settings cannot train on once tokenised (e.g. answers too short); default: accept."""
 
     def needs_reference(self) -> bool:
         """Whether the method (with these settings) needs the frozen pre-unlearning model."""
@@ -129,17 +155,15 @@ def cache_reference_field() -> Any:
 
 
 def check_retain_loss(value: str) -> None:
-    if value not in RETAIN_LOSSES:
-        raise UnlearnkitError(f"retain_loss must be one of {', '.join(RETAIN_LOSSES)}, got {value!r}.")
+    check_choice("retain_loss", value, RETAIN_LOSSES)
 
 
-def check_positive(**values: float) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise UnlearnkitError(f"{name} must be > 0, got {value}.")
+def check_positive(**values: float | None) -> None:
+    """Each value is a finite number > 0 (None: unset, skipped); kept for the methods that import it."""
+    require_positive(**values)
 
 
-class UnlearnTrainer(Trainer):
+class UnlearnTrainer(CheckpointedTrainer):
     """A ``transformers.Trainer`` whose batches are ``{"forget": ..., "retain": ..., "idk": ..., <extras>}``.
 
     Most subclasses override ``compute_loss`` only. ``self.method_config`` holds
@@ -207,7 +231,7 @@ class UnlearnTrainer(Trainer):
         value = float(loss.detach())
         step = self.state.global_step + 1
         if not math.isfinite(value):
-            checkpoint = last_checkpoint(Path(self.args.output_dir)) if self.args.save_strategy != "no" else None
+            checkpoint = newest_intact_checkpoint(Path(self.args.output_dir)) if self.args.save_strategy != "no" else None
             raise NumericalFault(
                 f"The training loss became {value} at step {step}; the run stopped and no model was saved "
                 f"(last good checkpoint: {checkpoint or 'none'}). Lower learning_rate, or set stop_forget_nll "

@@ -22,9 +22,13 @@ OpenUnlearning's port does citing a footnote of the paper's training settings
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from transformers import PreTrainedTokenizerBase
+
 from unlearnkit import losses
+from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
 
@@ -48,6 +52,21 @@ class CEUConfig(MethodConfig):
 
     def needs_reference(self) -> bool:
         return self.retain_loss == "kl"
+
+    def check_encoded(self, tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, forget: Sequence[dict]) -> None:
+        """Every forget answer must keep a scored token after the first ``ignore_first_answer_tokens`` are left out."""
+        if self.ignore_first_answer_tokens == 0:
+            return
+        # Answer tokens with EOS, as encode_qa scores them (cut to max_length - 1 like it).
+        lengths = [len(fmt.answer_ids(tokenizer, row["answer"])[: self.max_length - 1]) for row in forget]
+        short = [(index, length) for index, length in enumerate(lengths, start=1) if length <= self.ignore_first_answer_tokens]
+        if short:
+            listing = ", ".join(f"row {index} ({length} tokens)" for index, length in short[:5])
+            raise UnlearnkitError(
+                f"ignore_first_answer_tokens={self.ignore_first_answer_tokens} leaves nothing to unlearn in "
+                f"{len(short)} forget answer(s): {listing}{', ...' if len(short) > 5 else ''}. Lower "
+                "ignore_first_answer_tokens or use longer answers."
+            )
 
 
 @register_method(

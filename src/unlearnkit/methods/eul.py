@@ -65,6 +65,7 @@ from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
 from unlearnkit.parameters import selected_parameter_names
+from unlearnkit.settings import check_choice
 
 ARTIFACT_FILE = "unlearning_layers.safetensors"
 WEIGHT_SUFFIX = "unlearning_weight"
@@ -104,8 +105,7 @@ class EULConfig(MethodConfig):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise UnlearnkitError(f"{name} must be a finite number >= 0, got {value}.")
-        if self.schedule not in SCHEDULES:
-            raise UnlearnkitError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}.")
+        check_choice("schedule", self.schedule, SCHEDULES)
 
     def check_model(self, model: PreTrainedModel) -> None:
         target_linear_modules(model, self)
@@ -254,10 +254,19 @@ def fuse_unlearning_files(
     its own ``unlearning_layers.safetensors`` (``M_m`` and ``Σ G_i``), so a fused
     model can be fused again with later runs. Returns the fused module names.
     """
+    from unlearnkit.io import output_lock
+
+    with output_lock(output):
+        return _fuse_into(base, layer_files, output, ridge, overwrite, trust_remote_code)
+
+
+def _fuse_into(
+    base: str | Path, layer_files: Sequence[str | Path], output: Path, ridge: float, overwrite: bool, trust_remote_code: bool
+) -> list[str]:
     from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json
     from unlearnkit.modeling import load_model, load_tokenizer, save_model
 
-    check_output_dir(output, overwrite)
+    check_output_dir(output, overwrite, {"--base": base, **{f"--layers {path}": path for path in layer_files}})
     if not layer_files:
         raise UnlearnkitError(f"Pass at least one --layers file (an EUL run's model/{ARTIFACT_FILE}).")
     runs = [read_unlearning_layers(path) for path in layer_files]

@@ -68,9 +68,17 @@ class GAMismatchConfig(MethodConfig):
                 raise UnlearnkitError(f"{name} must be >= 0 (0 drops that term), got {getattr(self, name)}.")
         if self.num_mismatched < 1:
             raise UnlearnkitError(f"num_mismatched must be >= 1, got {self.num_mismatched}.")
+        if self.bad_weight == 0 and self.random_weight == 0:
+            raise UnlearnkitError(
+                "bad_weight and random_weight are both 0: only the retain term is left and nothing would be unlearned. "
+                "Set bad_weight (authors: 0.5) or random_weight (authors: 1) above 0."
+            )
 
     def needs_reference(self) -> bool:
         return True
+
+    def check_data(self, forget: Sequence[dict], retain: Sequence[dict]) -> None:
+        check_enough_answers(self, len(retain))
 
 
 def mismatch_keys(config: GAMismatchConfig) -> list[str]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.settings import require_non_negative, require_positive
 
 
 @dataclass
@@ -16,6 +17,9 @@ class GradDiffConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        # A negative gamma descends on the forget set (learns it more); 0 leaves nothing to unlearn.
+        require_positive(gamma=self.gamma)
+        require_non_negative(alpha=self.alpha)
         check_retain_loss(self.retain_loss)
 
     def needs_reference(self) -> bool:

@@ -6,11 +6,16 @@ from dataclasses import dataclass, field
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
+from unlearnkit.settings import require_non_negative
 
 
 @dataclass
 class IDKConfig(MethodConfig):
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain NLL term."})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
 
 
 @register_method(

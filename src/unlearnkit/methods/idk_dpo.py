@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, cache_reference_field, check_positive, register_method
+from unlearnkit.settings import require_non_negative
 
 
 @dataclass
@@ -17,6 +18,7 @@ class IDKDPOConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(beta=self.beta)
+        require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
 
     def needs_reference(self) -> bool:
         return not self.cache_reference

@@ -13,6 +13,7 @@ from unlearnkit.methods.base import (
     check_retain_loss,
     register_method,
 )
+from unlearnkit.settings import require_non_negative
 
 
 @dataclass
@@ -27,6 +28,7 @@ class NPOConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive(beta=self.beta)
+        require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
         check_retain_loss(self.retain_loss)
 
     def needs_reference(self) -> bool:

@@ -56,6 +56,7 @@ from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.gradients import PARTITIONS, block_count, blocks_to_keep, partitioned_gradient_masks
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
+from unlearnkit.settings import check_choice
 
 logger = logging.getLogger("unlearnkit")
 
@@ -87,22 +88,21 @@ class PCGUConfig(MethodConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.mixed_precision == "fp16":  # before the base class's checks, whose fp16 message (no GPU) would hide this one
+            raise UnlearnkitError(
+                "PCGU writes its masked gradients itself, past fp16's loss scaling (which would then unscale "
+                "gradients that were never scaled). Use mixed_precision=bf16 or 'no'."
+            )
         super().__post_init__()
         if self.top_k is not None and self.top_k < 1:
             raise UnlearnkitError(f"top_k must be >= 1 (or None for every block), got {self.top_k}.")
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise UnlearnkitError(f"top_fraction must be in (0, 1] (or None to use top_k), got {self.top_fraction}.")
-        if self.partition not in PARTITIONS:
-            raise UnlearnkitError(f"partition must be one of {', '.join(PARTITIONS)}, got {self.partition!r}.")
+        check_choice("partition", self.partition, PARTITIONS)
         if self.uses_lora:
             raise UnlearnkitError(
                 "PCGU selects blocks of the model's own weights by their gradients and has no LoRA form; set lora_rank=0 "
                 "(target_modules and layers restrict which weights it may select)."
-            )
-        if self.mixed_precision == "fp16":
-            raise UnlearnkitError(
-                "PCGU writes its masked gradients itself, past fp16's loss scaling (which would then unscale "
-                "gradients that were never scaled). Use mixed_precision=bf16 or 'no'."
             )
         if self.weight_decay != 0:
             raise UnlearnkitError(

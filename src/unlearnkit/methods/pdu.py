@@ -48,6 +48,7 @@ from transformers.trainer_callback import ExportableState
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.settings import check_choice
 
 FORGET_LOSSES = {
     "logit_margin": losses.logit_margin_flattening_loss,
@@ -72,8 +73,7 @@ class PDUConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.forget_loss not in FORGET_LOSSES:
-            raise UnlearnkitError(f"forget_loss must be one of {', '.join(FORGET_LOSSES)}, got {self.forget_loss!r}.")
+        check_choice("forget_loss", self.forget_loss, FORGET_LOSSES)
         check_retain_loss(self.retain_loss)
         for name in ("retain_slack", "initial_lambda", "dual_lr"):
             value = getattr(self, name)

@@ -64,6 +64,7 @@ from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
 from unlearnkit.parameters import Selection, check_layers_exist, decoder_layers, parse_layers, parse_modules
+from unlearnkit.settings import check_choice, check_field_types
 
 DEFAULT_TARGET = "down_proj"
 RMU_POSITIONS = ("all", "answer")
@@ -109,14 +110,14 @@ class RMUConfig(MethodConfig):
     lr_scheduler: str = field(default="constant", metadata={"help": "transformers scheduler name (authors: constant)."})
 
     def __post_init__(self) -> None:
-        # Checked before the base class parses the selection, which derives layers from ``layer``.
+        # Checked before the base class parses the selection, which derives layers from ``layer``; types first.
+        check_field_types(self)
         if self.layer < 0:
             raise UnlearnkitError(f"layer must be >= 0 (a decoder block index), got {self.layer}.")
         check_positive(steering_coeff=self.steering_coeff)
         if self.adaptive_coeff is not None:
             check_positive(adaptive_coeff=self.adaptive_coeff)
-        if self.positions not in RMU_POSITIONS:
-            raise UnlearnkitError(f"positions must be one of {', '.join(RMU_POSITIONS)}, got {self.positions!r}.")
+        check_choice("positions", self.positions, RMU_POSITIONS)
         if self.alpha < 0:
             raise UnlearnkitError(f"alpha must be >= 0 (0 drops the retain term), got {self.alpha}.")
         super().__post_init__()

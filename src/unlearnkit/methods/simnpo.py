@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.settings import require_non_negative
 
 
 @dataclass
@@ -19,7 +20,9 @@ class SimNPOConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(beta=self.beta)
+        # npo_coeff weighs the forget term (0 leaves nothing to unlearn); gamma, a margin, may be any finite number.
+        check_positive(beta=self.beta, npo_coeff=self.npo_coeff)
+        require_non_negative(alpha=self.alpha)
 
 
 @register_method(

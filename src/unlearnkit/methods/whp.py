@@ -85,7 +85,7 @@ from transformers import PreTrainedModel
 from unlearnkit import losses
 from unlearnkit.data.anchors import builtin_anchored_terms, load_anchored_terms, translate
 from unlearnkit.data.encoding import IGNORE_INDEX, pad_batch
-from unlearnkit.errors import NumericalFault
+from unlearnkit.errors import NumericalFault, UnlearnkitError
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
 from unlearnkit.parameters import is_lora_model
 
@@ -115,6 +115,16 @@ class WHPConfig(MethodConfig):
 
     def needs_reference(self) -> bool:
         return True
+
+    def check_data(self, forget: Sequence[dict], retain: Sequence[dict]) -> None:
+        """The built-in dictionary is drawn from the forget rows' authors: build it now, so missing authors fail early."""
+        if self.anchored_terms == BUILTIN_TERMS:
+            if any(not row.get("author") for row in forget):
+                raise UnlearnkitError(
+                    "anchored_terms='builtin' needs an 'author' field in every forget row (the built-in splits have it); "
+                    "for other data pass a JSON dictionary file as anchored_terms."
+                )
+            builtin_anchored_terms(forget)
 
     def resolve_terms(self, forget_rows: Sequence[dict]) -> dict[str, str] | None:
         """The dictionary for this forget set (the built-in one is built from ``forget_rows``); None without one.
