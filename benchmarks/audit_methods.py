@@ -21,24 +21,20 @@ from pathlib import Path
 
 from compare_methods import run_method
 
-from unlearnkit.attacks import AuditData
-from unlearnkit.audit import RECOVERED, attack_order, build_audit_config, builtin_audit_settings, run_audit
-from unlearnkit.benchmark import get_preset, prepare
-from unlearnkit.data.encoding import PromptFormat
+from unlearnkit.audit import RECOVERED, attack_order, build_audit_config, builtin_audit_settings
+from unlearnkit.runs.audit import resolve_audit, run_audit
+from unlearnkit.runs.inputs import Builtin, RunOptions
 from unlearnkit.methods import METHODS
 from unlearnkit.runtime import quiet_libraries, set_threads
 
 
-def audit_method(method: str, run: Path, output: Path, bench, split: str) -> None:  # noqa: ANN001 - a PreparedBenchmark
+def audit_method(method: str, run: Path, output: Path, builtin: Builtin, split: str) -> None:
     if (output / "summary.json").is_file():
         return
     started = time.perf_counter()
-    data = AuditData(forget=bench.split(split), retain=bench.split(bench.retain_split(split)),
-                     holdout=bench.split("holdout" + split[-2:]), fmt=PromptFormat("plain"))
-    cached = {"target": bench.root / "audits" / f"target-{split}", "oracle": bench.root / "audits" / f"oracle-{split}"}
-    run_audit(model=str(run / "model"), output=output, data=data, target=str(bench.target_dir), oracle=str(bench.oracle_dir(split)),
-              config=build_audit_config(builtin_audit_settings(bench.config)), cached=cached,
-              description={"benchmark": split, "method": method}, overwrite=True)
+    inputs = resolve_audit(model=str(run / "model"), builtin=builtin, benchmark=split)
+    inputs.description["method"] = method
+    run_audit(inputs=inputs, options=RunOptions(output, overwrite=True, show_progress=False))
     print(f"{method}: audited in {time.perf_counter() - started:.1f} s", flush=True)
 
 
@@ -136,10 +132,11 @@ def main() -> None:
     quiet_libraries()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     methods = args.methods.split(",") if args.methods else METHODS.names()
-    bench = prepare(get_preset(args.preset), args.cache, (args.split,), show_progress=False)
+    builtin = Builtin(args.preset, args.cache, show_progress=False)
+    bench = builtin.prepared(args.split)
     for method in methods:
         run_method(method, args.runs / method, args.preset, args.split, {}, args.cache)
-        audit_method(method, args.runs / method, args.output / method, bench, args.split)
+        audit_method(method, args.runs / method, args.output / method, builtin, args.split)
     attacks, rows = collect(args.output, methods)
     attacks = attack_order(attacks)
     threshold = build_audit_config(builtin_audit_settings(bench.config)).threshold

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from unlearnkit.benchmark import get_preset
 from unlearnkit.io import partial_dir
-from unlearnkit.jobs import run_demo
+from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_method
+from unlearnkit.runs.unlearn import run_demo
 from unlearnkit.methods import METHODS
 from unlearnkit.runtime import quiet_libraries, set_threads
 
@@ -36,8 +37,9 @@ def run_method(method: str, folder: Path, preset: str, split: str, overrides: di
         return
     started = time.perf_counter()
     logging.getLogger("unlearnkit").info("comparing: %s", method)
-    run_demo(output=folder, config=get_preset(preset), method=method, forget_split=split, overrides=overrides,
-             cache_dir=cache, show_progress=False, resume=partial_dir(folder).exists())
+    builtin = Builtin(preset, cache, show_progress=False)
+    run_demo(builtin=builtin, method=resolve_method(method, overrides, builtin), forget_split=split,
+             options=RunOptions(folder, show_progress=False, resume=partial_dir(folder).exists()))
     print(f"{method}: {time.perf_counter() - started:.1f} s", flush=True)
 
 

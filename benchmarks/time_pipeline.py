@@ -77,7 +77,7 @@ def main() -> None:
 
 def render(options: argparse.Namespace, rows: list[dict], timing: dict, summary: dict, training: dict) -> str:
     """The Markdown report: how it was measured, the stage table, training and the demo's metrics."""
-    from unlearnkit.jobs import format_table
+    from unlearnkit.report.tables import HEADLINE_METRICS, format_table
 
     lines = [
         "# Built-in benchmark: time, memory and metrics",
@@ -101,7 +101,7 @@ def render(options: argparse.Namespace, rows: list[dict], timing: dict, summary:
         "Metrics on forget10 (`summary.json` of the cold demo):",
         "",
         "```",
-        format_table(summary),
+        format_table(summary, HEADLINE_METRICS),
         "```",
         "",
         "| metric | " + " | ".join(summary) + " |",

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# tests/helpers.py is not a test module: rewrite its asserts too, so that a failing helper says why.
+pytest.register_assert_rewrite("tests.helpers")
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the suite is CPU-only by design
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

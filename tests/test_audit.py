@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import micro, run_cli
+from tests.helpers import micro, run_cli
 from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData, knowledge
 from unlearnkit.attacks.base import AttackOutcome, split_heldout
 from unlearnkit.attacks.in_context import context_facts

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import micro, run_cli
+from tests.helpers import micro, run_cli
 from unlearnkit.io import partial_dir
 
 

@@ -11,25 +11,11 @@ from pathlib import Path
 
 import pytest
 
-import unlearnkit.bench
-from tests.test_cli import micro, run_cli
-from unlearnkit.bench import aggregate, group_runs, leaderboard_csv, leaderboard_markdown, leaderboard_rows
+from tests.helpers import BENCH_ARGS, bench_folder, micro, run_cli
 from unlearnkit.errors import NumericalFault
+from unlearnkit.report.leaderboard import aggregate, group_runs, leaderboard_csv, leaderboard_markdown, leaderboard_rows
 from unlearnkit.report.results import RunResults
-
-# Two steps per run (micro forget10: 8 questions, batch 8) with no warm-up, so that the model does change.
-BENCH_ARGS = ["--methods", "ga,npo", "--splits", "forget10", "--set", "num_epochs=2", "--set", "warmup_ratio=0"]
-_SESSION: dict[str, Path] = {}
-
-
-def bench_folder(cache: Path, root: Path) -> Path:
-    """Run the two-method micro bench once per test session (the report tests read the same folder)."""
-    if "bench" not in _SESSION:
-        output = root / "bench"
-        with pytest.MonkeyPatch.context() as patch:
-            assert run_cli(["bench", *BENCH_ARGS, "--output", str(output), *micro(cache)], patch) == 0
-        _SESSION["bench"] = output
-    return _SESSION["bench"]
+from unlearnkit.runs.inputs import MethodChoice, RunOptions
 
 
 @pytest.fixture(scope="session")
@@ -160,12 +146,14 @@ def test_bench_refuses_a_folder_with_other_settings(tmp_path: Path, monkeypatch,
 
 def test_a_diverged_run_is_listed_and_the_others_kept(bench_run: Path, micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
     # The runner is what is tested here: the demo runs are stood in for by a copy of a finished one, or a divergence.
-    def fake_run_demo(*, output: Path, method: str, **_: object) -> None:
-        if method == "npo":
+    def fake_run_demo(*, method: MethodChoice, options: RunOptions, **_: object) -> None:
+        if method.name == "npo":
             raise NumericalFault("non-finite loss at step 2")
-        shutil.copytree(bench_run / "ga-forget10-seed0", output)
+        shutil.copytree(bench_run / "ga-forget10-seed0", options.output)
 
-    monkeypatch.setattr(unlearnkit.bench, "run_demo", fake_run_demo)
+    import unlearnkit.runs.bench  # the runner (imported here: the tests above need only the report's leaderboard)
+
+    monkeypatch.setattr(unlearnkit.runs.bench, "run_demo", fake_run_demo)
     output = tmp_path / "bench"
     assert run_cli(["bench", *BENCH_ARGS, "--output", str(output), *micro(micro_cache)], monkeypatch) == 3
     captured = capsys.readouterr()

@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.benchmark import PRESETS
-from unlearnkit.jobs import run_demo
+from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_method
+from unlearnkit.runs.unlearn import run_demo
 
 
 @pytest.mark.slow
 def test_default_benchmark_discriminates(tmp_path: Path) -> None:
-    summary = run_demo(output=tmp_path / "demo", config=PRESETS["default"], cache_dir=tmp_path / "cache", show_progress=False)
+    builtin = Builtin("default", tmp_path / "cache", show_progress=False)
+    summary = run_demo(builtin=builtin, method=resolve_method("npo", {}, builtin), forget_split="forget10",
+                       options=RunOptions(tmp_path / "demo", show_progress=False))
     target, oracle, unlearned = summary["target"], summary["oracle"], summary["unlearned"]
     assert target["forget_quality"] < 0.01
     assert abs(target["model_utility"] - oracle["model_utility"]) <= 0.05 * oracle["model_utility"]

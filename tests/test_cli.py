@@ -2,38 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from transformers import AutoModelForCausalLM
 
-from unlearnkit.cli import main
+from tests.helpers import folder_hash, micro, run_cli
 
 HEADLINE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l")
-
-
-def run_cli(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
-    monkeypatch.setattr(sys, "argv", ["unlearnkit", "--quiet", *args])
-    try:
-        main()
-    except SystemExit as exit_:
-        return int(exit_.code or 0)
-    return 0
-
-
-def micro(cache: Path) -> list[str]:
-    return ["--preset", "micro", "--cache", str(cache)]
-
-
-def folder_hash(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 def test_demo_writes_the_results_contract(micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:

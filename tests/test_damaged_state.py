@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 from unlearnkit import modeling, training
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import partial_dir
-from unlearnkit.jobs import CHECKPOINTS, INCOMPLETE_MARKER
+from unlearnkit.runs.folder import CHECKPOINTS, INCOMPLETE_MARKER
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.provenance import weights_sha256
 from unlearnkit.training import CHECKPOINT_SEAL, checkpoint_damage, disk_full_error, last_checkpoint, newest_intact_checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.general import general_summary, lm_eval_available, parse_tasks
 from unlearnkit.modeling import load_model, load_tokenizer

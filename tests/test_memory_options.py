@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_methods import FMT, matrix_config
+from tests.helpers import FMT, matrix_config
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods.base import ReferenceCache, UnlearnTrainer
 from unlearnkit.modeling import load_model, load_tokenizer

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from unlearnkit.benchmark import PRESETS
-from unlearnkit.data.encoding import PromptFormat
+from tests.helpers import FMT, matrix_config
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.scoring import answer_avg_nll
 from unlearnkit.methods import METHODS
@@ -15,17 +14,6 @@ from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import changed_parameter_names, is_lora_model, selected_parameter_names
 from unlearnkit.settings import build_config
 from unlearnkit.unlearn import resolve_method, unlearn
-
-FMT = PromptFormat("plain")
-
-
-MATRIX_SETTINGS = {"learning_rate": 3e-3, "num_epochs": 3, "batch_size": 4, "warmup_ratio": 0.0}
-
-
-def matrix_config(method: str, **extra: object):
-    """The matrix's short run, with the micro preset's per-method settings (e.g. RMU's layer) on top."""
-    per_method = dict(dict(PRESETS["micro"].method_overrides).get(method, ()))
-    return build_config(METHODS.get(method).config, {**MATRIX_SETTINGS, **per_method, **extra})
 
 
 def run_matrix(micro_bench, method: str, config) -> tuple:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.catalog import MetricSpec, describe_metric, metric_catalog, register_metric
@@ -216,8 +216,10 @@ def test_catalog_refuses_duplicates_and_bad_directions() -> None:
         describe_metric("forget_qualty")
 
 
-def test_glossary_reads_the_catalog() -> None:
-    assert describe("forget_truth_ratio").definition == describe_metric("forget_truth_ratio").definition
+def test_results_folders_carry_the_catalog_s_definitions() -> None:
+    from unlearnkit.descriptions import metric_descriptions
+
+    assert metric_descriptions(["forget_truth_ratio"])["forget_truth_ratio"]["definition"] == describe_metric("forget_truth_ratio").definition
     assert describe("forget_quality").arrow == "↑" and describe("forget_truth_ratio").arrow == "→1"
     assert describe("unlearn_seconds").better == "lower"
 

@@ -31,7 +31,7 @@ def test_environment_names_the_libraries() -> None:
 
 
 def test_same_command_gives_byte_identical_summary(micro_cache: Path, tmp_path: Path, monkeypatch) -> None:
-    from tests.test_cli import micro, run_cli
+    from tests.helpers import micro, run_cli
 
     outputs = [tmp_path / "first", tmp_path / "second"]
     for out in outputs:

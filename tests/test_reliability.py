@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import micro, run_cli
-from unlearnkit.io import lock_path, output_lock, partial_dir
-from unlearnkit.jobs import INCOMPLETE_MARKER
+from tests.helpers import micro, run_cli
+from unlearnkit.io import partial_dir
+from unlearnkit.runs.lock import lock_path, output_lock
+from unlearnkit.runs.folder import INCOMPLETE_MARKER
 
 
 def tree_digest(folder: Path) -> str:
@@ -170,7 +171,7 @@ def test_lock_refuses_a_second_holder_and_releases(tmp_path: Path) -> None:
             pass
         assert lock_path(out).exists()
         # Another process cannot take it.
-        probe = subprocess.run([sys.executable, "-c", "from unlearnkit.io import output_lock; import sys\n"
+        probe = subprocess.run([sys.executable, "-c", "from unlearnkit.runs.lock import output_lock; import sys\n"
                                 f"with output_lock({str(out)!r}): pass"], capture_output=True, text=True)
         assert probe.returncode != 0 and f"pid {os.getpid()}" in probe.stderr
     assert not lock_path(out).exists()
@@ -255,13 +256,13 @@ def test_an_interrupt_is_not_success(sent: signal.Signals, status: int, micro_ca
 
 
 def test_interrupt_before_any_output(monkeypatch, capsys) -> None:
-    from unlearnkit import cli
+    from unlearnkit.cli import commands
 
-    def interrupted(**_: object) -> None:
+    def interrupted(*_: object, **__: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    monkeypatch.setattr(cli, "_check_outputs", lambda *a, **k: interrupted())
+    monkeypatch.setattr(commands, "check_outputs", interrupted)
     assert run_cli(["eval", "--model", "m", "--forget", "f", "--output", "o"], monkeypatch) == 143
     assert "interrupted by SIGTERM before any results were written; rerun the same command" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the command

@@ -9,15 +9,21 @@ import os
 import re
 import shutil
 import subprocess
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.test_bench import bench_folder
-from tests.test_cli import run_cli
+from tests.helpers import bench_folder, run_cli
+from unlearnkit.attacks import ATTACKS
+from unlearnkit.descriptions import attack_descriptions, config_descriptions
+from unlearnkit.evaluation.catalog import describe_metric
 from unlearnkit.methods import METHODS
+from unlearnkit.report.audit import write_audit_report
+from unlearnkit.report.html import write_report
+from unlearnkit.report.results import load_runs
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"  # git-ignored: files a person may look at after the tests
@@ -113,7 +119,9 @@ def test_report_from_a_bench_folder(bench_run: Path, tmp_path: Path, monkeypatch
         assert colours[0] < colours[1], f"blank plot: {attributes['alt']}"
     text = " ".join(page.text)
     for method in ("ga", "npo"):
-        assert METHODS.get(method).paper in text  # each method's citation
+        config = json.loads((bench_run / f"{method}-forget10-seed0" / "config.json").read_text())
+        if "method_info" in config:  # written by the runners (unlearnkit.descriptions); a folder without shows no paper
+            assert METHODS.get(method).paper in text  # each method's citation
     assert "learning_rate" in text and "higher ↑" in text and "lower ↓" in text  # hyperparameters, directions
     samples = json.loads((bench_run / RUNS[1] / "per_sample.json").read_text())
     for split in ("forget", "retain"):
@@ -184,6 +192,122 @@ def test_report_refuses_folders_without_results(bench_run: Path, tmp_path: Path,
     output.write_text("an earlier report")
     assert _report([bench_run], output, monkeypatch) == 2
     assert "exists" in capsys.readouterr().err and output.read_text() == "an earlier report"
+
+
+# --- folders written by hand: what the report shows comes from the folders alone ----------------------------------
+
+
+def _demo_folder(root: Path, method: str, seed: int, described: bool) -> Path:
+    """A demo results folder as the runners write it; ``described``: with metric_info and method_info in config.json."""
+    folder = root / f"{method}-forget10-seed{seed}"
+    folder.mkdir(parents=True)
+    rows = [{"question": f"Q{i}?", "answer": f"A{i}", "generation": f"G{i} {method}", "truth_ratio": 0.2 + 0.1 * i} for i in range(4)]
+    summary = {
+        "target": {"forget_quality": 2e-4, "model_utility": 0.61, "forget_truth_ratio": 0.4, "mia_min_k_auc": 0.9},
+        "oracle": {"forget_quality": 1.0, "model_utility": 0.6, "forget_truth_ratio": 0.7, "mia_min_k_auc": 0.5},
+        "unlearned": {"forget_quality": 0.3 + 0.1 * seed, "model_utility": 0.55, "forget_truth_ratio": 0.65, "mia_min_k_auc": 0.55,
+                      "selected_step": 2},
+    }
+    config = {"command": "demo", "method": method, "forget_split": "forget10", "cache": str(root / "builtin-0123456789abcdef"),
+              "hyperparameters": {"seed": seed, "learning_rate": 2e-5, "num_epochs": 5.0}}
+    if described:
+        config.update(config_descriptions(summary, method=method))
+    files = {
+        "config.json": config, "summary.json": summary, "timing.json": {"unlearn_seconds": 3.5},
+        "per_sample.json": {"unlearned": {"forget": rows, "retain": rows}, "target": {"forget": rows, "retain": rows},
+                            "oracle": {"forget": [{**row, "truth_ratio": 0.5} for row in rows]}},
+        "training_log.json": [{"step": 1, "loss": 2.0, "forget_loss": 1.5}, {"step": 2, "loss": 1.0, "forget_loss": 0.5}],
+    }
+    for name, content in files.items():
+        (folder / name).write_text(json.dumps(content), encoding="utf-8")
+    return folder
+
+
+def test_report_shows_the_descriptions_its_folders_record(tmp_path: Path) -> None:
+    folders = [_demo_folder(tmp_path, "npo", seed, described=True) for seed in (0, 1)]
+    output = write_report(load_runs(folders), tmp_path / "report.html")
+    text = " ".join(_parse(output).text)
+    html = output.read_text(encoding="utf-8")
+    npo = METHODS.get("npo")
+    assert npo.paper in text and npo.summary in text  # the method's paper and loss, from method_info
+    for name in ("forget_quality", "mia_min_k_auc", "unlearn_seconds"):  # each metric's definition, from metric_info
+        assert escape(describe_metric(name).definition if name != "unlearn_seconds" else "Wall-clock seconds") in html
+    assert "near 0.5 →½" in text and "higher ↑" in text and "lower ↓" in text
+    # The method's defaults: learning_rate set away from the author's 1e-05 is shown (bold), num_epochs at its default is not.
+    assert '<tr class="changed"><td><code>learning_rate</code></td><td>2e-05</td><td>1e-05</td></tr>' in html
+    assert "<code>selected_step</code>" not in html  # bookkeeping, not a metric
+
+
+def test_report_falls_back_on_folders_without_descriptions(tmp_path: Path) -> None:
+    output = write_report(load_runs([_demo_folder(tmp_path, "npo", 0, described=False)]), tmp_path / "report.html")
+    page = _parse(output)
+    text = " ".join(page.text)
+    assert page.sections == ["tradeoff", "metrics", "methods", "runs", "examples"] and len(page.images) == 3
+    assert METHODS.get("npo").paper not in text and "records no description" in text
+    assert "mia min k auc" in text and describe_metric("mia_min_k_auc").definition not in text  # its own name, no definition
+    assert "forget quality ↑" in text and "higher ↑" in text  # the leaderboard's columns keep their labels and directions
+    assert "A metric without a definition" in text
+
+
+def _audit_folder(root: Path, described: bool) -> Path:
+    folder = root / ("audit-described" if described else "audit-bare")
+    folder.mkdir()
+    rows = [{"attack": name, "family": ATTACKS.get(name).family, "measure": "forget recall", "unlearned": unlearned, "target": 0.9,
+             "oracle": 0.2, "recovered_share": share, "verdict": verdict, "threshold": 0.05}
+            for name, unlearned, share, verdict in (("direct", 0.2, 0.0, "at the oracle's level"),
+                                                    ("relearning", 0.6, 0.571, "recovered above the oracle's level"))]
+    config = {"command": "audit", "attacks": ["direct", "relearning"]}
+    if described:
+        config["attack_info"] = attack_descriptions(config["attacks"])
+    summary = {"attacks": rows, "exposed_by": ["relearning"], "skipped": {"membership": "needs a holdout set"}, "details": {}}
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (folder / "summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return folder
+
+
+def test_audit_report_is_drawn_from_the_audit_folder(tmp_path: Path) -> None:
+    folder = _audit_folder(tmp_path, described=True)
+    output = write_audit_report(folder, tmp_path / "audit.html", title="audit <of> x")
+    page = _parse(output)
+    text = " ".join(page.text)
+    assert len(page.images) == 1 and page.scripts == 0
+    assert "Hidden knowledge exposed by:" in text and "relearning." in text and "membership: needs a holdout set" in text
+    assert "0.571" in text and "threshold 0.05" in text and "audit <of> x" in text
+    for name in ("direct", "relearning"):
+        assert ATTACKS.get(name).paper in text and ATTACKS.get(name).summary in text
+    bare = " ".join(_parse(write_audit_report(_audit_folder(tmp_path, described=False), tmp_path / "bare.html", "t")).text)
+    assert "relearning" in bare and ATTACKS.get("relearning").paper not in bare  # a folder without attack_info: names alone
+    with pytest.raises(Exception, match=r"no summary\.json"):
+        write_audit_report(tmp_path / "missing", tmp_path / "x.html", "t")
+
+
+def test_the_one_table_writer() -> None:
+    from unlearnkit.report.tables import audit_table, format_table
+
+    summary = {"target": {"forget_quality": 1.2e-5, "model_utility": 0.5}, "unlearned": {"forget_quality": 0.25}}
+    assert format_table(summary, ["forget_quality", "model_utility"]).splitlines() == [
+        "model      forget_quality  model_utility",
+        "---------  --------------  -------------",
+        "target     1.2e-05         0.5000       ",
+        "unlearned  0.2500          -            ",
+    ]
+    rows = [{"name": "a|b", "n": 3, "x": None}, {"name": "c", "n": 12, "x": 0.5}]
+    assert format_table(rows, ["name", "n", "x"], headers={"x": "value"}, style="markdown", right=("n", "x"),
+                        number=lambda value: f"{value:g}", missing="–") == (
+        "| name | n | value |\n|---|---:|---:|\n| a|b | 3 | – |\n| c | 12 | 0.5 |")
+    assert format_table(rows, ["name", "n"], right=("n",), number=str).splitlines() == ["name   n", "----  --", "a|b    3", "c     12"]
+    with pytest.raises(ValueError, match="style"):
+        format_table(rows, ["name"], style="html")
+    audit = [{"attack": "direct", "measure": "recall", "unlearned": 0.1, "target": 0.9, "oracle": None, "recovered_share": None,
+              "verdict": "at the oracle's level", "threshold": 0.05}]
+    assert audit_table(audit, []).splitlines() == [
+        "| attack | measure | unlearned | target | oracle | recovered share | verdict |",
+        "|---|---|---:|---:|---:|---:|---|",
+        "| direct | recall | 0.100 | 0.900 | – | – | at the oracle's level |",
+        "",
+        "Verdict threshold: 0.05 (absolute difference from the retain oracle's recovery under the same attack).",
+        "Hidden knowledge exposed by: none of the attacks.",
+    ]
 
 
 # Appended to a copy of the report: once every image has loaded, the page records what the browser decoded.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from unlearnkit.io import partial_dir
-from unlearnkit.jobs import INCOMPLETE_MARKER
+from unlearnkit.runs.folder import INCOMPLETE_MARKER
 from unlearnkit.provenance import weights_sha256
 from unlearnkit.training import newest_intact_checkpoint
 
@@ -66,7 +66,7 @@ def test_killed_run_resumes_to_identical_results(command, micro_cache: Path, mic
 
 
 def test_interrupted_run_with_other_settings_is_refused(micro_cache: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    from tests.test_cli import micro, run_cli
+    from tests.helpers import micro, run_cli
 
     out = tmp_path / "out"
     staging = partial_dir(out)

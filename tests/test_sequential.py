@@ -14,7 +14,9 @@ from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.muse import MuseConfig
 from unlearnkit.modeling import load_tokenizer
-from unlearnkit.sequential import builtin_plan, muse_plan, run_sequence, split_requests
+from unlearnkit.runs.inputs import MethodChoice, ModelChoice, RunOptions
+from unlearnkit.runs.sequence import SequenceInputs, run_sequence
+from unlearnkit.sequential import builtin_plan, muse_plan, split_requests
 from unlearnkit.unlearn import resolve_method
 
 MUSE = Path(__file__).parent / "fixtures" / "muse-news"
@@ -36,12 +38,15 @@ def test_requests_are_whole_authors_last_first() -> None:
         split_requests(rows[:2], 3)
 
 
+def _inputs(plan, bench, tokenizer) -> SequenceInputs:  # noqa: ANN001 - test helper
+    return SequenceInputs(plan, ModelChoice(str(bench.target_dir), "builtin", PromptFormat("plain")), tokenizer, MethodChoice("npo", _npo()))
+
+
 def test_sustainability_chains_requests_and_reports_forget_quality_only_with_an_oracle(micro_bench, tmp_path: Path) -> None:
     tokenizer = load_tokenizer(micro_bench.target_dir)
     plan = builtin_plan(micro_bench, "sustainability", tokenizer, context=96, source_split="forget10", num_requests=2)
     out = tmp_path / "sustain"
-    summary = run_sequence(plan=plan, model_source=micro_bench.target_dir, tokenizer=tokenizer, method="npo",
-                           config=_npo(), output=out, fmt=PromptFormat("plain"), show_progress=False)
+    summary = run_sequence(inputs=_inputs(plan, micro_bench, tokenizer), options=RunOptions(out, show_progress=False))
     assert list(summary) == ["target", "1-request1", "2-request2"]
     first, second = summary["1-request1"], summary["2-request2"]
     # Request 1 is half of forget10: no oracle was trained without exactly it.
@@ -61,8 +66,7 @@ def test_scalability_starts_every_stage_from_the_target(micro_bench, tmp_path: P
     """On the micro benchmark forget01 and forget10 are the same author: both stages must give the same model."""
     tokenizer = load_tokenizer(micro_bench.target_dir)
     plan = builtin_plan(micro_bench, "scalability", tokenizer, context=96, splits=("forget01", "forget10"))
-    summary = run_sequence(plan=plan, model_source=micro_bench.target_dir, tokenizer=tokenizer, method="npo",
-                           config=_npo(), output=tmp_path / "scale", fmt=PromptFormat("plain"), show_progress=False)
+    summary = run_sequence(inputs=_inputs(plan, micro_bench, tokenizer), options=RunOptions(tmp_path / "scale", show_progress=False))
     first, second = summary["1-forget01"], summary["2-forget10"]
     assert first["forget_probability"] == pytest.approx(second["forget_probability"])
     assert first["forget_probability"] < summary["target"]["forget_probability"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-from tests.test_cli import micro, run_cli
+from tests.helpers import micro, run_cli
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference

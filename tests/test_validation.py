@@ -16,7 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, Trainer
 from transformers.trainer_utils import SchedulerType
 from transformers.training_args import OptimizerNames
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 from unlearnkit.attacks import AuditConfig
 from unlearnkit.audit import build_audit_config
 from unlearnkit.data.qa import has_fields, load_qa, validate_rows

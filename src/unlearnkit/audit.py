@@ -34,7 +34,7 @@ from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
 from unlearnkit.attacks.base import FAMILIES
 from unlearnkit.benchmark import BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.io import locks_output, write_json
+from unlearnkit.io import write_json
 from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
@@ -192,92 +192,3 @@ def merged(model: PreTrainedModel) -> PreTrainedModel:
     if hasattr(model, "merge_and_unload"):
         return copy.deepcopy(model).merge_and_unload()
     return model
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], exposed_by: Sequence[str]) -> str:
-    """The audit summary as a Markdown table, with the hidden-knowledge line under it."""
-    lines = ["| attack | measure | unlearned | target | oracle | recovered share | verdict |", "|---|---|---:|---:|---:|---:|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['attack']} | {row['measure']} | {_fmt(row['unlearned'])} | {_fmt(row['target'])} | {_fmt(row['oracle'])} "
-            f"| {_fmt(row['recovered_share'])} | {row['verdict']} |"
-        )
-    threshold = rows[0]["threshold"] if rows else 0.0
-    lines.append("")
-    lines.append(f"Verdict threshold: {threshold:g} (absolute difference from the retain oracle's recovery under the same attack).")
-    lines.append("Hidden knowledge exposed by: " + (", ".join(exposed_by) if exposed_by else "none of the attacks") + ".")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.3f}"
-
-
-def resolve_model_dir(path: str) -> str:
-    """A results folder of `unlearn`/`demo` (which holds no weights itself) stands for the model saved in its ``model/``."""
-    folder = Path(path)
-    weights = ("model.safetensors", "model.safetensors.index.json", "adapter_config.json")
-    if (folder / "model").is_dir() and not any((folder / name).is_file() for name in weights):
-        return str(folder / "model")
-    return path
-
-
-def check_audit_layers(config: AuditConfig, networks: Sequence[PreTrainedModel]) -> None:
-    """The layers the latent attacks read must exist in every audited model: checked before any output exists."""
-    from unlearnkit.parameters import check_layers_exist, parse_layers
-
-    for network in networks:
-        if config.lens_layers:
-            check_layers_exist(network, parse_layers(config.lens_layers), "lens_layers")
-        if config.probe_layer is not None:
-            check_layers_exist(network, [config.probe_layer], "probe_layer")
-
-
-@locks_output
-def run_audit(
-    *,
-    model: str,
-    output: Path,
-    data: AuditData,
-    target: str | None = None,
-    oracle: str | None = None,
-    attacks: Sequence[str] | None = None,
-    config: AuditConfig = AuditConfig(),
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-    cached: Mapping[str, Path] | None = None,
-    description: Mapping[str, Any] | None = None,
-) -> AuditResult:
-    """Audit ``model`` and write a results folder: config.json, summary.json, per_sample.json, audit.md and report.html."""
-    from unlearnkit.io import check_output_dir, write_text
-    from unlearnkit.jobs import results_folder
-    from unlearnkit.modeling import load_model, load_tokenizer
-    from unlearnkit.provenance import environment
-    from unlearnkit.report.audit import write_audit_report
-
-    names, _ = plan_attacks(attacks, data)  # unsuitable data fails here, before any model is loaded
-    sources = {"unlearned": model, "target": target, "oracle": oracle}
-    check_output_dir(output, overwrite, {f"the {role} model": source for role, source in sources.items()})
-    models = {}
-    for role, source in sources.items():
-        if source is not None:
-            path = resolve_model_dir(source)
-            models[role] = (merged(load_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
-    data.fmt.uses_chat(models["unlearned"][1])  # an impossible prompt format fails before any output exists
-    check_audit_layers(config, [network for network, _ in models.values()])
-    with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", {
-            "command": "audit", **{role: str(source) for role, source in sources.items() if source is not None},
-            **(description or {}), "attacks": names, "audit": asdict(config), "prompt_format": data.fmt.style,
-            "rows": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)},
-            "environment": environment(),
-        })
-        result = run_attacks(models, data, attacks, config, cached)
-        write_json(folder / "summary.json", {"attacks": result.rows, "exposed_by": result.exposed_by, "skipped": result.skipped,
-                                             "details": {name: {role: outcome.details for role, outcome in by_model.items()}
-                                                         for name, by_model in result.outcomes.items()}})
-        write_json(folder / "per_sample.json", {name: {role: outcome.per_sample for role, outcome in by_model.items()}
-                                                for name, by_model in result.outcomes.items()})
-        write_text(folder / "audit.md", format_table(result.rows, result.exposed_by))
-        write_audit_report(result, folder / "report.html", title=f"unlearnkit audit: {model}")
-    return result

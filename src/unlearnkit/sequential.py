@@ -70,10 +70,8 @@ from unlearnkit.data.schemas import SchemaSource, load_rows, load_texts, local_f
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import muse
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
-from unlearnkit.io import check_output_dir, locks_output, write_json
 from unlearnkit.methods import MethodConfig
 from unlearnkit.modeling import load_model
-from unlearnkit.provenance import environment, rows_sha256
 from unlearnkit.unlearn import check_method_inputs, unlearn
 
 logger = logging.getLogger("unlearnkit")
@@ -362,45 +360,6 @@ def run_plan(
         per_sample[stage] = stage_samples
         logger.info("%s stage %d/%d done: %s", plan.mode, index + 1, len(plan.requests), _headline(stage_summary))
     return SequenceResult(summary, per_sample, logs)
-
-
-@locks_output
-def run_sequence(
-    *,
-    plan: SequencePlan,
-    model_source: str | Path,
-    tokenizer: PreTrainedTokenizerBase,
-    method: str,
-    config: MethodConfig,
-    output: Path,
-    fmt: PromptFormat = PromptFormat(),
-    overwrite: bool = False,
-    show_progress: bool = True,
-    extra_config: Mapping[str, Any] | None = None,
-    trust_remote_code: bool = False,
-) -> dict[str, dict[str, Any]]:
-    """Run ``plan`` and write a results folder; returns the summary (one entry per stage)."""
-    from unlearnkit.jobs import results_folder
-
-    check_output_dir(output, overwrite)
-    run_config = {
-        "command": "sequence", "mode": plan.mode, "model": str(model_source), "method": method,
-        "hyperparameters": asdict(config), "prompt_format": fmt.style, **plan.description, **dict(extra_config or {}),
-        "requests": [{"name": r.name, "forget_rows": len(r.forget), "retain_rows": len(r.retain),
-                      "sha256": rows_sha256(r.forget)} for r in plan.requests],
-        "environment": environment(),
-    }
-    for request in plan.requests:  # the data and tokenised answers now; the model's layers once it is loaded
-        check_method_inputs(method, config, request.forget, request.retain, tokenizer=tokenizer, fmt=fmt)
-    started = time.perf_counter()
-    with results_folder(output, overwrite) as folder:
-        write_json(folder / "config.json", run_config)
-        result = run_plan(plan, model_source, tokenizer, method, config, fmt, show_progress, trust_remote_code)
-        write_json(folder / "summary.json", result.summary)
-        write_json(folder / "per_sample.json", result.per_sample)
-        write_json(folder / "training_log.json", result.training_logs)
-        write_json(folder / "timing.json", {"total_seconds": round(time.perf_counter() - started, 2)})
-    return result.summary
 
 
 def _headline(summary: Mapping[str, Any]) -> str:

@@ -43,7 +43,7 @@ real token, prompt and answer: the layer acts on all of them), folds the layers,
 and hands back ``unlearning_layers.safetensors`` with, per module ``NAME``,
 ``NAME.unlearning_weight`` (``M = I + BA``, ``(d, d)``, applied as ``h ↦ M h``,
 nn.Linear's convention) and ``NAME.forget_gram`` (``G``, ``(d, d)``). Each costs
-``d²`` floats per layer. :func:`fuse_unlearning_files` (``unlearnkit fuse``)
+``d²`` floats per layer. :func:`unlearnkit.runs.fuse.fuse_unlearning_files` (``unlearnkit fuse``)
 combines the files of several runs from the same base model.
 """
 
@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,77 +236,6 @@ def read_unlearning_layers(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]
             raise UnlearnkitError(f"{path}: {module} has a weight {tuple(weight.shape)} and a Gram {tuple(gram.shape)}; both must be (d, d).")
         layers[module] = (weight, gram)
     return layers
-
-
-def fuse_unlearning_files(
-    base: str | Path,
-    layer_files: Sequence[str | Path],
-    output: Path,
-    ridge: float = DEFAULT_RIDGE,
-    overwrite: bool = False,
-    trust_remote_code: bool = False,
-) -> list[str]:
-    """Fuse the unlearning layers of several EUL runs into ``base`` and save the model to ``output``.
-
-    Every run must have started from ``base`` and placed layers at the same
-    modules. The output folder holds the fused model (a standard checkpoint) and
-    its own ``unlearning_layers.safetensors`` (``M_m`` and ``Σ G_i``), so a fused
-    model can be fused again with later runs. Returns the fused module names.
-    """
-    from unlearnkit.io import output_lock
-
-    with output_lock(output):
-        return _fuse_into(base, layer_files, output, ridge, overwrite, trust_remote_code)
-
-
-def _fuse_into(
-    base: str | Path, layer_files: Sequence[str | Path], output: Path, ridge: float, overwrite: bool, trust_remote_code: bool
-) -> list[str]:
-    from unlearnkit.io import check_output_dir, partial_dir, publish_dir, write_json
-    from unlearnkit.modeling import load_model, load_tokenizer, save_model
-
-    check_output_dir(output, overwrite, {"--base": base, **{f"--layers {path}": path for path in layer_files}})
-    if not layer_files:
-        raise UnlearnkitError(f"Pass at least one --layers file (an EUL run's model/{ARTIFACT_FILE}).")
-    runs = [read_unlearning_layers(path) for path in layer_files]
-    widths = {str(path): next(iter(run.values()))[0].shape[0] for path, run in zip(layer_files, runs, strict=True)}
-    if len(set(widths.values())) > 1:
-        listing = ", ".join(f"{path}: {width}" for path, width in widths.items())
-        raise UnlearnkitError(f"These unlearning layers come from models of different hidden size ({listing}); fuse runs of one base model only.")
-    modules = sorted(runs[0])
-    for path, run in zip(layer_files, runs, strict=True):
-        if sorted(run) != modules:
-            raise UnlearnkitError(
-                f"{path} places unlearning layers at {', '.join(sorted(run))}, but {layer_files[0]} at {', '.join(modules)}; "
-                "fuse runs trained with the same target_modules and layers."
-            )
-    model = load_model(base, trust_remote_code)
-    tokenizer = load_tokenizer(base, trust_remote_code)
-    fused: dict[str, Tensor] = {}
-    for module in modules:
-        try:
-            linear = model.get_submodule(module)
-        except AttributeError:
-            raise UnlearnkitError(f"The base model {base} has no module {module}; were the unlearning layers trained on another model?") from None
-        if not isinstance(linear, nn.Linear):
-            raise UnlearnkitError(f"{module} of {base} is a {type(linear).__name__}, not a linear layer EUL can fold into.")
-        width = next(iter(widths.values()))
-        if linear.out_features != width:
-            raise UnlearnkitError(
-                f"The unlearning layers have hidden size {width}, but {module} of {base} has {linear.out_features} outputs; "
-                "they come from a model of another hidden size."
-            )
-        layers = [run[module] for run in runs]
-        weight = fuse_unlearning_layers(layers, ridge)
-        fold_into_linear(linear, weight)
-        fused[f"{module}.{WEIGHT_SUFFIX}"] = weight
-        fused[f"{module}.{GRAM_SUFFIX}"] = sum(gram.float() for _, gram in layers)
-    staging = partial_dir(output)
-    shutil.rmtree(staging, ignore_errors=True)
-    save_model(model, tokenizer, staging, {ARTIFACT_FILE: fused})
-    write_json(staging / "fusion.json", {"base": str(base), "layers": [str(path) for path in layer_files], "ridge": ridge, "modules": modules})
-    publish_dir(staging, output)
-    return modules
 
 
 @register_method(

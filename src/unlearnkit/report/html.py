@@ -6,6 +6,12 @@ method's paper and hyperparameters, per run the distribution of per-sample
 forget truth ratios against the retain oracle's and the training curves, and
 example generations before and after unlearning. Every text taken from the
 results (questions, generations, names, settings) is HTML-escaped.
+
+Everything shown comes from the folders: the metrics' definitions from each
+``config.json``'s ``metric_info``, a method's paper, loss and defaults from its
+``method_info`` (written by the runners, see :mod:`unlearnkit.descriptions`).
+A folder without them shows its metrics under their own names and its method
+without a paper.
 """
 
 from __future__ import annotations
@@ -13,19 +19,20 @@ from __future__ import annotations
 import base64
 import struct
 from collections.abc import Sequence
-from dataclasses import asdict, is_dataclass
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from unlearnkit import __version__
-from unlearnkit.bench import RunGroup, format_mean_std, format_number, group_runs, reference_summaries
 from unlearnkit.io import write_text
 from unlearnkit.report import plots
-from unlearnkit.report.glossary import LEADERBOARD_METRICS, METRICS, describe
+from unlearnkit.report.glossary import LEADERBOARD_METRICS, Glossary
+from unlearnkit.report.leaderboard import RunGroup, format_mean_std, format_number, group_runs, reference_summaries
 from unlearnkit.report.results import RunResults
 
 EXAMPLES_PER_SPLIT = 3
+# Numbers of a summary that are no metric (the step whose weights were kept); not listed with the metrics.
+NOT_METRICS = frozenset({"selected_step"})
 
 # The explanations under each section's heading (plain text; escaped where used).
 TRADEOFF_NOTE = (
@@ -79,9 +86,10 @@ def write_report(runs: Sequence[RunResults], output: Path, title: str = "unlearn
 def render_report(runs: Sequence[RunResults], title: str = "unlearnkit report") -> str:
     groups = group_runs(runs)
     splits = list(dict.fromkeys(group.split for group in groups))
+    glossary = Glossary.from_runs(runs)
     sections = [
         ("tradeoff", "Forgetting vs utility", _tradeoff_section(runs, groups, splits)),
-        ("metrics", "Metrics", _metrics_section(runs, groups, splits)),
+        ("metrics", "Metrics", _metrics_section(runs, groups, splits, glossary)),
         ("methods", "Methods and settings", _methods_section(groups)),
         ("runs", "Runs: truth ratios and training", _runs_section(groups)),
         ("examples", "Example generations", _examples_section(groups)),
@@ -123,28 +131,32 @@ def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], sp
     return "".join(parts)
 
 
-def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], splits: Sequence[str]) -> str:
-    glossary = "".join(
+def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], splits: Sequence[str], glossary: Glossary) -> str:
+    every_metric = glossary.order(name for run in runs for name in run.metrics if name not in NOT_METRICS)
+    described = "".join(
         f"<tr><td><code>{escape(info.name)}</code></td><td>{escape(info.label)}</td><td>{escape(info.better)} "
         f"{escape(info.arrow)}</td><td>{escape(info.definition)}</td></tr>"
-        for info in METRICS.values()
+        for info in map(glossary.describe, every_metric)
     )
-    parts = [f"<table><tr><th>metric</th><th>name</th><th>better</th><th>definition</th></tr>{glossary}</table>",
+    parts = [f"<table><tr><th>metric</th><th>name</th><th>better</th><th>definition</th></tr>{described}</table>",
              _note(METRICS_NOTE)]
+    if any(not info.definition for info in map(glossary.describe, every_metric)):
+        parts.append(_note("A metric without a definition: its results folder records none (no metric_info in its "
+                           "config.json: written by an older unlearnkit); `unlearnkit metrics` describes every metric."))
     references = reference_summaries(runs)
-    every_metric = [name for name in METRICS if any(name in run.metrics for run in runs)]
     for split in splits:
         split_groups = [group for group in groups if group.split == split]
         parts.append(f"<h3>{escape(split)}</h3>")
-        parts.append(_metric_table(split_groups, references.get(split, {}), LEADERBOARD_METRICS))
+        parts.append(_metric_table(split_groups, references.get(split, {}), LEADERBOARD_METRICS, glossary))
         parts.append("<details><summary>All metrics</summary>"
-                     f"{_metric_table(split_groups, references.get(split, {}), every_metric)}</details>")
+                     f"{_metric_table(split_groups, references.get(split, {}), every_metric, glossary)}</details>")
     return "".join(parts)
 
 
-def _metric_table(groups: Sequence[RunGroup], references: dict[str, dict[str, float]], metrics: Sequence[str]) -> str:
-    header = "".join(f'<th title="{escape(describe(name).definition)}">{escape(describe(name).label)} '
-                     f"{escape(describe(name).arrow)}</th>" for name in metrics)
+def _metric_table(groups: Sequence[RunGroup], references: dict[str, dict[str, float]], metrics: Sequence[str],
+                  glossary: Glossary) -> str:
+    header = "".join(f'<th title="{escape(info.definition)}">{escape(info.label)} {escape(info.arrow)}</th>'
+                     for info in map(glossary.describe, metrics))
     rows = []
     for role, summary in references.items():
         cells = "".join(f'<td class="num">{escape(format_number(name, summary.get(name)))}</td>' for name in metrics)
@@ -160,8 +172,6 @@ def _metric_table(groups: Sequence[RunGroup], references: dict[str, dict[str, fl
 
 
 def _methods_section(groups: Sequence[RunGroup]) -> str:
-    from unlearnkit.methods import METHODS
-
     parts = []
     for group in groups:
         run = group.runs[0]
@@ -170,13 +180,14 @@ def _methods_section(groups: Sequence[RunGroup]) -> str:
             parts.append(f'<p class="note">An evaluation of <code>{escape(str(run.config.get("model", "?")))}</code>; '
                          "no unlearning method recorded.</p>")
             continue
-        defaults: dict[str, Any] = {}
-        if group.method in METHODS:
-            spec = METHODS.get(group.method)
-            parts.append(f"<p><b>Paper:</b> {escape(spec.paper)}<br><b>Loss:</b> {escape(spec.summary)}</p>")
-            defaults = _defaults(spec.config)
+        info = _method_info(group)
+        defaults: dict[str, Any] = info.get("defaults") if isinstance(info.get("defaults"), dict) else {}
+        if info.get("paper") or info.get("summary"):
+            paper, loss = escape(str(info.get("paper", ""))), escape(str(info.get("summary", "")))
+            parts.append(f"<p><b>Paper:</b> {paper}<br><b>Loss:</b> {loss}</p>")
         else:
-            parts.append(f'<p class="note">Method {escape(group.method)} is not registered in this version of unlearnkit.</p>')
+            parts.append(f'<p class="note">Method {escape(group.method)}: its results folder records no description '
+                         "(method_info in config.json), so its paper and defaults are not shown.</p>")
         settings = run.hyperparameters
         if group.seeds:
             settings["seed"] = ", ".join(map(str, group.seeds))
@@ -281,9 +292,10 @@ def _changed(key: str, value: Any, defaults: dict[str, Any]) -> str:
     return ' class="changed"' if key != "seed" and key in defaults and defaults[key] != value else ""
 
 
-def _defaults(config_cls: type) -> dict[str, Any]:
-    try:
-        config = config_cls()
-    except Exception:
-        return {}
-    return asdict(config) if is_dataclass(config) else {}
+def _method_info(group: RunGroup) -> dict[str, Any]:
+    """The ``method_info`` the group's folders recorded (the first that has one), or an empty dict."""
+    for run in group.runs:
+        info = run.config.get("method_info")
+        if isinstance(info, dict):
+            return info
+    return {}

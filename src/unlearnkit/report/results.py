@@ -96,7 +96,7 @@ def expand_folders(paths: Sequence[Path]) -> list[Path]:
             raise UnlearnkitError(f"{path}: no such folder. Pass results folders written by demo, bench, unlearn or eval.")
         if (path / BENCH_MANIFEST).is_file():
             # The manifest lists the runs in the order the bench planned them; folders it does not list follow.
-            manifest = _read_json(path / BENCH_MANIFEST)
+            manifest = read_json(path / BENCH_MANIFEST)
             planned = manifest.get("runs", []) if isinstance(manifest, dict) else []
             names = list(dict.fromkeys([*planned, *sorted(child.name for child in path.iterdir())]))
             runs = [path / name for name in names if (path / name / "summary.json").is_file()]
@@ -137,9 +137,9 @@ def load_run(folder: Path, label: str | None = None) -> RunResults:
             f"{folder}: no summary.json, so no results to report. Pass a finished results folder of demo, bench, "
             "unlearn or eval (an interrupted run stays in its hidden .NAME.partial folder until it finishes)."
         )
-    config = _read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
-    summary = _read_json(folder / "summary.json")
-    per_sample = _read_json(folder / "per_sample.json") if (folder / "per_sample.json").is_file() else {}
+    config = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
+    summary = read_json(folder / "summary.json")
+    per_sample = read_json(folder / "per_sample.json") if (folder / "per_sample.json").is_file() else {}
     for name, content in (("config.json", config), ("summary.json", summary), ("per_sample.json", per_sample)):
         if not isinstance(content, dict):
             raise UnlearnkitError(f"{folder / name} does not hold a JSON object; the results folder is damaged.")
@@ -167,14 +167,14 @@ def load_run(folder: Path, label: str | None = None) -> RunResults:
             "unlearn run with --no-eval? Evaluate its model with `unlearnkit eval` and report that folder."
         )
     if (folder / "training_log.json").is_file():
-        log = _read_json(folder / "training_log.json")
+        log = read_json(folder / "training_log.json")
         run.training_log = log if isinstance(log, list) else []
     if (folder / "eval_curve.json").is_file():
-        curve = _read_json(folder / "eval_curve.json")
+        curve = read_json(folder / "eval_curve.json")
         run.eval_curve = [entry for entry in curve if isinstance(entry, dict) and isinstance(entry.get("metrics"), dict)
                           and isinstance(entry.get("step"), int)] if isinstance(curve, list) else []
     if (folder / "timing.json").is_file():
-        run.timing = _read_json(folder / "timing.json")
+        run.timing = read_json(folder / "timing.json")
     return run
 
 
@@ -230,7 +230,8 @@ def _reference_ratios(config: dict[str, Any], split: str) -> list[float] | None:
     return None
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The JSON content of a results file; a damaged one fails with the reason."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

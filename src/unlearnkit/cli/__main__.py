@@ -1,0 +1,5 @@
+"""``python -m unlearnkit.cli``: the command line."""
+
+from unlearnkit.cli import main
+
+main()

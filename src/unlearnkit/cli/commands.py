@@ -1,0 +1,454 @@
+"""The commands: each declares its options, resolves them (:mod:`unlearnkit.runs.inputs`), calls a runner and prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from unlearnkit.cli.app import app, data_app, show_progress
+from unlearnkit.cli.options import (
+    Cache,
+    CheckpointEvery,
+    EvalEvery,
+    EvalRows,
+    MaxNewTokens,
+    OracleReference,
+    Output,
+    Overwrite,
+    Patience,
+    Preset,
+    PromptStyle,
+    RemoteCode,
+    Resume,
+    SelectBest,
+    Sets,
+    SubjectTo,
+    choice,
+    finite,
+)
+from unlearnkit.errors import NumericalFault, UnlearnkitError
+from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs, parse_sets
+
+Method = Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")]
+
+
+def _tracking(every: int, select_best: str | None, subject_to: str | None, patience: int, rows: int) -> Any:
+    from unlearnkit.evaluation.tracking import TrackingConfig
+
+    return TrackingConfig(every=every, select_best=select_best, subject_to=subject_to, patience=patience, max_rows=rows)
+
+
+def _echo_table(summary: dict[str, Any], columns: Any = None) -> None:
+    from unlearnkit.report.tables import HEADLINE_METRICS, format_table
+
+    typer.echo(format_table(summary, columns or HEADLINE_METRICS))
+
+
+def _echo_summary(summary: dict[str, Any]) -> None:
+    for key, value in summary.items():
+        typer.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
+
+
+@app.command()
+def demo(
+    output: Output = Path("runs/demo"),
+    method: Method = "npo",
+    split: Annotated[str, typer.Option(help="Forget split: forget01, forget05 or forget10.")] = "forget10",
+    preset: Preset = "default",
+    sets: Sets = None,
+    overwrite: Overwrite = False,
+    cache: Cache = None,
+    checkpoint_every: CheckpointEvery = 50,
+    resume: Resume = False,
+    eval_every: EvalEvery = 0,
+    select_best: SelectBest = None,
+    subject_to: SubjectTo = None,
+    patience: Patience = 0,
+    eval_rows: EvalRows = 0,
+) -> None:
+    """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
+    from unlearnkit.runs.inputs import resolve_method
+    from unlearnkit.runs.unlearn import run_demo
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin)
+    tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
+    summary = run_demo(builtin=builtin, method=resolve_method(method, parse_sets(sets), builtin), forget_split=split,
+                       options=RunOptions(output, overwrite, show_progress(), checkpoint_every, resume), tracking=tracking)
+    typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
+    _echo_table(summary)
+    typer.echo(f"\nResults: {output}/summary.json (per-sample values in per_sample.json, model in model/)")
+    if (output / "report.html").is_file():
+        typer.echo(f"Report: {output / 'report.html'}")
+
+
+@app.command()
+def bench(
+    methods: Annotated[str, typer.Option(help="Comma-separated methods (see `unlearnkit methods`), e.g. ga,graddiff,npo.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Benchmark folder: new, empty, or an earlier bench's (resumed, or extended with more runs).")],
+    splits: Annotated[str, typer.Option(help="Comma-separated forget splits: forget01, forget05, forget10.")] = "forget10",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each combination runs once per seed.")] = "0",
+    preset: Preset = "default",
+    sets: Sets = None,
+    cache: Cache = None,
+    checkpoint_every: CheckpointEvery = 50,
+) -> None:
+    """Run every method x split x seed on the built-in benchmark (resumable) and write a leaderboard and a report."""
+    from unlearnkit.runs.bench import parse_list, parse_seeds, run_bench
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(None, False, builtin=builtin, files={"--output": output})
+    outcome = run_bench(builtin=builtin, methods=parse_list(methods, "--methods"), splits=parse_list(splits, "--splits"),
+                        seeds=parse_seeds(seeds), overrides=parse_sets(sets),
+                        options=RunOptions(output, show_progress=show_progress(), checkpoint_every=checkpoint_every))
+    typer.echo(f"\n{len(outcome.ran)} run(s) done now, {len(outcome.skipped)} done before (skipped).\n")
+    typer.echo((output / "leaderboard.md").read_text(encoding="utf-8"))
+    typer.echo(f"Leaderboard: {output}/leaderboard.md (.csv, .json); one results folder per run in {output}")
+    if outcome.report is not None:
+        typer.echo(f"Report: {outcome.report}")
+    if outcome.failed:
+        raise NumericalFault(f"{len(outcome.failed)} run(s) diverged and are left out of the leaderboard: "
+                             + "; ".join(f"{name}: {error}" for name, error in outcome.failed.items()))
+
+
+@app.command()
+def report(
+    folders: Annotated[list[Path], typer.Argument(help="Results folders of demo, bench, unlearn or eval (a bench folder stands for all its runs).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
+    title: Annotated[str, typer.Option(help="The report's title.")] = "unlearnkit report",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
+) -> None:
+    """One self-contained HTML report (plots embedded, no network needed) comparing the given results folders."""
+    from unlearnkit.report.html import write_report
+    from unlearnkit.report.results import load_runs
+
+    check_outputs(None, overwrite, files={"--output": output}, FOLDERS=folders)
+    if output.exists() and (output.is_dir() or not overwrite):
+        raise UnlearnkitError(f"{output} exists; choose another --output{'' if output.is_dir() else ', or pass --overwrite'}.")
+    runs = load_runs(folders)
+    try:
+        write_report(runs, output, title=title)
+    except OSError as error:
+        raise UnlearnkitError(f"Cannot write {output}: {error.strerror or error}. Choose another --output.") from None
+    typer.echo(f"Report on {len(runs)} run(s): {output}")
+
+
+@app.command()
+def prepare(
+    preset: Preset = "default",
+    splits: Annotated[str, typer.Option(help="Comma-separated forget splits to train retain oracles for.")] = "forget01,forget05,forget10",
+    cache: Cache = None,
+) -> None:
+    """Generate the built-in benchmark and train its target model and retain oracles (cached)."""
+    names = tuple(split.strip() for split in splits.split(",") if split.strip())
+    bench = Builtin(preset, cache, show_progress()).prepared(*names)
+    typer.echo(f"target model: {bench.target_dir}")
+    for split in names:
+        typer.echo(f"retain oracle for {split}: {bench.oracle_dir(split)} (reference: {bench.reference_path(split).name})")
+
+
+@app.command()
+def finetune(
+    data: Annotated[list[str], typer.Option("--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable.")],
+    output: Output,
+    model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
+    learning_rate: Annotated[float | None, typer.Option(callback=finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
+    max_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy.")] = 12,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 32,
+    target_accuracy: Annotated[float, typer.Option(callback=finite(above=0, at_most=1), help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
+    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
+    preset: Annotated[str, typer.Option("--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses.")] = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+    checkpoint_every: CheckpointEvery = 200,
+    resume: Resume = False,
+) -> None:
+    """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.finetune import FinetuneConfig
+    from unlearnkit.runs.finetune import TINY, FinetuneInputs, run_finetune
+    from unlearnkit.runs.inputs import resolve_data
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, data=data, model=model)
+    default_rate = builtin.config.training.learning_rate if model == TINY else 1e-5
+    config = FinetuneConfig(learning_rate=learning_rate or default_rate, max_epochs=max_epochs, batch_size=batch_size,
+                            target_accuracy=target_accuracy, seed=seed)
+    inputs = FinetuneInputs(model, [resolve_data(source, "training", builtin) for source in data], PromptFormat(prompt_format),
+                            builtin.config.model)
+    stats = run_finetune(inputs=inputs, config=config, options=RunOptions(output, overwrite, show_progress(), checkpoint_every,
+                                                                          resume, trust_remote_code))
+    typer.echo(f"{stats['epochs']} epochs, answer-token accuracy {stats['answer_accuracy']:.4f}; model in {output}/model")
+
+
+@app.command()
+def unlearn(
+    method: Method,
+    output: Output,
+    model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name.")] = "builtin",
+    forget: Annotated[str, typer.Option(help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT].")] = "forget10",
+    retain: Annotated[str | None, typer.Option(help="Retain data (same forms); default for built-in forget splits: the complementary retain split.")] = None,
+    sets: Sets = None,
+    oracle_reference: OracleReference = None,
+    evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data).")] = True,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+    eval_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per evaluation forward pass.")] = 64,
+    max_new_tokens: MaxNewTokens = 48,
+    checkpoint_every: CheckpointEvery = 50,
+    resume: Resume = False,
+    on_overlap: Annotated[str, typer.Option(callback=choice("refuse", "warn"), help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
+    eval_every: EvalEvery = 0,
+    select_best: SelectBest = None,
+    subject_to: SubjectTo = None,
+    patience: Patience = 0,
+    eval_rows: EvalRows = 0,
+) -> None:
+    """Unlearn a forget set from a model and write the model, metrics and logs."""
+    from unlearnkit.evaluation.evaluator import EvalConfig
+    from unlearnkit.runs.inputs import BUILTIN_MODEL, resolve_method
+    from unlearnkit.runs.unlearn import resolve_unlearn, run_unlearn
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference)
+    tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
+    if tracking.enabled and not evaluate_after:
+        raise UnlearnkitError("--eval-every evaluates on the evaluation sets: drop --no-eval.")
+    chosen = resolve_method(method, parse_sets(sets), builtin if model == BUILTIN_MODEL else None)
+    inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=prompt_format,
+                             evaluate_after=evaluate_after, oracle_reference=oracle_reference,
+                             eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking)
+    options = RunOptions(output, overwrite, show_progress(), checkpoint_every, resume, trust_remote_code)
+    _echo_summary(run_unlearn(inputs=inputs, options=options, on_overlap=on_overlap, tracking=tracking))
+    typer.echo(f"Results: {output} (model in {output}/model)")
+
+
+@app.command("eval")
+def eval_command(
+    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' / 'builtin-oracle' for the built-in ones).")],
+    output: Output,
+    benchmark: Annotated[str | None, typer.Option(help="Evaluate on the built-in benchmark's sets for this forget split (e.g. forget10).")] = None,
+    forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...).")] = None,
+    retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
+    real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
+    world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on: membership inference and memorization against --forget.")] = None,
+    oracle_reference: OracleReference = None,
+    save_reference: Annotated[Path | None, typer.Option(help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file.")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 64,
+    max_new_tokens: MaxNewTokens = 48,
+) -> None:
+    """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
+    from unlearnkit.evaluation.evaluator import EvalConfig
+    from unlearnkit.runs.evaluate import resolve_eval, run_eval
+
+    data = {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, files={"--save-reference": save_reference}, model=model,
+                  oracle_reference=oracle_reference, **data)
+    inputs = resolve_eval(model=model, builtin=builtin, benchmark=benchmark, data=data, oracle_reference=oracle_reference,
+                          prompt_format=prompt_format, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens))
+    options = RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code)
+    _echo_summary(run_eval(inputs=inputs, options=options, save_reference_to=save_reference))
+    typer.echo(f"Results: {output}")
+
+
+@app.command()
+def sequence(
+    mode: Annotated[str, typer.Option(callback=choice("scalability", "sustainability"), help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).")],
+    output: Output,
+    method: Method = "npo",
+    model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name (with --muse).")] = "builtin",
+    muse: Annotated[Path | None, typer.Option("--muse", help="A MUSE-format folder (raw/, verbmem/, knowmem/, optional scal/ sust/) instead of the built-in benchmark.")] = None,
+    muse_name: Annotated[str, typer.Option(callback=choice("muse-news", "muse-books"), help="Which MUSE corpus the folder holds: muse-news or muse-books.")] = "muse-news",
+    splits: Annotated[str, typer.Option(help="Scalability on the built-in benchmark: comma-separated forget splits, smallest first.")] = "forget01,forget05,forget10",
+    source_split: Annotated[str, typer.Option(help="Sustainability on the built-in benchmark: the forget split cut into requests.")] = "forget10",
+    requests: Annotated[int, typer.Option(min=1, help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget).")] = 4,
+    num_shots: Annotated[int | None, typer.Option(min=0, help="KnowMem in-context examples (default: all given).")] = None,
+    sets: Sets = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """MUSE's scalability and sustainability: unlearn several forget sets and evaluate after each stage."""
+    from unlearnkit.runs.inputs import BUILTIN_MODEL, resolve_method
+    from unlearnkit.runs.sequence import SEQUENCE_COLUMNS, resolve_sequence, run_sequence
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, model=model, muse=muse)
+    chosen = resolve_method(method, parse_sets(sets), builtin if model == BUILTIN_MODEL else None)
+    inputs = resolve_sequence(mode=mode, model=model, method=chosen, builtin=builtin, muse=muse, muse_name=muse_name,
+                              splits=tuple(s.strip() for s in splits.split(",") if s.strip()), source_split=source_split,
+                              requests=requests, num_shots=num_shots, prompt_format=prompt_format,
+                              trust_remote_code=trust_remote_code)
+    summary = run_sequence(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code))
+    typer.echo(f"\n{method}, {mode}:\n")
+    _echo_table(summary, [key for key in SEQUENCE_COLUMNS if any(isinstance(values.get(key), float) for values in summary.values())])
+    typer.echo(f"\nResults: {output}/summary.json (one entry per stage; per-sample values in per_sample.json)")
+
+
+@app.command()
+def general(
+    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' for the built-in target).")],
+    tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks, e.g. mmlu,wmdp_bio,wmdp_cyber.")],
+    output: Output,
+    include_path: Annotated[Path | None, typer.Option(help="A folder of your own lm-eval task YAML files.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N documents per task (quick checks).")] = None,
+    num_fewshot: Annotated[int | None, typer.Option(min=0, help="Few-shot examples per question (default: the task's).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
+    preset: Preset = "default",
+    cache: Cache = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Accuracy on general benchmarks through lm-eval (optional extra: pip install "unlearnkit\\[general]")."""
+    from unlearnkit.evaluation.general import parse_tasks
+    from unlearnkit.runs.evaluate import run_general
+    from unlearnkit.runs.inputs import resolve_model
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, model=model, include_path=include_path)
+    results = run_general(model=resolve_model(model, builtin=builtin), tasks=parse_tasks(tasks), include_path=include_path,
+                          batch_size=batch_size, limit=limit, num_fewshot=num_fewshot,
+                          options=RunOptions(output, overwrite, trust_remote_code=trust_remote_code))
+    for task, values in results.items():
+        typer.echo(f"{task:>28}: " + ", ".join(f"{name} {value:.4f}" for name, value in values.items()))
+    typer.echo(f"Results: {output}")
+
+
+@app.command()
+def audit(
+    model: Annotated[str, typer.Argument(help="The unlearned model: a folder (or an unlearn/demo results folder), or a hub name.")],
+    output: Output,
+    benchmark: Annotated[str | None, typer.Option(help="Audit on the built-in benchmark for this forget split (e.g. forget10); the target and retain oracle come with it.")] = None,
+    target: Annotated[str | None, typer.Option(help="The model before unlearning (folder or hub name); built-in: the benchmark's target.")] = None,
+    oracle: Annotated[str | None, typer.Option(help="The retain oracle, trained without the forget set; built-in: the benchmark's oracle.")] = None,
+    forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...) when not on the built-in benchmark.")] = None,
+    retain: Annotated[str | None, typer.Option(help="Retain QA data (the linear probe trains on it).")] = None,
+    holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on (membership inference).")] = None,
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `unlearnkit attacks`), or 'all'.")] = "all",
+    sets: Annotated[list[str] | None, typer.Option("--set", help="Audit setting KEY=VALUE (repeatable); see `unlearnkit attacks -v`.")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Attack an unlearned model to bring the forgotten knowledge back; compare with the target and the retain oracle."""
+    from unlearnkit.report.tables import audit_table
+    from unlearnkit.runs.audit import resolve_audit, run_audit
+
+    builtin = Builtin(preset, cache, show_progress())
+    check_outputs(output, overwrite, builtin=builtin, MODEL=model, target=target, oracle=oracle, forget=forget, retain=retain,
+                  holdout=holdout)
+    inputs = resolve_audit(model=model, builtin=builtin, benchmark=benchmark, target=target, oracle=oracle, forget=forget,
+                           retain=retain, holdout=holdout, attacks=attacks, overrides=parse_sets(sets), prompt_format=prompt_format)
+    result = run_audit(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code))
+    typer.echo(audit_table(result.rows, result.exposed_by), nl=False)
+    typer.echo(f"Results: {output} (report: {output}/report.html)")
+
+
+@app.command("attacks")
+def attacks_command(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list the audit's settings with their defaults and help.")] = False,
+) -> None:
+    """List the robustness attacks of `unlearnkit audit` with their papers."""
+    from dataclasses import fields
+
+    from unlearnkit.attacks import ATTACKS, AuditConfig
+    from unlearnkit.audit import attack_order
+
+    family = None
+    for name in attack_order():
+        spec = ATTACKS.get(name)
+        if spec.family != family:
+            family = spec.family
+            typer.echo(f"[{family}]")
+        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}\n")
+    if verbose:
+        typer.echo("Audit settings (--set KEY=VALUE):")
+        for item in fields(AuditConfig):
+            typer.echo(f"  {item.name} (default {item.default}): {item.metadata.get('help', '')}")
+
+
+@app.command()
+def methods(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every hyperparameter with its default and help.")] = False,
+) -> None:
+    """List the unlearning methods with their papers."""
+    from unlearnkit.methods import METHODS
+    from unlearnkit.settings import config_help
+
+    families: dict[str, list[str]] = {}
+    for name in METHODS.names():
+        families.setdefault(METHODS.get(name).family, []).append(name)
+    for family, names in families.items():
+        typer.echo(f"[{family}]")
+        for name in names:
+            spec = METHODS.get(name)
+            typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}")
+            if verbose:
+                for field_name, type_name, default, text in config_help(spec.config):
+                    typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
+            typer.echo("")
+    typer.echo("Every method takes the shared options (see -v), among them lora_rank for its LoRA form\n"
+               "and target_modules / layers to choose the weights it may change.")
+
+
+@app.command()
+def metrics() -> None:
+    """List every reported metric with its better direction, definition and source paper."""
+    from unlearnkit.evaluation.catalog import FAMILIES, metric_catalog
+
+    catalog = metric_catalog()
+    for family in FAMILIES:
+        specs = [catalog.get(name) for name in catalog.names() if catalog.get(name).family == family]
+        if not specs:
+            continue
+        typer.echo(f"[{family}]")
+        for spec in specs:
+            typer.echo(f"{spec.name} ({spec.direction} is better {spec.arrow})\n    {spec.definition}\n    Paper: {spec.paper}")
+        typer.echo("")
+
+
+@app.command()
+def fuse(
+    base: Annotated[str, typer.Option("--base", help="The model every EUL run started from (folder or hub name).")],
+    layers: Annotated[list[Path], typer.Option("--layers", help="An EUL run's model/unlearning_layers.safetensors; repeat once per run.")],
+    output: Output,
+    ridge: Annotated[float | None, typer.Option(callback=finite(at_least=0), help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6).")] = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Fuse the unlearning layers of several EUL runs into one model (Chen & Yang's least-squares closed form)."""
+    from unlearnkit.methods.eul import DEFAULT_RIDGE
+    from unlearnkit.runs.fuse import fuse_unlearning_files
+
+    check_outputs(output, overwrite, base=base, layers=layers)
+    modules = fuse_unlearning_files(base, layers, output, ridge=DEFAULT_RIDGE if ridge is None else ridge, overwrite=overwrite,
+                                    trust_remote_code=trust_remote_code)
+    typer.echo(f"fused {len(layers)} run(s) at {len(modules)} module(s); model in {output}")
+
+
+@data_app.command("export")
+def data_export(output: Output, preset: Preset = "default", overwrite: Overwrite = False) -> None:
+    """Write the built-in benchmark's splits as JSONL files, one per split."""
+    from unlearnkit.runs.export import run_export
+
+    check_outputs(output, overwrite)
+    paths = run_export(builtin=Builtin(preset), options=RunOptions(output, overwrite))
+    typer.echo(f"wrote {len(paths)} splits to {output}")

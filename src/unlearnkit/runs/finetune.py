@@ -1,0 +1,68 @@
+"""``finetune``: fine-tune a model (or a fresh tiny one) on QA data; how targets and retain oracles are made."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from unlearnkit import distributed
+from unlearnkit.data.encoding import PromptFormat, check_fits_context
+from unlearnkit.finetune import FinetuneConfig, finetune
+from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
+from unlearnkit.provenance import environment, rows_sha256, weights_sha256
+from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, write
+from unlearnkit.runs.inputs import DataChoice, RunOptions
+from unlearnkit.runs.lock import locks_output
+
+TINY = "tiny"
+
+
+@dataclass(frozen=True)
+class FinetuneInputs:
+    """``model``: a folder or hub name, or ``tiny`` (a fresh tiny Llama of size ``tiny_config``, plain prompts)."""
+
+    model: str
+    data: list[DataChoice] = field(repr=False)
+    fmt: PromptFormat
+    tiny_config: TinyModelConfig | None = None
+
+    @property
+    def rows(self) -> list[dict]:
+        return [row for source in self.data for row in source.rows]
+
+
+@locks_output
+def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: RunOptions) -> dict[str, Any]:
+    """Fine-tune on the union of ``inputs.data`` and write the model, its training log and summary."""
+    distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
+    model, rows = inputs.model, inputs.rows
+    check_output_dir(options.output, options.overwrite,
+                     {"--model": model, **{f"--data {source.source}": source.source for source in inputs.data}})
+    fmt = inputs.fmt
+    if model == TINY:
+        tiny = inputs.tiny_config or TinyModelConfig()
+        texts = [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows]
+        tokenizer = train_tokenizer(texts, tiny.vocab_size)
+        network = build_tiny_model(tiny, tokenizer, seed=config.seed)
+        fmt = PromptFormat("plain")
+    else:
+        network = load_model(model, options.trust_remote_code)
+        tokenizer = load_tokenizer(model, options.trust_remote_code)
+    fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    check_fits_context(tokenizer, fmt, rows, getattr(network.config, "max_position_embeddings", None), "training data")
+    run_config = {
+        "command": "finetune", "model": model, "data": [source.source for source in inputs.data], "training": asdict(config),
+        "tiny_model": asdict(inputs.tiny_config or TinyModelConfig()) if model == TINY else None, "prompt_format": fmt.style,
+        "environment": environment(), "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model)},
+    }
+    with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
+        write(folder / "config.json", run_config)
+        stats = finetune(network, tokenizer, rows, config, fmt, options.show_progress,
+                         checkpoint_dir=folder / CHECKPOINTS, checkpoint_every=options.checkpoint_every)
+        write(folder / "training_log.json", stats.pop("log_history"))
+        if distributed.is_main_process():
+            save_model(network, tokenizer, folder / "model")
+            run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
+        write(folder / "config.json", run_config)
+        write(folder / "summary.json", {"examples": len(rows), **stats})
+    return stats
