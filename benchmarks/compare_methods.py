@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from unlearnkit.benchmark import get_preset
+from unlearnkit.builtin import get_preset
 from unlearnkit.io import partial_dir
 from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_method
 from unlearnkit.runs.unlearn import run_demo

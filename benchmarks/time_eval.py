@@ -32,7 +32,7 @@ def measure(preset: str, threads: int, repeats: int, with_holdout: bool) -> dict
     """In this process: evaluate the target ``repeats`` times; the best wall time, its phases and the peak RSS."""
     import torch
 
-    from unlearnkit.benchmark import get_preset, prepare
+    from unlearnkit.builtin import get_preset, prepare
     from unlearnkit.data.encoding import PromptFormat
     from unlearnkit.evaluation import evaluator, metrics
     from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
@@ -134,7 +134,7 @@ def main() -> None:
     if options.worker:
         print(json.dumps(measure(options.preset, int(options.threads), options.repeats, options.with_holdout)))
         return
-    from unlearnkit.benchmark import get_preset, prepare
+    from unlearnkit.builtin import get_preset, prepare
 
     # Build (or reuse) the cached benchmark once, before any timing.
     bench = prepare(get_preset(options.preset), None, ("forget10",), show_progress=True)

@@ -22,7 +22,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def micro_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A cache folder with the micro benchmark (data, tokenizer, target, forget10 oracle) built once."""
-    from unlearnkit.benchmark import PRESETS, prepare
+    from unlearnkit.builtin import PRESETS, prepare
 
     cache = tmp_path_factory.mktemp("cache")
     prepare(PRESETS["micro"], cache, ("forget10",), show_progress=False, jobs=1)
@@ -31,6 +31,6 @@ def micro_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def micro_bench(micro_cache: Path):
-    from unlearnkit.benchmark import PRESETS, prepare
+    from unlearnkit.builtin import PRESETS, prepare
 
     return prepare(PRESETS["micro"], micro_cache, ("forget10",), show_progress=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.benchmark import PRESETS
+from unlearnkit.builtin import PRESETS
 from unlearnkit.cli import main
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.methods import METHODS

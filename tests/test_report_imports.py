@@ -64,7 +64,7 @@ def test_no_report_module_imports_above_errors_and_io_even_lazily() -> None:
 
 
 def test_the_report_constants_match_the_modules_they_mirror() -> None:
-    from unlearnkit.benchmark import FORGET_SPLITS
+    from unlearnkit.builtin import FORGET_SPLITS
     from unlearnkit.evaluation.catalog import ARROWS, FAMILIES, metric_catalog
 
     assert glossary.ARROWS == ARROWS

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearnkit.benchmark import PRESETS
+from unlearnkit.builtin import PRESETS
 from unlearnkit.cli import main
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError

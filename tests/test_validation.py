@@ -324,7 +324,7 @@ def test_a_metric_the_data_never_yields_is_refused_before_training() -> None:
 @pytest.mark.parametrize("with_reference", [True, False])
 def test_reportable_metrics_match_what_evaluate_reports(micro_bench, with_reference: bool) -> None:
     """The check above mirrors evaluate()'s rules: the two must name the same metrics."""
-    from unlearnkit.benchmark import evaluate_cached_model
+    from unlearnkit.builtin import evaluate_cached_model
 
     reference = load_reference(micro_bench.reference_path("forget10")) if with_reference else None
     config = EvalConfig(batch_size=64, max_new_tokens=4)

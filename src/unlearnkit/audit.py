@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
 from unlearnkit.attacks.base import FAMILIES
-from unlearnkit.benchmark import BuiltinBenchmark
+from unlearnkit.builtin import BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json
 from unlearnkit.settings import build_config

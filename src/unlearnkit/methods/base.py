@@ -51,7 +51,7 @@ class MethodConfig:
 
     Defaults are those of the TOFU recipes for 7B models (Maini et al., 2024):
     lr 1e-5, 5 epochs, weight decay 0.01, one warm-up epoch, effective batch 32.
-    The built-in tiny benchmark overrides the learning rate (see ``benchmark.py``).
+    The built-in tiny benchmark overrides the learning rate (see :mod:`unlearnkit.builtin`).
     """
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})

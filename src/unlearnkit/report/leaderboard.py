@@ -21,7 +21,7 @@ from unlearnkit.report.glossary import LEADERBOARD_METRICS, Glossary, describe
 from unlearnkit.report.results import RunResults
 from unlearnkit.report.tables import format_table
 
-# The built-in benchmark's forget splits, in its order (``unlearnkit.benchmark.FORGET_SPLITS``); other splits follow.
+# The built-in benchmark's forget splits, in its order (``unlearnkit.builtin.FORGET_SPLITS``); other splits follow.
 SPLIT_ORDER: tuple[str, ...] = ("forget01", "forget05", "forget10")
 
 LEADERBOARD_NOTE = (

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.benchmark import BuiltinBenchmark, check_forget_split
+from unlearnkit.builtin import BuiltinBenchmark, check_forget_split
 from unlearnkit.descriptions import metric_descriptions
 from unlearnkit.errors import NumericalFault, UnlearnkitError
 from unlearnkit.io import write_json, write_text

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from unlearnkit import distributed
+from unlearnkit.builtin import PROMPT_FORMAT
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
@@ -44,7 +45,7 @@ def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: Run
         texts = [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows]
         tokenizer = train_tokenizer(texts, tiny.vocab_size)
         network = build_tiny_model(tiny, tokenizer, seed=config.seed)
-        fmt = PromptFormat("plain")
+        fmt = PROMPT_FORMAT  # a fresh tiny model is asked like the built-in ones: it has no chat template
     else:
         network = load_model(model, options.trust_remote_code)
         tokenizer = load_tokenizer(model, options.trust_remote_code)

@@ -32,7 +32,7 @@ class Builtin:
     """The built-in benchmark of one preset and cache; prepared (data, target, oracles) on first use, then reused."""
 
     def __init__(self, preset: str = "default", cache: Path | None = None, show_progress: bool = True) -> None:
-        from unlearnkit.benchmark import get_preset
+        from unlearnkit.builtin import get_preset
 
         self.preset = preset
         self.config = get_preset(preset)  # an unknown preset fails here, before anything else
@@ -44,7 +44,7 @@ class Builtin:
     @property
     def root(self) -> Path:
         """Where it lives (refusing a ``--cache`` that is a file); an input of every command that uses it."""
-        from unlearnkit.benchmark import benchmark_root
+        from unlearnkit.builtin import benchmark_root
 
         return benchmark_root(self.config, self.cache)
 
@@ -56,7 +56,7 @@ class Builtin:
 
     def prepared(self, *forget_splits: str) -> Any:
         """The prepared benchmark, with the retain oracles of ``forget_splits`` trained (cached on disk)."""
-        from unlearnkit.benchmark import prepare
+        from unlearnkit.builtin import prepare
 
         missing = tuple(split for split in forget_splits if split not in self._oracles)
         if self._prepared is None or missing:
@@ -66,11 +66,13 @@ class Builtin:
 
     @property
     def prompt_format(self) -> PromptFormat:
-        """The tiny built-in models were trained on plain ``Question: ...\\nAnswer:`` prompts."""
-        return PromptFormat("plain")
+        """How the built-in models are asked (:data:`unlearnkit.builtin.PROMPT_FORMAT`)."""
+        from unlearnkit.builtin import PROMPT_FORMAT
+
+        return PROMPT_FORMAT
 
     def is_forget_split(self, name: str | None) -> bool:
-        from unlearnkit.benchmark import FORGET_SPLITS
+        from unlearnkit.builtin import FORGET_SPLITS
 
         return name in FORGET_SPLITS and self.owns(name)
 

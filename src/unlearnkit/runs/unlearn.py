@@ -188,7 +188,7 @@ def save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any
 
 def evaluation_cache(bench: Any, name: str, model_dir: Path, forget_split: str, eval_config: EvalConfig) -> EvalResult:
     """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
-    from unlearnkit.benchmark import evaluate_cached_model
+    from unlearnkit.builtin import evaluate_cached_model
 
     key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
     path = bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
@@ -217,7 +217,7 @@ def run_demo(
 
     ``method`` is resolved with the benchmark's settings for it (:func:`unlearnkit.runs.inputs.resolve_method`).
     """
-    from unlearnkit.benchmark import check_forget_split
+    from unlearnkit.builtin import check_forget_split
     from unlearnkit.runs.folder import check_output_dir
 
     check_forget_split(forget_split)

@@ -33,6 +33,8 @@ from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, l
 from unlearnkit.runtime import quiet_libraries
 
 logger = logging.getLogger("unlearnkit")
+# The tiny built-in models are trained and asked in plain "Question: ...\nAnswer:" prompts (they have no chat template).
+PROMPT_FORMAT = PromptFormat("plain")
 
 FORGET_SPLITS = tuple(f"forget{p:02d}" for p in FORGET_PERCENTS)
 UTILITY_SPLITS = ("world_facts", "real_authors")
@@ -294,7 +296,7 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
     if bench.config.biographies:
         authors = [row for name in splits if name not in UTILITY_SPLITS for row in bench.split(name)]
         rows += training_texts(authors, tokenizer)
-    stats = finetune(model, tokenizer, rows, bench.config.training, PromptFormat("plain"), show_progress,
+    stats = finetune(model, tokenizer, rows, bench.config.training, PROMPT_FORMAT, show_progress,
                      checkpoint_dir=folder / "checkpoints", checkpoint_every=CHECKPOINT_EVERY)
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)
@@ -319,4 +321,4 @@ def evaluate_cached_model(
     """Evaluate a model folder on the built-in evaluation sets of ``forget_split``."""
     model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    return evaluate(model, tokenizer, bench.eval_splits(forget_split), PromptFormat("plain"), config, reference)
+    return evaluate(model, tokenizer, bench.eval_splits(forget_split), PROMPT_FORMAT, config, reference)
