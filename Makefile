@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: demo test test-all env clean
+.PHONY: demo test test-all lint env clean
 
 $(BIN)/unlearnkit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: env
 
 test-all: env
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m ""
+
+# The style rules are in pyproject.toml ([tool.ruff]); CI runs this before the tests.
+lint: env
+	$(BIN)/ruff check src tests benchmarks
 
 clean:
 	rm -rf $(VENV) runs

@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 from compare_methods import run_method
-
 from unlearnkit.audit import RECOVERED, attack_order, build_audit_config, builtin_audit_settings
+from unlearnkit.methods import METHODS
 from unlearnkit.runs.audit import resolve_audit, run_audit
 from unlearnkit.runs.inputs import Builtin, RunOptions
-from unlearnkit.methods import METHODS
 from unlearnkit.runtime import quiet_libraries, set_threads
 
 
@@ -50,7 +49,8 @@ def collect(output: Path, methods: list[str]) -> tuple[list[str], list[dict]]:
         attacks = attacks or list(by_attack)
         if not rows:
             for role in ("target", "oracle"):
-                rows.append({"model": role, "recovery": {name: row[role] for name, row in by_attack.items()}, "recovered": [], "exposed_by": []})
+                rows.append({"model": role, "recovery": {name: row[role] for name, row in by_attack.items()},
+                             "recovered": [], "exposed_by": []})
         rows.append({
             "model": method,
             "family": METHODS.get(method).family,
@@ -94,12 +94,14 @@ def markdown(attacks: list[str], rows: list[dict], threshold: float, command: st
     methods = [row for row in rows if row["model"] not in ("target", "oracle")]
     forgotten = [row for row in methods if "direct" not in row["recovered"]]
     lines += ["", f"{len(forgotten)} of {len(methods)} methods bring the direct answer recall to the oracle's level"
-              + (f" ({', '.join(row['model'] for row in forgotten)})" if forgotten else "") + "; of those, the attacks that expose hidden knowledge:", ""]
+              + (f" ({', '.join(row['model'] for row in forgotten)})" if forgotten else "")
+              + "; of those, the attacks that expose hidden knowledge:", ""]
     for name in attacks:
         hiders = [row["model"] for row in forgotten if name in row["exposed_by"]]
         if hiders:
             lines.append(f"* `{name}`: {len(hiders)} ({', '.join(hiders)})")
-    lines += ["", "Attacks that raise a method's recall above its own recall of the same questions asked directly, by more than the threshold:", ""]
+    lines += ["", "Attacks that raise a method's recall above its own recall of the same questions asked directly, "
+                  "by more than the threshold:", ""]
     for name in attacks:
         if name == "direct" or name in ("membership", "extraction", "linear_probe", "logit_lens_head", "logit_lens_delta"):
             continue

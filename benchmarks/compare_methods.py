@@ -24,9 +24,9 @@ from pathlib import Path
 
 from unlearnkit.builtin import get_preset
 from unlearnkit.io import partial_dir
+from unlearnkit.methods import METHODS
 from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_method
 from unlearnkit.runs.unlearn import run_demo
-from unlearnkit.methods import METHODS
 from unlearnkit.runtime import quiet_libraries, set_threads
 
 COLUMNS = ("forget_quality", "model_utility", "forget_probability", "forget_truth_ratio", "forget_rouge_l")
@@ -83,7 +83,8 @@ def markdown(rows: list[dict], preset: str, split: str, overrides: dict[str, str
         "Forget quality: KS-test p-value against the retain oracle (higher is better, 1 = indistinguishable).",
         "Model utility: harmonic mean of nine retain/real-authors/world-facts scores (higher is better).",
         "`MU/oracle` is model utility relative to the retain oracle's. Forget probability: mean p(answer) on the forget set.",
-        "Unlearning time is the training alone (evaluation excluded), on 2 CPU cores shared with other runs: compare orders of magnitude only.",
+        "Unlearning time is the training alone (evaluation excluded), on 2 CPU cores shared with other runs: "
+        "compare orders of magnitude only.",
         "",
         *table(rows),
     ]
@@ -109,7 +110,8 @@ def markdown(rows: list[dict], preset: str, split: str, overrides: dict[str, str
 def table(rows: list[dict]) -> list[str]:
     oracle_utility = next(row["model_utility"] for row in rows if row["model"] == "oracle")
     lines = [
-        "| model | family | forget quality | model utility | MU/oracle | forget prob. | forget truth ratio | forget ROUGE-L | unlearn time (s) |",
+        "| model | family | forget quality | model utility | MU/oracle | forget prob. "
+        "| forget truth ratio | forget ROUGE-L | unlearn time (s) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:

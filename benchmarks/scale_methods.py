@@ -67,7 +67,8 @@ def configurations(methods: list[str]) -> list[dict[str, Any]]:
         caching = [False, True] if any(f == "cache_reference" for f in spec.config.__dataclass_fields__) else [None]
         for form in ("full", "lora") if spec.trainer.supports_lora else ("full",):
             for checkpointing in (False, True):
-                runs += [{"method": method, "form": form, "gradient_checkpointing": checkpointing, "cache_reference": cache} for cache in caching]
+                runs += [{"method": method, "form": form, "gradient_checkpointing": checkpointing, "cache_reference": cache}
+                         for cache in caching]
     return runs
 
 
@@ -79,7 +80,7 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def word_tokenizer(vocab: int):  # noqa: ANN201 - a PreTrainedTokenizerFast
+def word_tokenizer(vocab: int):
     """A word-level tokenizer: ``w0 ... w{n}`` and the prompt words are one token each."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
@@ -96,7 +97,7 @@ def random_rows(count: int, seq_len: int, vocab: int, seed: int) -> list[dict[st
     import random
 
     rng = random.Random(seed)
-    words = lambda n: " ".join(f"w{rng.randrange(vocab - 6)}" for _ in range(n))  # noqa: E731
+    words = lambda n: " ".join(f"w{rng.randrange(vocab - 6)}" for _ in range(n))  # noqa: E731 - a one-line helper, local to this function
     question_len = max(1, (seq_len - 3) // 2)
     answer_len = max(1, seq_len - 3 - question_len)
     return [{"question": words(question_len), "answer": words(answer_len), "perturbed_answer": [words(answer_len)]} for _ in range(count)]
@@ -130,7 +131,8 @@ def run_one(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     retain = random_rows(max(16, steps * options.batch_size), options.seq_len, shape["vocab"], seed=2)
     overrides: dict[str, Any] = {
         "num_epochs": 1, "batch_size": options.batch_size, "max_length": options.seq_len + 8, "warmup_ratio": 0.0,
-        "learning_rate": 1e-5, "gradient_checkpointing": run["gradient_checkpointing"], "lora_rank": LORA_RANK if run["form"] == "lora" else 0,
+        "learning_rate": 1e-5, "gradient_checkpointing": run["gradient_checkpointing"],
+        "lora_rank": LORA_RANK if run["form"] == "lora" else 0,
     }
     if run["cache_reference"] is not None:
         overrides["cache_reference"] = run["cache_reference"]
@@ -143,20 +145,21 @@ def run_one(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
             self.durations: list[float] = []
             self.first_step_at: float | None = None
 
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
             if cuda:
                 torch.cuda.synchronize()
             self.started = time.perf_counter()
             self.first_step_at = self.first_step_at or self.started
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
             if cuda:
                 torch.cuda.synchronize()
             self.durations.append(time.perf_counter() - self.started)
 
     timer = StepTimer()
     started = time.perf_counter()
-    unlearn(model, word_tokenizer(shape["vocab"]), run["method"], forget, retain, method_config, PromptFormat("plain"), show_progress=False, callbacks=[timer])
+    unlearn(model, word_tokenizer(shape["vocab"]), run["method"], forget, retain, method_config, PromptFormat("plain"), show_progress=False,
+            callbacks=[timer])
     total = time.perf_counter() - started
     if len(timer.durations) < 2:
         raise SystemExit(f"{run['method']}: only {len(timer.durations)} step(s) ran; need a warm-up and at least one timed step.")
@@ -189,7 +192,8 @@ def machine_description(threads: int) -> dict[str, Any]:
     else:
         device = platform.processor() or platform.machine()
         try:
-            names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+            names = [line.split(":", 1)[1].strip()
+                     for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
             device = f"{names[0]} ({len(names)} logical CPUs)" if names else device
         except OSError:
             pass
@@ -207,14 +211,16 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
     if ratios:
         values = [ratio for _, ratio in ratios]
         lines.append(
-            f"- LoRA (rank {LORA_RANK}) peak memory as % of full fine-tuning (no checkpointing): median {100 * statistics.median(values):.0f}%, "
+            f"- LoRA (rank {LORA_RANK}) peak memory as % of full fine-tuning (no checkpointing): "
+            f"median {100 * statistics.median(values):.0f}%, "
             f"range {100 * min(values):.0f}%–{100 * max(values):.0f}% over {len(values)} methods."
         )
     for form in ("full", "lora"):
         npo, graddiff = plain.get(("npo", form, False, True)), plain.get(("graddiff", form, False, None))
         if npo and graddiff:
             lines.append(
-                f"- NPO with cached reference vs gradient difference ({form}): {npo['seconds_per_step']:.2f} vs {graddiff['seconds_per_step']:.2f} s/step, "
+                f"- NPO with cached reference vs gradient difference ({form}): "
+                f"{npo['seconds_per_step']:.2f} vs {graddiff['seconds_per_step']:.2f} s/step, "
                 f"{npo['peak_memory_mib']:.0f} vs {graddiff['peak_memory_mib']:.0f} MiB peak."
             )
     return lines
@@ -230,7 +236,8 @@ def write_report(path: Path, meta: dict[str, Any], rows: list[dict[str, Any]]) -
         "",
         "Generated by `benchmarks/scale_methods.py`; the numbers are in `" + path.with_suffix(".json").name + "` too.",
         "",
-        f"- Machine: {meta['machine']['device']}; {meta['machine']['threads']} thread(s); torch {meta['machine']['torch']}, Python {meta['machine']['python']}.",
+        f"- Machine: {meta['machine']['device']}; {meta['machine']['threads']} thread(s); "
+        f"torch {meta['machine']['torch']}, Python {meta['machine']['python']}.",
         f"- Model: random Llama, {shape['parameters'] / 1e6:.1f}M parameters (hidden {shape['hidden']}, {shape['layers']} layers, "
         f"intermediate {shape['intermediate']}, vocabulary {shape['vocab']}); LoRA rank {LORA_RANK} on every linear layer but the head.",
         f"- Data: batch {meta['batch_size']} forget (+ {meta['batch_size']} retain) sequences of {meta['seq_len']} tokens; "

@@ -48,8 +48,8 @@ def measure(preset: str, threads: int, repeats: int, with_holdout: bool) -> dict
     tokenizer = load_tokenizer(bench.target_dir)
     spent: dict[str, float] = {}
 
-    def timed(name: str, function):  # noqa: ANN001, ANN202 - wraps any callable
-        def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+    def timed(name: str, function):  # noqa: ANN001 - wraps any callable
+        def wrapper(*args, **kwargs):
             started = time.perf_counter()
             try:
                 return function(*args, **kwargs)
@@ -100,7 +100,8 @@ def markdown(rows: list[dict[str, object]], preset: str, repeats: int) -> str:
         f"excluded); peak memory is the process's peak resident set; {os.cpu_count()} CPU cores. Rerun it to "
         "measure your machine.",
         "",
-        "| suite | threads | sets (questions) | wall s | answer scoring s | greedy generation s | ROUGE-L s | membership + memorization s | peak RSS MiB |",
+        "| suite | threads | sets (questions) | wall s | answer scoring s | greedy generation s "
+        "| ROUGE-L s | membership + memorization s | peak RSS MiB |",
         "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:

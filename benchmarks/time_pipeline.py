@@ -51,11 +51,20 @@ def main() -> None:
     base = ["--quiet", "--threads", str(options.threads)]
     try:
         rows = [
-            run_stage("demo (cold: empty cache)", [*base, "demo", *common, "--method", options.method, "--cache", str(cold_cache), "--output", str(warm_out / "cold")], env),
-            run_stage("demo (warm: cache reused)", [*base, "demo", *common, "--method", options.method, "--cache", str(cold_cache), "--output", str(warm_out / "warm")], env),
-            run_stage("prepare (forget10 oracle, empty cache)", [*base, "prepare", *common, "--splits", "forget10", "--cache", str(workdir / "cache2")], env),
-            run_stage(f"unlearn ({options.method}, forget10, with eval)", [*base, "unlearn", *common, "--method", options.method, "--cache", str(cold_cache), "--output", str(warm_out / "unlearn")], env),
-            run_stage("eval (unlearned model, forget10)", [*base, "eval", *common, "--model", str(warm_out / "unlearn" / "model"), "--benchmark", "forget10", "--cache", str(cold_cache), "--output", str(warm_out / "eval")], env),
+            run_stage("demo (cold: empty cache)",
+                      [*base, "demo", *common, "--method", options.method, "--cache", str(cold_cache), "--output", str(warm_out / "cold")],
+                      env),
+            run_stage("demo (warm: cache reused)",
+                      [*base, "demo", *common, "--method", options.method, "--cache", str(cold_cache), "--output", str(warm_out / "warm")],
+                      env),
+            run_stage("prepare (forget10 oracle, empty cache)",
+                      [*base, "prepare", *common, "--splits", "forget10", "--cache", str(workdir / "cache2")], env),
+            run_stage(f"unlearn ({options.method}, forget10, with eval)",
+                      [*base, "unlearn", *common, "--method", options.method, "--cache", str(cold_cache),
+                       "--output", str(warm_out / "unlearn")], env),
+            run_stage("eval (unlearned model, forget10)",
+                      [*base, "eval", *common, "--model", str(warm_out / "unlearn" / "model"), "--benchmark", "forget10",
+                       "--cache", str(cold_cache), "--output", str(warm_out / "eval")], env),
         ]
         timing = json.loads((warm_out / "cold" / "timing.json").read_text())
         summary = json.loads((warm_out / "cold" / "summary.json").read_text())
@@ -70,7 +79,8 @@ def main() -> None:
     report = render(options, rows, timing, summary, training)
     print(report)
     if options.json:
-        options.json.write_text(json.dumps({"rows": rows, "cold_demo_breakdown": timing, "summary": summary, "training": training}, indent=2) + "\n")
+        options.json.write_text(json.dumps({"rows": rows, "cold_demo_breakdown": timing, "summary": summary, "training": training},
+                                           indent=2) + "\n")
     if options.markdown:
         options.markdown.write_text(report)
 

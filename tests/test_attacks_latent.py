@@ -70,7 +70,7 @@ def test_lens_inputs_stop_before_the_value(tiny):
     ids, target = lens_inputs(tokenizer, PLAIN, row)
     full = encode_qa(tokenizer, PLAIN, row["question"], row["answer"], 64)["input_ids"]
     # The lens prefix and its target are the start of the training sequence, and the target begins the value.
-    assert full[: len(ids) + 1] == ids + [target]
+    assert full[: len(ids) + 1] == [*ids, target]
     assert tokenizer.decode(ids).endswith("Answer: Ana was born in")
     assert tokenizer.decode([target]).strip() and "Tovrask".startswith(tokenizer.decode([target]).strip())
     # Without a value (or a value not in the answer), the answer's first token is the target.

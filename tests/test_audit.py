@@ -121,7 +121,7 @@ def scripted(monkeypatch: pytest.MonkeyPatch):
     """Replace generation by a script: a prompt containing a trigger phrase is answered with its row's value."""
 
     def install(triggers: tuple[str, ...], values: dict[str, str]):
-        def answers(model, tokenizer, fmt, questions, max_new_tokens, batch_size):  # noqa: ANN001
+        def answers(model, tokenizer, fmt, questions, max_new_tokens, batch_size):
             return [next((values[q] for q in values if q in question), "") if any(t in question for t in triggers) else "I do not know."
                     for question in questions]
 

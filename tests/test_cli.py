@@ -129,7 +129,8 @@ def test_own_data_workflow_target_oracle_reference(micro_bench, tmp_path: Path, 
     forget = write("forget.jsonl", micro_bench.split("forget10"))
     retain = write("retain.jsonl", micro_bench.split("retain90"))
     common = ["--max-epochs", "3", "--preset", "micro"]
-    assert run_cli(["finetune", "--data", str(forget), "--data", str(retain), "--output", str(tmp_path / "target"), *common], monkeypatch) == 0
+    assert run_cli(["finetune", "--data", str(forget), "--data", str(retain), "--output", str(tmp_path / "target"), *common],
+                   monkeypatch) == 0
     assert run_cli(["finetune", "--data", str(retain), "--output", str(tmp_path / "oracle"), *common], monkeypatch) == 0
     reference = tmp_path / "oracle" / "forget_reference.json"
     assert run_cli(["eval", "--model", str(tmp_path / "oracle" / "model"), "--forget", str(forget), "--save-reference", str(reference),

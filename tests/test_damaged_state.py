@@ -29,9 +29,9 @@ from unlearnkit import modeling, training
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import partial_dir
-from unlearnkit.runs.folder import CHECKPOINTS, INCOMPLETE_MARKER
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.provenance import weights_sha256
+from unlearnkit.runs.folder import CHECKPOINTS, INCOMPLETE_MARKER
 from unlearnkit.training import CHECKPOINT_SEAL, checkpoint_damage, disk_full_error, last_checkpoint, newest_intact_checkpoint
 from unlearnkit.unlearn import resolve_method, unlearn
 
@@ -97,7 +97,7 @@ class KeepCheckpoints(TrainerCallback):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def on_save(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
+    def on_save(self, args, state, control, **kwargs):
         name = f"checkpoint-{state.global_step}"
         shutil.copytree(Path(args.output_dir) / name, self.folder / name)
 
@@ -321,15 +321,18 @@ MODEL_DAMAGES = [
     Damage("empty weights file", lambda f: (f / "model.safetensors").write_bytes(b""), "model.safetensors is damaged"),
     Damage("hidden_size changed", lambda f: edit_config(f, hidden_size=48, head_dim=24),
            "do not fit its config.json: 11 tensor(s) have another shape"),
-    Damage("vocab_size changed", lambda f: edit_config(f, vocab_size=600), "model.embed_tokens.weight: [512, 32] saved, [600, 32] expected"),
+    Damage("vocab_size changed", lambda f: edit_config(f, vocab_size=600),
+           "model.embed_tokens.weight: [512, 32] saved, [600, 32] expected"),
     Damage("a layer more than the weights hold", lambda f: edit_config(f, num_hidden_layers=2), "are not in the weights"),
     Damage("a layer fewer than the weights hold", lambda f: edit_config(f, num_hidden_layers=0), "have no place in the model"),
-    Damage("config not JSON", lambda f: (f / "config.json").write_text('{"model_type": "llama",'), "config.json is damaged: it is not valid JSON"),
+    Damage("config not JSON", lambda f: (f / "config.json").write_text('{"model_type": "llama",'),
+           "config.json is damaged: it is not valid JSON"),
     Damage("config without model_type", lambda f: edit_config(f, model_type=None), "config.json names no model_type"),
     Damage("config missing", lambda f: (f / "config.json").unlink(), "has no config.json"),
     Damage("NaN weight", lambda f: poison_weight(f, float("nan")), "hold non-finite values in tensor model."),
     Damage("infinite weight", lambda f: poison_weight(f, float("inf")), "hold non-finite values in tensor model."),
-    Damage("config but no tokenizer", _drop_tokenizer, "holds no tokenizer (tokenizer.json or tokenizer_config.json) beside its config.json"),
+    Damage("config but no tokenizer", _drop_tokenizer,
+           "holds no tokenizer (tokenizer.json or tokenizer_config.json) beside its config.json"),
 ]
 
 
@@ -385,7 +388,8 @@ def test_adapter_whose_base_is_missing(eval_inputs: dict, tmp_path: Path, monkey
     shutil.rmtree(tmp_path / "base")
     before = tree_digest(adapter)
     out = eval_inputs["out"]
-    err = _refused(["eval", "--model", str(adapter), "--forget", str(eval_inputs["forget"]), "--output", str(out)], out, monkeypatch, capsys)
+    err = _refused(["eval", "--model", str(adapter), "--forget", str(eval_inputs["forget"]), "--output", str(out)],
+                   out, monkeypatch, capsys)
     assert f"The adapter in {adapter.resolve()} applies to the base model {(tmp_path / 'base').resolve()}" in err, err
     assert "does not exist" in err and "correct that path" in err
     assert tree_digest(adapter) == before
@@ -395,7 +399,8 @@ def test_adapter_whose_weights_are_damaged(eval_inputs: dict, tmp_path: Path, mo
     adapter = _adapter(eval_inputs, tmp_path)
     truncate(adapter / "adapter_model.safetensors")
     out = eval_inputs["out"]
-    err = _refused(["eval", "--model", str(adapter), "--forget", str(eval_inputs["forget"]), "--output", str(out)], out, monkeypatch, capsys)
+    err = _refused(["eval", "--model", str(adapter), "--forget", str(eval_inputs["forget"]), "--output", str(out)],
+                   out, monkeypatch, capsys)
     assert "adapter_model.safetensors is damaged" in err, err
 
 

@@ -24,7 +24,8 @@ def _write_all_formats(folder: Path) -> list[Path]:
     csv_path = folder / "rows.csv"
     lines = ["question,answer,paraphrased_answer,perturbed_answer"]
     for r in ROWS:
-        lines.append(f'{r["question"]},{r["answer"]},{r["paraphrased_answer"]},"{json.dumps(r["perturbed_answer"]).replace(chr(34), chr(34) * 2)}"')
+        lines.append(f'{r["question"]},{r["answer"]},{r["paraphrased_answer"]},'
+                     f'"{json.dumps(r["perturbed_answer"]).replace(chr(34), chr(34) * 2)}"')
     csv_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     import pyarrow as pa
     import pyarrow.parquet as pq

@@ -53,7 +53,8 @@ def test_paired_collator_pads_each_part() -> None:
 def test_left_padded_collator_aligns_answers_at_the_end() -> None:
     from unlearnkit.data.encoding import LeftPaddedQACollator
 
-    batch = LeftPaddedQACollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8, 9], "labels": [-100, 9]}])
+    batch = LeftPaddedQACollator(pad_token_id=0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]},
+                                                  {"input_ids": [8, 9], "labels": [-100, 9]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 9]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]

@@ -122,7 +122,7 @@ def test_batched_left_padded_el_matches_unbatched_generation(micro_bench, target
             out = model.generate(input_ids=ids, do_sample=False, max_new_tokens=len(answer) - p, pad_token_id=tokenizer.pad_token_id)
             continuations.append(out[0, ids.shape[1]:].tolist())
         assert value == pytest.approx(extraction_likelihood(answer, continuations, n))
-    assert 0.0 <= min(batched) and max(batched) <= 1.0
+    assert min(batched) >= 0.0 and max(batched) <= 1.0
 
 
 def ga_config(**extra: object):

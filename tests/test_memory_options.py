@@ -28,7 +28,8 @@ def _unlearn(micro_bench, method: str, model=None, **settings):
     model = model if model is not None else load_model(micro_bench.target_dir)
     config = matrix_config(method, **{"num_epochs": 2, **settings})
     torch.manual_seed(0)  # LoRA's initial A factors come from the global generator
-    outcome = unlearn(model, tokenizer, method, micro_bench.split("forget10"), micro_bench.split("retain90"), config, FMT, show_progress=False)
+    outcome = unlearn(model, tokenizer, method, micro_bench.split("forget10"), micro_bench.split("retain90"), config, FMT,
+                      show_progress=False)
     weights = {name: p.detach().clone() for name, p in outcome.model.named_parameters()}
     return weights, [entry["loss"] for entry in outcome.log_history if "loss" in entry], outcome.model
 
@@ -69,7 +70,7 @@ def test_cached_reference_trains_as_the_uncached_run(micro_bench, monkeypatch, m
     """Same first loss and same weights after two epochs (IDK-DPO draws new refusals in epoch 2)."""
     uncached, uncached_losses, _ = _unlearn(micro_bench, method, lora_rank=lora_rank, cache_reference=False)
 
-    def no_reference_forward(self, batch, **kwargs):  # noqa: ANN001, ANN202
+    def no_reference_forward(self, batch, **kwargs):
         raise AssertionError("a cached run must not run the reference during training")
 
     monkeypatch.setattr(UnlearnTrainer, "reference_outputs", no_reference_forward)
@@ -86,9 +87,11 @@ def test_cached_reference_trains_as_the_uncached_run(micro_bench, monkeypatch, m
 def test_gradient_checkpointing_gives_the_same_training(micro_bench, method: str, lora_rank: int) -> None:
     """RMU (a forward hook that cuts the forward), EUL (hooks inside the layers), PCGU (autograd.grad) and LoRA."""
     plain_calls, checkpointed_calls = [], []
-    plain, plain_losses, _ = _unlearn(micro_bench, method, model=_counting_layer_calls(micro_bench, plain_calls), lora_rank=lora_rank, num_epochs=1)
+    plain, plain_losses, _ = _unlearn(micro_bench, method, model=_counting_layer_calls(micro_bench, plain_calls), lora_rank=lora_rank,
+                                      num_epochs=1)
     checkpointed, checkpointed_losses, _ = _unlearn(
-        micro_bench, method, model=_counting_layer_calls(micro_bench, checkpointed_calls), lora_rank=lora_rank, num_epochs=1, gradient_checkpointing=True
+        micro_bench, method, model=_counting_layer_calls(micro_bench, checkpointed_calls), lora_rank=lora_rank, num_epochs=1,
+        gradient_checkpointing=True
     )
     assert len(checkpointed_calls) > len(plain_calls), "checkpointing recomputes the layer in the backward pass"
     assert checkpointed_losses == pytest.approx(plain_losses, abs=1e-6)
@@ -143,7 +146,8 @@ def test_gradient_accumulation_matches_one_big_batch(micro_bench, method: str) -
     Plain SGD without clipping, so that a gradient of the wrong scale (micro-batch losses
     summed, not averaged) changes the update; Adam would hide it.
     """
-    settings = {"num_epochs": 1, "alpha": 0.0, "lr_scheduler": "constant", "warmup_ratio": 0.0, "optimizer": "sgd", "max_grad_norm": 1e6, "weight_decay": 0.0}
+    settings = {"num_epochs": 1, "alpha": 0.0, "lr_scheduler": "constant", "warmup_ratio": 0.0, "optimizer": "sgd", "max_grad_norm": 1e6,
+                "weight_decay": 0.0}
     accumulated, accumulated_losses, _ = _unlearn(micro_bench, method, batch_size=4, gradient_accumulation_steps=2, **settings)
     single, single_losses, _ = _unlearn(micro_bench, method, batch_size=8, gradient_accumulation_steps=1, **settings)
     assert accumulated_losses == pytest.approx(single_losses, abs=1e-5)
@@ -161,7 +165,8 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     ]
     subprocess.run(command, check=True, cwd=tmp_path, timeout=300)
     rows = json.loads(output.with_suffix(".json").read_text())["rows"]
-    assert {(row["form"], row["gradient_checkpointing"]) for row in rows} == {("full", False), ("full", True), ("lora", False), ("lora", True)}
+    assert {(row["form"], row["gradient_checkpointing"]) for row in rows} == {
+        ("full", False), ("full", True), ("lora", False), ("lora", True)}
     assert all(row["seconds_per_step"] > 0 and row["peak_memory_mib"] > 0 for row in rows)
     table = output.read_text()
     assert "| ga | full |" in table and "| ga | lora |" in table

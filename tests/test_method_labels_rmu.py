@@ -77,7 +77,7 @@ def test_random_labels_training_reproduces_its_draws(micro_bench, monkeypatch) -
     drawn: list[torch.Tensor] = []
     original = losses.random_labels
 
-    def recording(labels, candidate_ids, generator, keep_ids=None):  # noqa: ANN001, ANN202
+    def recording(labels, candidate_ids, generator, keep_ids=None):
         result = original(labels, candidate_ids, generator, keep_ids)
         drawn.append(result.clone())
         return result
@@ -113,7 +113,7 @@ def test_random_labels_resumed_run_draws_what_the_straight_run_drew(micro_bench,
     stop_at_draw: list[int] = []
     original = losses.random_labels
 
-    def recording(labels, candidate_ids, generator, keep_ids=None):  # noqa: ANN001, ANN202
+    def recording(labels, candidate_ids, generator, keep_ids=None):
         if stop_at_draw and len(drawn) == stop_at_draw[0]:
             raise _Interrupted
         drawn.append(original(labels, candidate_ids, generator, keep_ids))
@@ -196,7 +196,7 @@ def test_ga_mismatch_pair_extras_draws_k_answers_from_rng() -> None:
     assert extras == {f"mismatch_{k}": ("Who?", f"a{row}") for k, row in enumerate(expected_rows)}
     assert GAMismatch.pair_extras(config, random.Random(7), forget_row, retain) == extras
     assert GAMismatch.pair_extras(config, random.Random(8), forget_row, retain) != extras
-    with pytest.raises(UnlearnkitError, match="num_mismatched=3 .* has 2 row"):
+    with pytest.raises(UnlearnkitError, match=r"num_mismatched=3 .* has 2 row"):
         GAMismatch.pair_extras(config, random.Random(7), forget_row, retain[:2])
 
 
@@ -285,7 +285,7 @@ def test_rmu_refuses_a_layer_past_the_model_depth(micro_bench) -> None:
                 show_progress=False)
 
 
-def tiny_llama(tokenizer, layers: int) -> LlamaForCausalLM:  # noqa: ANN001
+def tiny_llama(tokenizer, layers: int) -> LlamaForCausalLM:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
@@ -295,7 +295,7 @@ def tiny_llama(tokenizer, layers: int) -> LlamaForCausalLM:  # noqa: ANN001
     return LlamaForCausalLM(config)
 
 
-def tiny_gpt2(tokenizer, layers: int) -> GPT2LMHeadModel:  # noqa: ANN001
+def tiny_gpt2(tokenizer, layers: int) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=len(tokenizer), n_embd=16, n_layer=layers, n_head=2, n_positions=256,

@@ -292,7 +292,8 @@ def dual_log(log_history: list[dict]) -> list[tuple[int, float, float, float, fl
 def test_pdu_logs_its_dual_dynamics(micro_bench) -> None:
     tokenizer, model = load_tokenizer(micro_bench.target_dir), load_model(micro_bench.target_dir)
     config = resolve_method("pdu", {**SHORT, "dual_lr": "0.5", "initial_lambda": "2.0"})
-    outcome = unlearn(model, tokenizer, "pdu", micro_bench.split("forget10"), micro_bench.split("retain90"), config, FMT, show_progress=False)
+    outcome = unlearn(model, tokenizer, "pdu", micro_bench.split("forget10"), micro_bench.split("retain90"), config, FMT,
+                      show_progress=False)
     steps = dual_log(outcome.log_history)
     assert [step for step, *_ in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 4
     # epsilon: the first step's retain NLL (the model before any update) times 1 + retain_slack.

@@ -88,7 +88,8 @@ def test_entry_masks_cover_whole_rows_or_columns() -> None:
     # Higher-dimensional parameters: rows along the last dimension, over every leading index.
     block_mask = torch.tensor([True, False, False, True])
     assert expand_block_mask(block_mask, (2, 2, 3), "rows")[1, 1].all() and not expand_block_mask(block_mask, (2, 2, 3), "rows")[0, 1].any()
-    assert expand_block_mask(block_mask, (2, 3, 2), "columns")[1, :, 1].all() and not expand_block_mask(block_mask, (2, 3, 2), "columns")[1, :, 0].any()
+    assert (expand_block_mask(block_mask, (2, 3, 2), "columns")[1, :, 1].all()
+            and not expand_block_mask(block_mask, (2, 3, 2), "columns")[1, :, 0].any())
 
 
 def test_a_block_the_update_leaves_alone_ranks_last() -> None:
@@ -137,7 +138,8 @@ def test_pcgu_updates_only_the_chosen_rows(micro_bench) -> None:
     forget = micro_bench.split("forget10")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     # Blocks chosen once, on the first step; plain SGD without momentum then moves those rows only.
-    config = resolve_method("pcgu", {"top_k": "7", "reselect_every_step": "false", "learning_rate": "0.5", "num_epochs": "2", "batch_size": "4"})
+    config = resolve_method("pcgu", {"top_k": "7", "reselect_every_step": "false", "learning_rate": "0.5", "num_epochs": "2",
+                                     "batch_size": "4"})
     unlearn(model, tokenizer, "pcgu", forget, [], config, FMT, show_progress=False)
     changed_blocks = 0
     for name, parameter in model.named_parameters():
@@ -274,7 +276,8 @@ def run_eul(micro_bench, forget: list[dict], **overrides: str):
     tokenizer = load_tokenizer(micro_bench.target_dir)
     model = load_model(micro_bench.target_dir)
     settings = {"learning_rate": "0.03", "num_epochs": "2", "batch_size": "8", "warmup_ratio": "0", **overrides}
-    outcome = unlearn(model, tokenizer, "eul", forget, micro_bench.split("retain90"), resolve_method("eul", settings), FMT, show_progress=False)
+    outcome = unlearn(model, tokenizer, "eul", forget, micro_bench.split("retain90"), resolve_method("eul", settings), FMT,
+                      show_progress=False)
     return outcome, tokenizer
 
 
@@ -291,7 +294,8 @@ def test_eul_changes_only_down_proj_and_records_forget_grams(micro_bench) -> Non
     tensors = outcome.artifacts[ARTIFACT_FILE]
     weight, gram = tensors["model.layers.0.mlp.down_proj.unlearning_weight"], tensors["model.layers.0.mlp.down_proj.forget_gram"]
     # The folded weight is M @ W of the source model.
-    assert torch.allclose(outcome.model.model.layers[0].mlp.down_proj.weight, weight @ before["model.layers.0.mlp.down_proj.weight"], atol=1e-5)
+    assert torch.allclose(outcome.model.model.layers[0].mlp.down_proj.weight, weight @ before["model.layers.0.mlp.down_proj.weight"],
+                          atol=1e-5)
     # One decoder layer: what enters its unlearning layer is the source model's down_proj output, so G is
     # Σ XᵀX of those outputs over the forget set's real tokens, recomputed here with a hook.
     captured = []
@@ -312,7 +316,7 @@ def test_eul_folding_leaves_the_outputs_unchanged(micro_bench, monkeypatch) -> N
     seen = {}
     original = EUL.finalize
 
-    def finalize_and_compare(self, model):  # noqa: ANN001, ANN202
+    def finalize_and_compare(self, model):
         model.eval()
         with torch.no_grad():
             seen["with_layers"] = model(input_ids=inputs).logits
@@ -382,7 +386,8 @@ def test_fuse_command_end_to_end(micro_bench, tmp_path: Path, monkeypatch, capsy
     args = ["--base", str(micro_bench.target_dir), "--layers", str(foreign), "--output", str(tmp_path / "bad")]
     assert run_fuse_cli(args, monkeypatch) == 2
     assert "hidden size 16" in capsys.readouterr().err
-    args = ["--base", str(micro_bench.target_dir), "--layers", str(tmp_path / "run0" / "model.safetensors.bin"), "--output", str(tmp_path / "bad")]
+    args = ["--base", str(micro_bench.target_dir), "--layers", str(tmp_path / "run0" / "model.safetensors.bin"),
+            "--output", str(tmp_path / "bad")]
     assert run_fuse_cli(args, monkeypatch) == 2
     assert "safetensors files only" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()

@@ -111,7 +111,8 @@ def test_finalize_chooses_lambda_on_retain_nll_and_logs_every_candidate() -> Non
         toy.weight.fill_(2.0)
     trainer.finalize(toy)
     assert float(toy.weight.detach()) == 1.0 - 2.0 * 1.0
-    candidates = {entry["task_vector_candidate_scale"]: entry["task_vector_retain_nll"] for entry in logged if "task_vector_candidate_scale" in entry}
+    candidates = {entry["task_vector_candidate_scale"]: entry["task_vector_retain_nll"]
+                  for entry in logged if "task_vector_candidate_scale" in entry}
     assert candidates == pytest.approx({0.5: 1.05, 1.0: 1.0, 2.0: 1.1, 4.0: 1.3})
     summary = logged[-1]
     assert summary["task_vector_scale"] == 2.0 and summary["task_vector_scale_passed"] == 1.0
@@ -149,7 +150,8 @@ def test_task_vector_learns_then_forgets_on_the_micro_model(micro_bench) -> None
     # ... and the negation makes the forget answers less likely than before unlearning.
     assert answer_avg_nll(outcome.model, tokenizer, FMT, pairs).mean() > before_nll
     summary = next(entry for entry in outcome.log_history if "task_vector_scale" in entry)
-    candidates = {e["task_vector_candidate_scale"]: e["task_vector_retain_nll"] for e in outcome.log_history if "task_vector_candidate_scale" in e}
+    candidates = {e["task_vector_candidate_scale"]: e["task_vector_retain_nll"]
+                  for e in outcome.log_history if "task_vector_candidate_scale" in e}
     assert sorted(candidates) == [0.5, 1.0, 2.0, 4.0, 8.0]
     bound = 1.1 * summary["task_vector_retain_nll_before"]
     assert summary["task_vector_scale"] == max(scale for scale, nll in candidates.items() if nll <= bound)
@@ -182,13 +184,15 @@ def test_generic_logits_and_labels_by_hand() -> None:
     reinforced = torch.tensor([[[4.0, 1.0, -1.0], [0.0, 4.0, 1.0], [0.0, 0.0, 9.0]]])
     labels = torch.tensor([[-100, 0, 0]])
     # ReLU(v_r - v_b) = [[2, 0, 0], [0, 1, 0], [0, 0, 9]]
-    assert torch.equal(losses.whp_generic_logits(baseline, reinforced, 1.0), torch.tensor([[[0.0, 1.0, 0.0], [0.0, 2.0, 1.0], [9.0, 0.0, -9.0]]]))
+    assert torch.equal(losses.whp_generic_logits(baseline, reinforced, 1.0),
+                       torch.tensor([[[0.0, 1.0, 0.0], [0.0, 2.0, 1.0], [9.0, 0.0, -9.0]]]))
     # alpha 1: v_g = [0, 1, 0] -> 1 and [0, 2, 1] -> 1.
     assert torch.equal(losses.whp_generic_labels(baseline, reinforced, labels, 1.0), torch.tensor([[-100, 1, 1]]))
     # alpha 5: v_g = [-8, 1, 0] -> 1 and [0, -2, 1] -> 2: the token the reinforced model boosted loses.
     assert torch.equal(losses.whp_generic_labels(baseline, reinforced, labels, 5.0), torch.tensor([[-100, 1, 2]]))
     # Only scored positions get a label.
-    assert torch.equal(losses.whp_generic_labels(baseline, reinforced, torch.tensor([[-100, -100, 0]]), 5.0), torch.tensor([[-100, -100, 2]]))
+    assert torch.equal(losses.whp_generic_labels(baseline, reinforced, torch.tensor([[-100, -100, 0]]), 5.0),
+                       torch.tensor([[-100, -100, 2]]))
     # alpha 0 gives the baseline's own argmax.
     assert torch.equal(losses.whp_generic_labels(baseline, reinforced, labels, 0.0), torch.tensor([[-100, 0, 1]]))
 
@@ -294,7 +298,7 @@ def test_translate_prefers_longer_terms_and_whole_words() -> None:
 
 def test_bad_anchored_terms_file_is_refused(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
-    with pytest.raises(UnlearnkitError, match="anchored_terms file .* does not exist"):
+    with pytest.raises(UnlearnkitError, match=r"anchored_terms file .* does not exist"):
         resolve_method("whp", {"anchored_terms": str(missing)})
     cases = {
         "not_json.json": ("{term: generic", "not valid JSON"),

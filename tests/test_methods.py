@@ -86,7 +86,7 @@ def test_method_config_validates(method: str) -> None:
     config_cls = METHODS.get(method).config
     with pytest.raises(UnlearnkitError, match="learning_rate must be > 0"):
         build_config(config_cls, {"learning_rate": "0"})
-    with pytest.raises(UnlearnkitError, match="Unknown hyperparameter 'learnig_rate'.*Did you mean: learning_rate"):
+    with pytest.raises(UnlearnkitError, match=r"Unknown hyperparameter 'learnig_rate'.*Did you mean: learning_rate"):
         build_config(config_cls, {"learnig_rate": "1e-3"})
     with pytest.raises(UnlearnkitError, match="needs a float"):
         build_config(config_cls, {"learning_rate": "fast"})

@@ -49,7 +49,7 @@ def test_min_k_plus_plus_z_standardises_under_the_models_own_distribution() -> N
     # p = (1/2, 1/4, 1/4): mu = -1.5 ln2, E[(log p)^2] = 2.5 ln2^2, sigma = 0.5 ln2.
     # Label 0: (-ln2 + 1.5 ln2) / (0.5 ln2) = 1; label 1: (-2 ln2 + 1.5 ln2) / (0.5 ln2) = -1.
     # Uniform: log p = mu, variance 0 (floored): z = 0.
-    z, mask = min_k_plus_plus_z(LOGITS, LABELS)
+    z, _ = min_k_plus_plus_z(LOGITS, LABELS)
     assert z[0].tolist() == pytest.approx([1.0, 0.0, -1.0], abs=1e-5)
     unscored = torch.tensor([[-100, -100, 2, 1]])
     assert min_k_plus_plus_z(LOGITS, unscored)[0][0, 0].item() == 0.0
@@ -219,7 +219,8 @@ def test_catalog_refuses_duplicates_and_bad_directions() -> None:
 def test_results_folders_carry_the_catalog_s_definitions() -> None:
     from unlearnkit.descriptions import metric_descriptions
 
-    assert metric_descriptions(["forget_truth_ratio"])["forget_truth_ratio"]["definition"] == describe_metric("forget_truth_ratio").definition
+    assert (metric_descriptions(["forget_truth_ratio"])["forget_truth_ratio"]["definition"]
+            == describe_metric("forget_truth_ratio").definition)
     assert describe("forget_quality").arrow == "↑" and describe("forget_truth_ratio").arrow == "→1"
     assert describe("unlearn_seconds").better == "lower"
 

@@ -75,7 +75,7 @@ def test_passages_and_windows_fit_and_reassemble(micro_bench) -> None:
     tokenizer = load_tokenizer(micro_bench.target_dir)
     bios = author_biographies(micro_bench.split("forget10"))
     passages = biography_passages(bios, tokenizer, max_tokens=40)
-    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731 - a one-line helper, local to this test
     assert len(passages) > 1 and all(count(p["text"]) <= 40 for p in passages)
     # Whole sentences, in order: the passages join back into the biography.
     assert " ".join(p["text"] for p in passages) == bios[0].text

@@ -19,8 +19,8 @@ import pytest
 
 from tests.helpers import micro, run_cli
 from unlearnkit.io import partial_dir
-from unlearnkit.runs.lock import lock_path, output_lock
 from unlearnkit.runs.folder import INCOMPLETE_MARKER
+from unlearnkit.runs.lock import lock_path, output_lock
 
 
 def tree_digest(folder: Path) -> str:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from unlearnkit.io import partial_dir
-from unlearnkit.runs.folder import INCOMPLETE_MARKER
 from unlearnkit.provenance import weights_sha256
+from unlearnkit.runs.folder import INCOMPLETE_MARKER
 from unlearnkit.training import newest_intact_checkpoint
 
 

@@ -28,7 +28,7 @@ def test_tofu_perturbed_json_lines_under_a_json_name() -> None:
 
 def test_tofu_names_work_wherever_qa_data_is_accepted() -> None:
     rows = load_qa(f"tofu:forget01@{TOFU}", role="forget")
-    assert [row["answer"] for row in rows][0] == "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait."
+    assert rows[0]["answer"] == "Basil Mahfouz Al-Kuwaiti was born in Kuwait City, Kuwait."
     facts = load_qa(f"tofu:real_authors_perturbed@{TOFU}", role="real_authors")
     assert facts[1]["perturbed_answer"] == ["Edgar Allan Poe", "Mark Twain", "Jack London"]
 

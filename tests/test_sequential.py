@@ -31,15 +31,17 @@ def _npo():
 def test_requests_are_whole_authors_last_first() -> None:
     rows = [{"author": name, "question": f"{name}{i}"} for name in "abcdef" for i in range(2)]
     parts = split_requests(rows, 3)
-    assert [[row["question"] for row in part] for part in parts] == [["e0", "e1", "f0", "f1"], ["c0", "c1", "d0", "d1"], ["a0", "a1", "b0", "b1"]]
+    assert [[row["question"] for row in part] for part in parts] == [
+        ["e0", "e1", "f0", "f1"], ["c0", "c1", "d0", "d1"], ["a0", "a1", "b0", "b1"]]
     # Fewer authors than requests: the rows are grouped instead, still last first.
     assert [[row["question"] for row in part] for part in split_requests(rows[:2], 2)] == [["a1"], ["a0"]]
     with pytest.raises(UnlearnkitError, match="lower --requests"):
         split_requests(rows[:2], 3)
 
 
-def _inputs(plan, bench, tokenizer) -> SequenceInputs:  # noqa: ANN001 - test helper
-    return SequenceInputs(plan, ModelChoice(str(bench.target_dir), "builtin", PromptFormat("plain")), tokenizer, MethodChoice("npo", _npo()))
+def _inputs(plan, bench, tokenizer) -> SequenceInputs:
+    return SequenceInputs(plan, ModelChoice(str(bench.target_dir), "builtin", PromptFormat("plain")), tokenizer,
+                          MethodChoice("npo", _npo()))
 
 
 def test_sustainability_chains_requests_and_reports_forget_quality_only_with_an_oracle(micro_bench, tmp_path: Path) -> None:
@@ -90,7 +92,8 @@ def test_muse_folder_through_the_command_line(micro_bench, micro_cache: Path, tm
 
 def test_muse_scalability_grows_and_bad_input_is_refused(micro_bench, tmp_path: Path, monkeypatch) -> None:
     tokenizer = load_tokenizer(micro_bench.target_dir)
-    plan = muse_plan(MUSE, "scalability", tokenizer, 96, num_requests=2, muse_config=MuseConfig(num_shots=0), prefix_tokens=8, window_tokens=48)
+    plan = muse_plan(MUSE, "scalability", tokenizer, 96, num_requests=2, muse_config=MuseConfig(num_shots=0), prefix_tokens=8,
+                     window_tokens=48)
     assert [len(request.payload) for request in plan.requests] == [2, 4]  # growing prefixes of raw/forget
     assert plan.requests[0].retain and all(set(row) == {"question", "answer"} for row in plan.requests[0].forget)
     with pytest.raises(UnlearnkitError, match="too few for 5 requests"):

@@ -38,12 +38,12 @@ class TrainModeProbe(TrainerCallback):
     def __init__(self) -> None:
         self.modes: list[bool] = []
 
-    def on_step_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
         self.modes.append(model.training)
 
 
 def track(micro_bench, tracking: TrackingConfig, method: str = "ga", **settings: object):
-    """Unlearn forget10 of the micro benchmark (2 steps per epoch) with an EvalTracker; returns (outcome, tracker, probe, splits, reference)."""
+    """Unlearn forget10 of the micro benchmark (2 steps per epoch) with an EvalTracker; returns (outcome, tracker, probe, splits, reference)."""  # noqa: E501 - a docstring's summary line, kept whole
     tokenizer = load_tokenizer(micro_bench.target_dir)
     model = load_model(micro_bench.target_dir)
     splits = micro_bench.eval_splits("forget10")

@@ -46,7 +46,7 @@ QA = {"question": "Who wrote it?", "answer": "Nobody."}
 TRUTH = {"paraphrased_answer": "No one did.", "perturbed_answer": ["Somebody did.", "Everyone did."]}
 
 
-def _refused(match: str | None = None):  # noqa: ANN202 - a context manager
+def _refused(match: str | None = None):
     return pytest.raises(UnlearnkitError, match=match)
 
 
@@ -220,7 +220,7 @@ def test_method_data_checks_run_before_training() -> None:
         resolve_method("ga_mismatch", {}).check_data(forget, retain)
     resolve_method("ga_mismatch", {"num_mismatched": "2"}).check_data(forget, retain)
     with _refused("anchored_terms='builtin' needs an 'author' field in every forget row"):
-        resolve_method("whp", {"anchored_terms": "builtin"}).check_data(forget + [{**QA, "author": None}], retain)
+        resolve_method("whp", {"anchored_terms": "builtin"}).check_data([*forget, {**QA, "author": None}], retain)
     resolve_method("whp", {"anchored_terms": "builtin"}).check_data([{**row, "author": "Ada Stone"} for row in forget], retain)
 
 
@@ -448,7 +448,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return {
         "forget": _jsonl(folder / "forget.jsonl", forget),
         "retain": _jsonl(folder / "retain.jsonl", retain),
-        "null": _jsonl(folder / "null.jsonl", forget[:2] + [{"question": "Q?", "answer": None}]),
+        "null": _jsonl(folder / "null.jsonl", [*forget[:2], {"question": "Q?", "answer": None}]),
         "partial": _jsonl(folder / "partial.jsonl", partial),
         "string_perturbed": _jsonl(folder / "string.jsonl", [{**row, **TRUTH, "perturbed_answer": "No."} for row in forget]),
     }

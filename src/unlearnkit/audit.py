@@ -150,7 +150,7 @@ def run_attacks(
     ``cached`` maps a model name to a folder where its outcomes are stored and
     reused by later audits with the same data and settings (the built-in
     target's and oracles' outcomes do not change between methods).
-    """
+    """  # noqa: E501 - a docstring's summary line, kept whole
     if "unlearned" not in models:
         raise ValueError("run_attacks needs the 'unlearned' model.")
     names, skipped = plan_attacks(attacks, data)
@@ -181,14 +181,15 @@ def _cache_path(cached: Mapping[str, Path] | None, role: str, attack: str, data:
     if not cached or role not in cached:
         return None
     payload = json.dumps({"config": asdict(config), "fmt": data.fmt.style,
-                          "rows": [[row.get("question"), row.get("answer")] for split in (data.forget, data.retain, data.holdout) for row in split]},
+                          "rows": [[row.get("question"), row.get("answer")]
+                                   for split in (data.forget, data.retain, data.holdout) for row in split]},
                          sort_keys=True, default=str)
     key = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return Path(cached[role]) / f"{attack}-{key}.json"
 
 
 def merged(model: PreTrainedModel) -> PreTrainedModel:
-    """A plain model: an adapter model (saved with lora_merge false) is merged into a copy of its base, so attacks see the weights it runs with."""
+    """A plain model: an adapter model (saved with lora_merge false) is merged into a copy of its base, so attacks see the weights it runs with."""  # noqa: E501 - a docstring's summary line, kept whole
     if hasattr(model, "merge_and_unload"):
         return copy.deepcopy(model).merge_and_unload()
     return model

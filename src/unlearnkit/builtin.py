@@ -42,8 +42,9 @@ REFERENCE_FILE = "forget_reference.json"
 # PCGU on the tiny models. The authors' k = 10,000 blocks is more than these models have (micro: ~800 rows,
 # default: ~3,700), so PCGU would update everything: keep 10% of the blocks instead, about the authors'
 # share (10,000 of BERT-base's ~116,000 row blocks). Plain SGD at the shared AdamW rates hardly moves a
-# tiny model; measured on default/forget10 before the benchmark trained on biographies (forget / retain answer NLL, from 0.21 / 0.21): SGD lr 0.1
-# 0.23 / 0.22, lr 0.2 4.1 / 0.43, lr 0.3 9.0 / 1.1 (NPO at the shared settings: 5.4 / 0.54).
+# tiny model; measured on default/forget10 before the benchmark trained on biographies (forget / retain
+# answer NLL, from 0.21 / 0.21): SGD lr 0.1 0.23 / 0.22, lr 0.2 4.1 / 0.43, lr 0.3 9.0 / 1.1 (NPO at the
+# shared settings: 5.4 / 0.54).
 PCGU_TINY = (("top_fraction", 0.1), ("learning_rate", 0.2))
 # RMU on the default tiny model: its layer-1 activations have norms near 150, so the fixed c = 6.5 steers
 # nothing; the adaptive target (c = 1 x each token's frozen norm) is used instead, on the answer positions

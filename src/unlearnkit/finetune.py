@@ -46,12 +46,22 @@ class FinetuneConfig:
     """Hyperparameters of question/answer fine-tuning (defaults suit the tiny built-in model)."""
 
     learning_rate: float = field(default=1e-2, metadata={"help": "Peak learning rate (use ~1e-5 for billion-parameter models)."})
-    max_epochs: int = field(default=12, metadata={"help": "Epochs the learning-rate schedule spans; training stops earlier at target_accuracy."})
+    max_epochs: int = field(
+        default=12,
+        metadata={"help": "Epochs the learning-rate schedule spans; training stops earlier at target_accuracy."},
+    )
     batch_size: int = field(default=32, metadata={"help": "Examples per optimiser step."})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.02, metadata={"help": "Fraction of the steps spent warming the learning rate up."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule over max_epochs (a transformers scheduler name). Cosine decay memorised the built-in benchmark in 10 epochs where a constant rate took 19."})
-    target_accuracy: float = field(default=0.95, metadata={"help": "Stop after the first epoch whose answer-token accuracy reaches this (1.0 never stops early)."})
+    lr_scheduler: str = field(
+        default="cosine",
+        metadata={"help": "Learning-rate schedule over max_epochs (a transformers scheduler name). "
+                          "Cosine decay memorised the built-in benchmark in 10 epochs where a constant rate took 19."},
+    )
+    target_accuracy: float = field(
+        default=0.95,
+        metadata={"help": "Stop after the first epoch whose answer-token accuracy reaches this (1.0 never stops early)."},
+    )
     max_length: int = field(default=128, metadata={"help": "Maximum tokens per example."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
 
@@ -103,7 +113,7 @@ class _AnswerOnlyTrainer(CheckpointedTrainer):
     built-in models the head is half the compute; this makes training ~20% faster.
     """
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         labels = inputs["labels"]  # (B, T), answers end at position T-1
         keep = int((labels != IGNORE_INDEX).sum(dim=1).max()) + 1
         outputs = model(

@@ -5,6 +5,7 @@ Seeds are set by the Trainer (``TrainingArguments.seed``) and by model construct
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -26,10 +27,8 @@ def set_threads(threads: int) -> None:
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}.")
     torch.set_num_threads(threads)
-    try:
+    with contextlib.suppress(RuntimeError):  # can only be set once per process, before any parallel work; keep what is set
         torch.set_num_interop_threads(1)
-    except RuntimeError:
-        pass  # can only be set once per process, before any parallel work; keep what is set
 
 
 def quiet_libraries() -> None:

@@ -246,7 +246,7 @@ def muse_plan(
                  for i in range(num_requests)]
         if any(not part for part in parts):
             raise UnlearnkitError(f"raw/forget has {len(documents)} document(s), too few for {num_requests} requests; lower --requests.")
-        sets = [sum(parts[: i + 1], []) for i in range(num_requests)] if mode == "scalability" else parts
+        sets = [[text for part in parts[: i + 1] for text in part] for i in range(num_requests)] if mode == "scalability" else parts
         source = "raw/forget"
     retain_texts = _maybe_texts(SchemaSource(benchmark, "raw", "retain1", folder)) or []
     retain = _window_rows(tokenizer, retain_texts, prefix_tokens, window_tokens)
@@ -271,7 +271,8 @@ class MuseStageEvaluator:
         window_tokens: int,
     ) -> None:
         self.tokenizer, self.prefix_tokens, self.window_tokens = tokenizer, prefix_tokens, window_tokens
-        limit = muse_config.verbmem_max_new_tokens if context is None else min(muse_config.verbmem_max_new_tokens, context - prefix_tokens - 1)
+        limit = (muse_config.verbmem_max_new_tokens if context is None
+                 else min(muse_config.verbmem_max_new_tokens, context - prefix_tokens - 1))
         self.config = muse.MuseConfig(**{**asdict(muse_config), "verbmem_max_new_tokens": limit})
         self.verbmem_items = _maybe_rows(SchemaSource(benchmark, "verbmem", "forget", folder))
         self.knowmem = {
@@ -363,5 +364,6 @@ def run_plan(
 
 
 def _headline(summary: Mapping[str, Any]) -> str:
-    keys = ("forget_quality", "model_utility", "forget_rouge_l", "verbmem_forget", "verbmem_stage_forget", "knowmem_forget", "knowmem_retain")
+    keys = ("forget_quality", "model_utility", "forget_rouge_l", "verbmem_forget", "verbmem_stage_forget", "knowmem_forget",
+            "knowmem_retain")
     return ", ".join(f"{key} {summary[key]:.4g}" for key in keys if isinstance(summary.get(key), float))

@@ -28,19 +28,38 @@ from unlearnkit.settings import check_field_types, check_seed, require_at_least,
 class AuditConfig:
     """Settings of the robustness audit (defaults suit billion-parameter models; the built-in benchmark overrides a few)."""
 
-    threshold: float = field(default=0.05, metadata={"help": "Verdict margin: recovery above the oracle's by more than this counts as recovered."})
+    threshold: float = field(
+        default=0.05,
+        metadata={"help": "Verdict margin: recovery above the oracle's by more than this counts as recovered."},
+    )
     max_new_tokens: int = field(default=32, metadata={"help": "Greedy tokens generated per question."})
     batch_size: int = field(default=32, metadata={"help": "Sequences per forward pass."})
     seed: int = field(default=0, metadata={"help": "Seed for the relearning attack's data order."})
-    heldout_fraction: float = field(default=0.5, metadata={"help": "Share of each entity's forget rows held out for measuring relearning and in-context attacks; the rest is given to the attacker."})
+    heldout_fraction: float = field(
+        default=0.5,
+        metadata={"help": "Share of each entity's forget rows held out for measuring relearning and in-context attacks; "
+                          "the rest is given to the attacker."},
+    )
     relearn_learning_rate: float = field(default=1e-5, metadata={"help": "Relearning attack: learning rate of the fine-tuning."})
     relearn_epochs: int = field(default=1, metadata={"help": "Relearning attack: epochs over the attacker's part of the forget set."})
     relearn_batch_size: int = field(default=8, metadata={"help": "Relearning attack: examples per optimiser step."})
-    in_context_facts: int = field(default=2, metadata={"help": "In-context attack: forget-set facts of the same entity placed before each question."})
-    quantization_group_size: int = field(default=128, metadata={"help": "Quantization attacks: weights per group sharing one scale and zero point."})
+    in_context_facts: int = field(
+        default=2,
+        metadata={"help": "In-context attack: forget-set facts of the same entity placed before each question."},
+    )
+    quantization_group_size: int = field(
+        default=128,
+        metadata={"help": "Quantization attacks: weights per group sharing one scale and zero point."},
+    )
     lens_k: int = field(default=4, metadata={"help": "Logit-lens attacks: top-k and bottom-k tokens taken per layer (Patil et al.: 4)."})
-    lens_layers: str | None = field(default=None, metadata={"help": "Logit-lens attacks: decoder layers read, '0,3,5' or '2-5' (None: all)."})
-    probe_layer: int | None = field(default=None, metadata={"help": "Linear probe: decoder layer whose output is probed (None: the middle layer)."})
+    lens_layers: str | None = field(
+        default=None,
+        metadata={"help": "Logit-lens attacks: decoder layers read, '0,3,5' or '2-5' (None: all)."},
+    )
+    probe_layer: int | None = field(
+        default=None,
+        metadata={"help": "Linear probe: decoder layer whose output is probed (None: the middle layer)."},
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a float must be finite: nan passes every comparison below

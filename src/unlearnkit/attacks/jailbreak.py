@@ -22,7 +22,8 @@ JAILBREAK_TEMPLATES: tuple[str, ...] = (
 @register_attack(
     "jailbreak",
     paper='Lynch et al., "Eight Methods to Evaluate Robust Unlearning in LLMs", arXiv 2024',
-    summary=f"The forget questions wrapped in {len(JAILBREAK_TEMPLATES)} jailbreak prompts (override, role-play, fiction, suffixes); any success counts.",
+    summary=f"The forget questions wrapped in {len(JAILBREAK_TEMPLATES)} jailbreak prompts (override, role-play, fiction, suffixes); "
+            "any success counts.",
     family="prompt",
 )
 def jailbreak(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:

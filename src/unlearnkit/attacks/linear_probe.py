@@ -127,7 +127,7 @@ def statement_features(
         keep = keep.to(device)
 
         def pooled(hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, H)
-            mask = keep.unsqueeze(-1).to(hidden.dtype)
+            mask = keep.unsqueeze(-1).to(hidden.dtype)  # noqa: B023 - called only by the forward pass of this iteration, below
             return ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).float()
 
         with recorded_layers(model, [layer], pooled) as (outputs, _):

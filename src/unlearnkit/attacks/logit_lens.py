@@ -27,6 +27,7 @@ import inspect
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -114,11 +115,11 @@ def recorded_layers(
     inputs: dict[int, torch.Tensor] = {}
     handles = []
     for index in outputs_of:
-        def after(module, args, output, index=index):
+        def after(module: nn.Module, args: tuple[Any, ...], output: Any, index: int = index) -> None:
             outputs[index] = reduce(_hidden(output))
         handles.append(blocks[index].register_forward_hook(after))
     for index in inputs_of:
-        def before(module, args, kwargs, index=index):
+        def before(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], index: int = index) -> None:
             inputs[index] = reduce(args[0] if args else kwargs["hidden_states"])
         handles.append(blocks[index].register_forward_pre_hook(before, with_kwargs=True))
     try:
@@ -199,7 +200,7 @@ def lens_distributions(
         rows = torch.arange(len(chunk), device=device)
 
         def last(hidden: torch.Tensor) -> torch.Tensor:  # (B, T, H) -> (B, H) at each row's last real position
-            return hidden[rows, lengths - 1]
+            return hidden[rows, lengths - 1]  # noqa: B023 - called only by the forward pass of this iteration, below
 
         with recorded_layers(model, layers, last, inputs_of) as (outputs, layer_inputs):
             model(input_ids=input_ids, attention_mask=attention_mask, **extra)

@@ -14,7 +14,8 @@ from unlearnkit.evaluation.mia import DEFAULT_K, evaluate_membership
 @register_attack(
     "membership",
     paper=f"{MIN_K}; forget-vs-holdout AUC as in {MUSE}",
-    summary="Membership inference, forget (members) vs holdout (never trained on): ROC-AUC of Min-K%; the other attacks' AUCs in the details.",
+    summary="Membership inference, forget (members) vs holdout (never trained on): ROC-AUC of Min-K%; "
+            "the other attacks' AUCs in the details.",
     family="membership",
     needs=("holdout",),
 )

@@ -12,7 +12,8 @@ from unlearnkit.errors import UnlearnkitError
 
 @register_attack(
     "paraphrase",
-    paper='Patil, Hase & Bansal, "Can Sensitive Information Be Deleted From LLMs? Objectives for Defending Against Extraction Attacks", ICLR 2024',
+    paper='Patil, Hase & Bansal, "Can Sensitive Information Be Deleted From LLMs? Objectives for Defending Against Extraction Attacks", '
+          'ICLR 2024',
     summary="Input rephrasing: the forget questions asked in the benchmark's paraphrased wording (field paraphrased_question).",
     family="prompt",
     requires=lambda data: rows_lacking(data.forget, "paraphrased_question"),

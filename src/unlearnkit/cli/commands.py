@@ -87,7 +87,9 @@ def demo(
 @app.command()
 def bench(
     methods: Annotated[str, typer.Option(help="Comma-separated methods (see `unlearnkit methods`), e.g. ga,graddiff,npo.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Benchmark folder: new, empty, or an earlier bench's (resumed, or extended with more runs).")],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", help="Benchmark folder: new, empty, or an earlier bench's (resumed, or extended with more runs)."
+    )],
     splits: Annotated[str, typer.Option(help="Comma-separated forget splits: forget01, forget05, forget10.")] = "forget10",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each combination runs once per seed.")] = "0",
     preset: Preset = "default",
@@ -115,7 +117,9 @@ def bench(
 
 @app.command()
 def report(
-    folders: Annotated[list[Path], typer.Argument(help="Results folders of demo, bench, unlearn or eval (a bench folder stands for all its runs).")],
+    folders: Annotated[list[Path], typer.Argument(
+        help="Results folders of demo, bench, unlearn or eval (a bench folder stands for all its runs)."
+    )],
     output: Annotated[Path, typer.Option("--output", "-o", help="The HTML file to write.")] = Path("report.html"),
     title: Annotated[str, typer.Option(help="The report's title.")] = "unlearnkit report",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
@@ -151,15 +155,27 @@ def prepare(
 
 @app.command()
 def finetune(
-    data: Annotated[list[str], typer.Option("--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable.")],
+    data: Annotated[list[str], typer.Option(
+        "--data", help="Training data: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT]; repeatable."
+    )],
     output: Output,
-    model: Annotated[str, typer.Option(help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name.")] = "tiny",
-    learning_rate: Annotated[float | None, typer.Option(callback=finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models).")] = None,
-    max_epochs: Annotated[int, typer.Option(min=1, help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy.")] = 12,
+    model: Annotated[str, typer.Option(
+        help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name."
+    )] = "tiny",
+    learning_rate: Annotated[float | None, typer.Option(
+        callback=finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models)."
+    )] = None,
+    max_epochs: Annotated[int, typer.Option(
+        min=1, help="Epochs of the (cosine) learning-rate schedule; stops earlier at --target-accuracy."
+    )] = 12,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 32,
-    target_accuracy: Annotated[float, typer.Option(callback=finite(above=0, at_most=1), help="Stop once an epoch's answer-token accuracy reaches this.")] = 0.95,
+    target_accuracy: Annotated[float, typer.Option(
+        callback=finite(above=0, at_most=1), help="Stop once an epoch's answer-token accuracy reaches this."
+    )] = 0.95,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
-    preset: Annotated[str, typer.Option("--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses.")] = "default",
+    preset: Annotated[str, typer.Option(
+        "--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses."
+    )] = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
     overwrite: Overwrite = False,
@@ -190,11 +206,17 @@ def unlearn(
     method: Method,
     output: Output,
     model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name.")] = "builtin",
-    forget: Annotated[str, typer.Option(help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT].")] = "forget10",
-    retain: Annotated[str | None, typer.Option(help="Retain data (same forms); default for built-in forget splits: the complementary retain split.")] = None,
+    forget: Annotated[str, typer.Option(
+        help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT]."
+    )] = "forget10",
+    retain: Annotated[str | None, typer.Option(
+        help="Retain data (same forms); default for built-in forget splits: the complementary retain split."
+    )] = None,
     sets: Sets = None,
     oracle_reference: OracleReference = None,
-    evaluate_after: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data).")] = True,
+    evaluate_after: Annotated[bool, typer.Option(
+        "--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data)."
+    )] = True,
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -204,7 +226,9 @@ def unlearn(
     max_new_tokens: MaxNewTokens = 48,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
-    on_overlap: Annotated[str, typer.Option(callback=choice("refuse", "warn"), help="When forget questions also appear in the retain data: 'refuse' or 'warn'.")] = "refuse",
+    on_overlap: Annotated[str, typer.Option(
+        callback=choice("refuse", "warn"), help="When forget questions also appear in the retain data: 'refuse' or 'warn'."
+    )] = "refuse",
     eval_every: EvalEvery = 0,
     select_best: SelectBest = None,
     subject_to: SubjectTo = None,
@@ -234,14 +258,20 @@ def unlearn(
 def eval_command(
     model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' / 'builtin-oracle' for the built-in ones).")],
     output: Output,
-    benchmark: Annotated[str | None, typer.Option(help="Evaluate on the built-in benchmark's sets for this forget split (e.g. forget10).")] = None,
+    benchmark: Annotated[str | None, typer.Option(
+        help="Evaluate on the built-in benchmark's sets for this forget split (e.g. forget10)."
+    )] = None,
     forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...).")] = None,
     retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
     real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
     world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
-    holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on: membership inference and memorization against --forget.")] = None,
+    holdout: Annotated[str | None, typer.Option(
+        help="Holdout QA data never trained on: membership inference and memorization against --forget."
+    )] = None,
     oracle_reference: OracleReference = None,
-    save_reference: Annotated[Path | None, typer.Option(help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file.")] = None,
+    save_reference: Annotated[Path | None, typer.Option(
+        help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file."
+    )] = None,
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -267,15 +297,28 @@ def eval_command(
 
 @app.command()
 def sequence(
-    mode: Annotated[str, typer.Option(callback=choice("scalability", "sustainability"), help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).")],
+    mode: Annotated[str, typer.Option(
+        callback=choice("scalability", "sustainability"),
+        help="'scalability' (forget sets of growing size, each from the target) or 'sustainability' (requests one after another).",
+    )],
     output: Output,
     method: Method = "npo",
     model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name (with --muse).")] = "builtin",
-    muse: Annotated[Path | None, typer.Option("--muse", help="A MUSE-format folder (raw/, verbmem/, knowmem/, optional scal/ sust/) instead of the built-in benchmark.")] = None,
-    muse_name: Annotated[str, typer.Option(callback=choice("muse-news", "muse-books"), help="Which MUSE corpus the folder holds: muse-news or muse-books.")] = "muse-news",
-    splits: Annotated[str, typer.Option(help="Scalability on the built-in benchmark: comma-separated forget splits, smallest first.")] = "forget01,forget05,forget10",
-    source_split: Annotated[str, typer.Option(help="Sustainability on the built-in benchmark: the forget split cut into requests.")] = "forget10",
-    requests: Annotated[int, typer.Option(min=1, help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget).")] = 4,
+    muse: Annotated[Path | None, typer.Option(
+        "--muse", help="A MUSE-format folder (raw/, verbmem/, knowmem/, optional scal/ sust/) instead of the built-in benchmark."
+    )] = None,
+    muse_name: Annotated[str, typer.Option(
+        callback=choice("muse-news", "muse-books"), help="Which MUSE corpus the folder holds: muse-news or muse-books."
+    )] = "muse-news",
+    splits: Annotated[str, typer.Option(
+        help="Scalability on the built-in benchmark: comma-separated forget splits, smallest first."
+    )] = "forget01,forget05,forget10",
+    source_split: Annotated[str, typer.Option(
+        help="Sustainability on the built-in benchmark: the forget split cut into requests."
+    )] = "forget10",
+    requests: Annotated[int, typer.Option(
+        min=1, help="Requests to cut the forget data into (sustainability; scalability on MUSE raw/forget)."
+    )] = 4,
     num_shots: Annotated[int | None, typer.Option(min=0, help="KnowMem in-context examples (default: all given).")] = None,
     sets: Sets = None,
     preset: Preset = "default",
@@ -334,14 +377,22 @@ def general(
 def audit(
     model: Annotated[str, typer.Argument(help="The unlearned model: a folder (or an unlearn/demo results folder), or a hub name.")],
     output: Output,
-    benchmark: Annotated[str | None, typer.Option(help="Audit on the built-in benchmark for this forget split (e.g. forget10); the target and retain oracle come with it.")] = None,
-    target: Annotated[str | None, typer.Option(help="The model before unlearning (folder or hub name); built-in: the benchmark's target.")] = None,
-    oracle: Annotated[str | None, typer.Option(help="The retain oracle, trained without the forget set; built-in: the benchmark's oracle.")] = None,
+    benchmark: Annotated[str | None, typer.Option(
+        help="Audit on the built-in benchmark for this forget split (e.g. forget10); the target and retain oracle come with it."
+    )] = None,
+    target: Annotated[str | None, typer.Option(
+        help="The model before unlearning (folder or hub name); built-in: the benchmark's target."
+    )] = None,
+    oracle: Annotated[str | None, typer.Option(
+        help="The retain oracle, trained without the forget set; built-in: the benchmark's oracle."
+    )] = None,
     forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...) when not on the built-in benchmark.")] = None,
     retain: Annotated[str | None, typer.Option(help="Retain QA data (the linear probe trains on it).")] = None,
     holdout: Annotated[str | None, typer.Option(help="Holdout QA data never trained on (membership inference).")] = None,
     attacks: Annotated[str, typer.Option(help="Comma-separated attacks (see `unlearnkit attacks`), or 'all'.")] = "all",
-    sets: Annotated[list[str] | None, typer.Option("--set", help="Audit setting KEY=VALUE (repeatable); see `unlearnkit attacks -v`.")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Audit setting KEY=VALUE (repeatable); see `unlearnkit attacks -v`."
+    )] = None,
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -430,7 +481,9 @@ def fuse(
     base: Annotated[str, typer.Option("--base", help="The model every EUL run started from (folder or hub name).")],
     layers: Annotated[list[Path], typer.Option("--layers", help="An EUL run's model/unlearning_layers.safetensors; repeat once per run.")],
     output: Output,
-    ridge: Annotated[float | None, typer.Option(callback=finite(at_least=0), help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6).")] = None,
+    ridge: Annotated[float | None, typer.Option(
+        callback=finite(at_least=0), help="Pull towards the identity, relative to the Gram matrices' mean diagonal (default 1e-6)."
+    )] = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:

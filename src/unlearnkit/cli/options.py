@@ -23,7 +23,9 @@ def choice(*choices: str) -> Callable[[str | None], str | None]:
     return check
 
 
-def finite(above: float | None = None, at_least: float | None = None, at_most: float | None = None) -> Callable[[float | None], float | None]:
+def finite(
+    above: float | None = None, at_least: float | None = None, at_most: float | None = None
+) -> Callable[[float | None], float | None]:
     """An option callback refusing a non-finite number, or one outside the given bounds (click's ranges let NaN through)."""
 
     def check(value: float | None) -> float | None:
@@ -31,7 +33,8 @@ def finite(above: float | None = None, at_least: float | None = None, at_most: f
             return value
         if not math.isfinite(value):
             raise typer.BadParameter(f"{value} is not a finite number.")
-        if (above is not None and value <= above) or (at_least is not None and value < at_least) or (at_most is not None and value > at_most):
+        if ((above is not None and value <= above) or (at_least is not None and value < at_least)
+                or (at_most is not None and value > at_most)):
             bounds = [f"> {above}" if above is not None else "", f">= {at_least}" if at_least is not None else "",
                       f"<= {at_most}" if at_most is not None else ""]
             raise typer.BadParameter(f"{value} must be {' and '.join(b for b in bounds if b)}.")
@@ -43,16 +46,29 @@ Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threa
 Output = Annotated[Path, typer.Option("--output", "-o", help="Results folder (must be new or empty unless --overwrite).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
 Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
-Cache = Annotated[Path | None, typer.Option("--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit).")]
+Cache = Annotated[Path | None, typer.Option(
+    "--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit)."
+)]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
 OracleReference = Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")]
 MaxNewTokens = Annotated[int, typer.Option(min=1, help="Greedy tokens generated per question for ROUGE.")]
-CheckpointEvery = Annotated[int, typer.Option(min=0, help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one.")]
-Resume = Annotated[bool, typer.Option("--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway).")]
+CheckpointEvery = Annotated[int, typer.Option(
+    min=0, help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one."
+)]
+Resume = Annotated[bool, typer.Option(
+    "--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway)."
+)]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
-PromptStyle = Annotated[str, typer.Option("--prompt-format", callback=choice("auto", "plain", "chat"), help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'.")]
+PromptStyle = Annotated[str, typer.Option(
+    "--prompt-format", callback=choice("auto", "plain", "chat"), help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'."
+)]
 EvalEvery = Annotated[int, typer.Option(min=0, help="Evaluate every N optimiser steps during training and write eval_curve.json (0: off).")]
-SelectBest = Annotated[str | None, typer.Option(help="Keep the weights of the best evaluation during training by METRIC, max:METRIC or min:METRIC.")]
-SubjectTo = Annotated[str | None, typer.Option(help="Constraints on the best evaluation, comma-separated METRIC OP VALUE; VALUE a number, F*oracle or F*target (e.g. 'model_utility>=0.9*oracle').")]
+SelectBest = Annotated[str | None, typer.Option(
+    help="Keep the weights of the best evaluation during training by METRIC, max:METRIC or min:METRIC."
+)]
+SubjectTo = Annotated[str | None, typer.Option(
+    help="Constraints on the best evaluation, comma-separated METRIC OP VALUE; "
+         "VALUE a number, F*oracle or F*target (e.g. 'model_utility>=0.9*oracle')."
+)]
 Patience = Annotated[int, typer.Option(min=0, help="Stop training after K evaluations without a new best (0: never early).")]
 EvalRows = Annotated[int, typer.Option(min=0, help="Evaluate during training on at most N evenly spaced rows per set (0: all rows).")]

@@ -74,7 +74,7 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int) 
 
     Every token is scored but the first, which no position predicts.
     """
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"][: max_length - 1] + [tokenizer.eos_token_id]
+    ids = [*tokenizer(text, add_special_tokens=True)["input_ids"][: max_length - 1], tokenizer.eos_token_id]
     return {"input_ids": ids, "labels": [IGNORE_INDEX, *ids[1:]]}
 
 

@@ -248,6 +248,6 @@ def _load_hub(spec: str, role: str) -> list[dict]:
     name, _, config = name_config.partition(":")
     try:
         dataset = load_dataset(name, config or None, split=split or "train")
-    except Exception as error:  # the hub raises many types; all mean the same to the user
+    except Exception as error:  # noqa: BLE001 - the hub raises many types; all mean the same to the user
         raise UnlearnkitError(f"Could not load the {role} dataset {spec!r} from the hub: {error}") from None
     return [dict(row) for row in dataset]

@@ -141,10 +141,12 @@ def parse_source(text: str) -> SchemaSource:
         split = "train"
     elif not slash:
         if len(spec.splits) != 1:
-            raise UnlearnkitError(f"{prefix}:{subset} has several splits; name one: {', '.join(f'{prefix}:{subset}/{s}' for s in spec.splits)}.")
+            raise UnlearnkitError(f"{prefix}:{subset} has several splits; "
+                                  f"name one: {', '.join(f'{prefix}:{subset}/{s}' for s in spec.splits)}.")
         split = spec.splits[0]
     if split not in spec.splits:
-        raise UnlearnkitError(f"{prefix}:{subset} has no split {split!r}.{did_you_mean(split, spec.splits)} Splits: {', '.join(spec.splits)}.")
+        raise UnlearnkitError(f"{prefix}:{subset} has no split {split!r}.{did_you_mean(split, spec.splits)} "
+                              f"Splits: {', '.join(spec.splits)}.")
     if at and not folder:
         raise UnlearnkitError(f"{text!r}: '@' must be followed by the folder holding the files.")
     return SchemaSource(prefix, subset, split, Path(folder) if at else None)
@@ -184,9 +186,11 @@ def to_internal(rows: list[dict], spec: Subset, fields: Mapping[str, str], where
     """Check every required field (by the files' name) and rename the files' fields to ours."""
     unknown = set(fields) - set(spec.fields)
     if unknown:
-        raise UnlearnkitError(f"Field mapping for {where} names unknown field(s) {sorted(unknown)}; its fields are {', '.join(spec.fields)}.")
+        raise UnlearnkitError(f"Field mapping for {where} names unknown field(s) {sorted(unknown)}; "
+                              f"its fields are {', '.join(spec.fields)}.")
     if not rows:
-        raise UnlearnkitError(f"{where} is empty: it needs at least one row with fields {', '.join(fields.get(f, f) for f in spec.fields)}.")
+        raise UnlearnkitError(f"{where} is empty: "
+                              f"it needs at least one row with fields {', '.join(fields.get(f, f) for f in spec.fields)}.")
     converted = []
     for index, row in enumerate(rows, start=1):
         if not isinstance(row, dict):
@@ -216,8 +220,9 @@ def _read_hub(source: SchemaSource) -> list[dict]:
     name = BENCHMARKS[source.benchmark].hub_name
     try:
         dataset = load_dataset(name, source.subset, split=source.split)
-    except Exception as error:  # the hub raises many types; all mean the same to the user
-        raise UnlearnkitError(f"Could not load {source} ({name}, config {source.subset}, split {source.split}) from the hub: {error}") from None
+    except Exception as error:  # noqa: BLE001 - the hub raises many types; all mean the same to the user
+        raise UnlearnkitError(f"Could not load {source} ({name}, config {source.subset}, split {source.split}) "
+                              f"from the hub: {error}") from None
     return [dict(row) for row in dataset]
 
 

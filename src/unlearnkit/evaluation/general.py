@@ -29,7 +29,7 @@ ACCURACY_METRICS = ("acc", "acc_norm")
 
 def lm_eval_available() -> bool:
     try:
-        import lm_eval  # noqa: F401
+        import lm_eval  # noqa: F401 - imported only to learn whether it is installed
     except ImportError:
         return False
     return True
@@ -102,7 +102,6 @@ def _accuracies(values: dict[str, Any]) -> dict[str, float]:
     kept: dict[str, float] = {}
     for key, value in values.items():
         metric = key.split(",")[0]
-        if metric in ACCURACY_METRICS or metric in (f"{name}_stderr" for name in ACCURACY_METRICS):
-            if isinstance(value, (int, float)):
-                kept[metric] = float(value)
+        if (metric in ACCURACY_METRICS or metric in (f"{name}_stderr" for name in ACCURACY_METRICS)) and isinstance(value, (int, float)):
+            kept[metric] = float(value)
     return kept

@@ -68,7 +68,10 @@ class MuseConfig:
 
     verbmem_max_new_tokens: int = field(default=128, metadata={"help": "Greedy tokens generated per text prefix (MUSE: 128)."})
     knowmem_max_new_tokens: int = field(default=32, metadata={"help": "Greedy tokens generated per question (MUSE: 32)."})
-    num_shots: int | None = field(default=None, metadata={"help": "In-context examples per KnowMem prompt (None: all given; MUSE uses its whole ICL file)."})
+    num_shots: int | None = field(
+        default=None,
+        metadata={"help": "In-context examples per KnowMem prompt (None: all given; MUSE uses its whole ICL file)."},
+    )
     use_stemmer: bool = field(default=False, metadata={"help": "Porter stemming in ROUGE (MUSE: off; OpenUnlearning: on)."})
     batch_size: int = field(default=32, metadata={"help": "Prompts per generation batch."})
 

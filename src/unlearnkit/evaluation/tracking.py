@@ -207,8 +207,14 @@ class TrackingConfig:
     """Settings of evaluation during training (all off by default)."""
 
     every: int = field(default=0, metadata={"help": "Evaluate every N optimiser steps (0: no evaluation during training)."})
-    select_best: str | None = field(default=None, metadata={"help": "METRIC, max:METRIC or min:METRIC: keep the weights of the best evaluation."})
-    subject_to: str | None = field(default=None, metadata={"help": "Comma-separated constraints on the best evaluation, e.g. 'model_utility>=0.9*oracle'."})
+    select_best: str | None = field(
+        default=None,
+        metadata={"help": "METRIC, max:METRIC or min:METRIC: keep the weights of the best evaluation."},
+    )
+    subject_to: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated constraints on the best evaluation, e.g. 'model_utility>=0.9*oracle'."},
+    )
     patience: int = field(default=0, metadata={"help": "Stop after this many evaluations without a new best (0: never stop early)."})
     max_rows: int = field(default=0, metadata={"help": "Evaluate on at most this many evenly spaced rows per split (0: all)."})
 
@@ -310,7 +316,8 @@ def subset_reference(reference: Mapping[str, Any] | None, forget_rows: Sequence[
     position = {question: index for index, question in enumerate(questions)}
     missing = [row["question"] for row in forget_rows if row["question"] not in position]
     if missing:
-        raise UnlearnkitError(f"The oracle reference has no value for the forget question {missing[0]!r}; pass the reference of this forget set.")
+        raise UnlearnkitError(f"The oracle reference has no value for the forget question {missing[0]!r}; "
+                              "pass the reference of this forget set.")
     chosen = [position[row["question"]] for row in forget_rows]
     # Only the per-question truth ratios are cut; other stored statistics (e.g. the oracle's membership scores of
     # the whole forget and holdout sets) do not fit a subset, so the metrics built on them are left out.
@@ -425,7 +432,8 @@ class EvalTracker(TrainerCallback):
             return
         self._since_best += 1
         if self.config.patience and self._since_best >= self.config.patience and not control.should_training_stop:
-            logger.info("early stopping at step %d: %d evaluation(s) without a better %s", entry["step"], self._since_best, self.criterion.metric)
+            logger.info("early stopping at step %d: %d evaluation(s) without a better %s", entry["step"], self._since_best,
+                        self.criterion.metric)
             self.stopped_early = True
             control.should_training_stop = True
 

@@ -27,8 +27,10 @@ Choices where the authors' code differs or is silent:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
@@ -64,7 +66,7 @@ class AdversarialLabels(UnlearnTrainer):
             raise RuntimeError("adversarial_labels needs the tokenizer's special ids: train on a PairedDataset or pass processing_class.")
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget = inputs["forget"]
         with torch.no_grad():
             labels = losses.adversarial_labels(self.reference_logits(forget), forget["labels"], self.special_ids)

@@ -56,7 +56,11 @@ class MethodConfig:
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
     num_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
-    batch_size: int = field(default=32, metadata={"help": "Forget examples per micro-batch, over all processes (each paired with a retain example); an optimiser step sees batch_size x gradient_accumulation_steps."})
+    batch_size: int = field(
+        default=32,
+        metadata={"help": "Forget examples per micro-batch, over all processes (each paired with a retain example); "
+                          "an optimiser step sees batch_size x gradient_accumulation_steps."},
+    )
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches accumulated per optimiser step."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_ratio: float = field(default=0.2, metadata={"help": "Fraction of steps for linear warm-up (TOFU: one epoch of five)."})
@@ -66,28 +70,39 @@ class MethodConfig:
     seed: int = field(default=0, metadata={"help": "Seed for data order, pairing and dropout."})
     stop_forget_nll: float | None = field(
         default=None,
-        metadata={"help": "Stop once a batch's mean forget-answer NLL exceeds this (a guard for gradient-ascent-style methods; None: off)."},
+        metadata={"help": "Stop once a batch's mean forget-answer NLL exceeds this "
+                          "(a guard for gradient-ascent-style methods; None: off)."},
     )
     optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimiser name (adamw_torch, sgd, adafactor, ...)."})
     target_modules: str | None = field(
         default=None,
-        metadata={"help": "Train only these modules: comma-separated names as peft writes them ('down_proj', 'q_proj,v_proj'). None: all weights (LoRA: all linear layers)."},
+        metadata={"help": "Train only these modules: comma-separated names as peft writes them ('down_proj', 'q_proj,v_proj'). "
+                          "None: all weights (LoRA: all linear layers)."},
     )
     layers: str | None = field(
         default=None,
         metadata={"help": "Train only these decoder layers: '5,6,7' or '5-7' (peft's layers_to_transform). None: all layers."},
     )
-    lora_rank: int = field(default=0, metadata={"help": "LoRA rank: > 0 trains low-rank adapters on the selected modules instead of the weights (0: full fine-tuning)."})
+    lora_rank: int = field(
+        default=0,
+        metadata={"help": "LoRA rank: > 0 trains low-rank adapters on the selected modules instead of the weights (0: full fine-tuning)."},
+    )
     lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling numerator (the update is alpha/rank * B A)."})
     lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input."})
-    lora_merge: bool = field(default=True, metadata={"help": "Merge the trained adapter into the weights when saving (false: save the adapter alone, with a pointer to its base model)."})
+    lora_merge: bool = field(
+        default=True,
+        metadata={"help": "Merge the trained adapter into the weights when saving "
+                          "(false: save the adapter alone, with a pointer to its base model)."},
+    )
     gradient_checkpointing: bool = field(
         default=False,
-        metadata={"help": "Recompute each decoder layer's activations in the backward pass instead of storing them (less memory, about one more forward per step; works with LoRA)."},
+        metadata={"help": "Recompute each decoder layer's activations in the backward pass instead of storing them "
+                          "(less memory, about one more forward per step; works with LoRA)."},
     )
     mixed_precision: str = field(
         default="no",
-        metadata={"help": "'no', 'bf16' or 'fp16': autocast the forward passes (weights stay in their dtype; losses in float32). fp16 needs a CUDA GPU; bf16 also runs on CPU."},
+        metadata={"help": "'no', 'bf16' or 'fp16': autocast the forward passes (weights stay in their dtype; losses in float32). "
+                          "fp16 needs a CUDA GPU; bf16 also runs on CPU."},
     )
 
     def __post_init__(self) -> None:
@@ -150,7 +165,8 @@ def cache_reference_field() -> Any:
     """
     return field(
         default=True,
-        metadata={"help": "Compute the frozen reference's sequence log-probabilities once before training and keep no reference model (same loss up to float rounding; less memory and time). false: a reference forward every step."},
+        metadata={"help": "Compute the frozen reference's sequence log-probabilities once before training and keep no reference model "
+                          "(same loss up to float rounding; less memory and time). false: a reference forward every step."},
     )
 
 

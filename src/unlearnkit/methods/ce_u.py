@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat
@@ -78,7 +79,7 @@ class CEUConfig(MethodConfig):
 class CEU(UnlearnTrainer):
     """Cross-entropy unlearning (Yang, 2025) with a retain term."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         loss = losses.ce_u_loss(self.logits(model, forget), forget["labels"], config.ignore_first_answer_tokens)

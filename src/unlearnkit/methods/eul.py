@@ -86,7 +86,10 @@ class EULConfig(MethodConfig):
     alpha: float = field(default=0.8, metadata={"help": "Weight of KL(p_base || p_theta) on the retain answers (authors: 0.8)."})
     lambda_task: float = field(default=1.0, metadata={"help": "Weight of the retain answers' NLL, the task loss (authors: 1.0)."})
     gamma: float = field(default=0.2, metadata={"help": "Weight of the negated forget-answer NLL (authors: 0.2)."})
-    max_forget_kl: float = field(default=5.0, metadata={"help": "Clamp of the forget KL, whose negation is unbounded (nats per answer token)."})
+    max_forget_kl: float = field(
+        default=5.0,
+        metadata={"help": "Clamp of the forget KL, whose negation is unbounded (nats per answer token)."},
+    )
     adapter_rank: int = field(default=16, metadata={"help": "Rank r of each unlearning layer h + B A h (A: r x d, B: d x r)."})
     schedule: str = field(
         default="epochs",
@@ -223,7 +226,8 @@ def read_unlearning_layers(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]
     for key, tensor in tensors.items():
         module, _, kind = key.rpartition(".")
         if kind not in (WEIGHT_SUFFIX, GRAM_SUFFIX) or not module:
-            raise UnlearnkitError(f"{path} holds {key!r}, which is not an EUL unlearning layer (NAME.{WEIGHT_SUFFIX} / NAME.{GRAM_SUFFIX}).")
+            raise UnlearnkitError(f"{path} holds {key!r}, "
+                                  f"which is not an EUL unlearning layer (NAME.{WEIGHT_SUFFIX} / NAME.{GRAM_SUFFIX}).")
         parts.setdefault(module, {})[kind] = tensor
     if not parts:
         raise UnlearnkitError(f"{path} holds no unlearning layer.")
@@ -233,7 +237,8 @@ def read_unlearning_layers(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]
             raise UnlearnkitError(f"{path} holds only {', '.join(pair)} for {module}; each layer needs its weight and its Gram matrix.")
         weight, gram = pair[WEIGHT_SUFFIX], pair[GRAM_SUFFIX]
         if weight.dim() != 2 or weight.shape[0] != weight.shape[1] or gram.shape != weight.shape:
-            raise UnlearnkitError(f"{path}: {module} has a weight {tuple(weight.shape)} and a Gram {tuple(gram.shape)}; both must be (d, d).")
+            raise UnlearnkitError(f"{path}: {module} has a weight {tuple(weight.shape)} and a Gram {tuple(gram.shape)}; "
+                                  "both must be (d, d).")
         layers[module] = (weight, gram)
     return layers
 
@@ -242,7 +247,8 @@ def read_unlearning_layers(path: str | Path) -> dict[str, tuple[Tensor, Tensor]]
     "eul",
     config=EULConfig,
     paper='Chen & Yang, "Unlearn What You Want to Forget: Efficient Unlearning for LLMs", EMNLP 2023',
-    summary="Train h + BAh after each MLP on L = a KL(D_r) - min(KL(D_f), c) + l NLL(D_r) - g NLL(D_f), KL to the layer-free model; fold into down_proj.",
+    summary="Train h + BAh after each MLP on L = a KL(D_r) - min(KL(D_f), c) + l NLL(D_r) - g NLL(D_f), KL to the layer-free model; "
+            "fold into down_proj.",
     family="adapter",
 )
 class EUL(UnlearnTrainer):
@@ -293,7 +299,7 @@ class EUL(UnlearnTrainer):
         epoch = int(self.state.epoch + 1e-9)  # epochs done so far: fractional inside an epoch
         return "forget" if epoch % 2 == 0 else "retain"
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         phase = self.phase()
         terms = []
@@ -317,10 +323,11 @@ class EUL(UnlearnTrainer):
     @torch.no_grad()
     def forget_grams(self, model: nn.Module) -> dict[str, Tensor]:
         """``G = Σ X^T X`` (float32, (d, d)) of the hidden states entering each unlearning layer, over the forget set's real tokens."""
-        grams = {name: torch.zeros(linear.out_features, linear.out_features, device=linear.weight.device) for name, (linear, _, _) in self._layers.items()}
+        grams = {name: torch.zeros(linear.out_features, linear.out_features, device=linear.weight.device)
+                 for name, (linear, _, _) in self._layers.items()}
         real_tokens: dict[str, Tensor] = {}
 
-        def recorder(name: str):  # noqa: ANN202 - a forward pre-hook
+        def recorder(name: str):
             def record(module: nn.Module, args: tuple[Tensor, ...]) -> None:
                 hidden = args[0][real_tokens["mask"]].float()  # (n, d): padding left out
                 grams[name] += hidden.T @ hidden

@@ -36,9 +36,11 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
@@ -126,7 +128,7 @@ class GAMismatch(UnlearnTrainer):
         # pair_extras runs as batches are drawn; refuse a too-small retain set now, before the first step.
         check_enough_answers(self.method_config, len(self.train_dataset.retain_rows))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         mismatched = stack_batches([inputs[key] for key in mismatch_keys(config)])  # (K·B, T)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
@@ -23,7 +26,7 @@ class GradAscentConfig(MethodConfig):
 class GradAscent(UnlearnTrainer):
     """Gradient ascent (Jang et al., ACL 2023): minimise -NLL of the forget answers."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget = inputs["forget"]
         loss = losses.gradient_ascent_loss(self.logits(model, forget), forget["labels"])
         self.record(forget_loss=loss)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
@@ -35,7 +38,7 @@ class GradDiffConfig(MethodConfig):
 class GradDiff(UnlearnTrainer):
     """Gradient difference and its KL variant (TOFU, Maini et al., COLM 2024)."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         forget_term = losses.gradient_ascent_loss(self.logits(model, forget), forget["labels"])

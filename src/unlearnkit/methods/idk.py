@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
@@ -28,7 +31,7 @@ class IDKConfig(MethodConfig):
 class IDK(UnlearnTrainer):
     """IDK fine-tuning (TOFU's "preference optimisation"): refusal answers on the forget questions."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         idk = inputs["idk"]
         loss = losses.mean_nll(self.logits(model, idk), idk["labels"])
         self.record(forget_loss=loss)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, cache_reference_field, check_positive, register_method
@@ -40,7 +43,7 @@ class IDKDPO(UnlearnTrainer):
 
     cached_reference_keys = ("idk", "forget")
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         idk, forget = inputs["idk"], inputs["forget"]
         chosen = losses.sequence_nll(self.logits(model, idk), idk["labels"])
         rejected = losses.sequence_nll(self.logits(model, forget), forget["labels"])

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.methods.base import (
@@ -47,7 +50,7 @@ class NPO(UnlearnTrainer):
 
     cached_reference_keys = ("forget",)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         nll = losses.sequence_nll(self.logits(model, forget), forget["labels"])

@@ -72,7 +72,8 @@ class PCGUConfig(MethodConfig):
     lr_scheduler: str = field(default="constant", metadata={"help": "Learning-rate schedule (authors: constant)."})
     top_k: int | None = field(
         default=10000,
-        metadata={"help": "Blocks kept per step, those whose forget and contrast gradients are least similar (authors: 10000; capped at the number of blocks; None: all)."},
+        metadata={"help": "Blocks kept per step, those whose forget and contrast gradients are least similar "
+                          "(authors: 10000; capped at the number of blocks; None: all)."},
     )
     top_fraction: float | None = field(
         default=None,
@@ -122,7 +123,8 @@ def perturbed_answers(row: dict) -> list[str]:
     "pcgu",
     config=PCGUConfig,
     paper='Yu et al., "Unlearning Bias in Language Models by Partitioning Gradients", Findings of ACL 2023',
-    summary="update = grad log p(forget answer) on the top-k blocks where it is least cosine-similar to grad log p(perturbed answer); SGD descends it.",
+    summary="update = grad log p(forget answer) on the top-k blocks where it is least cosine-similar to grad log p(perturbed answer); "
+            "SGD descends it.",
     needs_retain=False,
     family="localization",
 )

@@ -42,7 +42,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from transformers import TrainerCallback
+from transformers import PreTrainedModel, TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from unlearnkit import losses
@@ -60,16 +60,27 @@ FORGET_LOSSES = {
 class PDUConfig(MethodConfig):
     forget_loss: str = field(
         default="logit_margin",
-        metadata={"help": "Forget objective: 'logit_margin' (the paper's (max z - mean z)^2) or 'uniform' (cross-entropy from the uniform distribution)."},
+        metadata={"help": "Forget objective: "
+                          "'logit_margin' (the paper's (max z - mean z)^2) or 'uniform' (cross-entropy from the uniform distribution)."},
     )
-    retain_loss: str = field(default="nll", metadata={"help": "Constrained retain loss: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_loss: str = field(
+        default="nll",
+        metadata={"help": "Constrained retain loss: 'nll' (answer NLL) or 'kl' (KL to the reference model)."},
+    )
     retain_epsilon: float | None = field(
         default=None,
-        metadata={"help": "Bound epsilon on the retain loss. None: the retain loss of the model before unlearning on the first batch, times 1 + retain_slack (needs retain_loss 'nll')."},
+        metadata={"help": "Bound epsilon on the retain loss. None: the retain loss of the model before unlearning on the first batch, "
+                          "times 1 + retain_slack (needs retain_loss 'nll')."},
     )
-    retain_slack: float = field(default=0.1, metadata={"help": "With retain_epsilon None: how far (as a fraction) the retain loss may rise above its starting value."})
+    retain_slack: float = field(
+        default=0.1,
+        metadata={"help": "With retain_epsilon None: how far (as a fraction) the retain loss may rise above its starting value."},
+    )
     initial_lambda: float = field(default=1.0, metadata={"help": "Starting value of the multiplier lambda (the retain weight), >= 0."})
-    dual_lr: float = field(default=1.0, metadata={"help": "Step size of the dual ascent on lambda after each optimiser step (0 keeps lambda fixed)."})
+    dual_lr: float = field(
+        default=1.0,
+        metadata={"help": "Step size of the dual ascent on lambda after each optimiser step (0 keeps lambda fixed)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -143,7 +154,7 @@ class PDU(UnlearnTrainer):
         # Looked up each time: resuming from a checkpoint replaces the callback with a restored copy.
         return next(cb for cb in self.callback_handler.callbacks if isinstance(cb, DualVariable))
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         dual = self.dual
         forget = inputs["forget"]

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
@@ -90,7 +91,7 @@ class RandomLabels(UnlearnTrainer):
         self._micro_batch += 1
         return generator
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget = inputs["forget"]
         labels = losses.random_labels(forget["labels"], self.candidate_ids, self.next_generator(), keep_ids=self.special_ids)
         loss = losses.mean_nll(self.logits(model, forget), labels)

@@ -88,11 +88,13 @@ class RMUConfig(MethodConfig):
     alpha: float = field(default=1200.0, metadata={"help": "Weight of the retain activation MSE (Zephyr recipe: 1200; code default 100)."})
     positions: str = field(
         default="all",
-        metadata={"help": "Tokens whose activations are steered/anchored: 'all' (the authors', for plain text) or 'answer' (QA data: answer tokens only)."},
+        metadata={"help": "Tokens whose activations are steered/anchored: "
+                          "'all' (the authors', for plain text) or 'answer' (QA data: answer tokens only)."},
     )
     adaptive_coeff: float | None = field(
         default=None,
-        metadata={"help": "Adaptive RMU (Dang et al., AAAI 2025): per token c = this x the frozen activation norm (None: the fixed steering_coeff)."},
+        metadata={"help": "Adaptive RMU (Dang et al., AAAI 2025): "
+                          "per token c = this x the frozen activation norm (None: the fixed steering_coeff)."},
     )
     target_modules: str | None = field(
         default=DEFAULT_TARGET,
@@ -217,7 +219,7 @@ class RMU(UnlearnTrainer):
         answer[:, :-1] = (batch["labels"][:, 1:] != losses.IGNORE_INDEX).to(answer.dtype)
         return answer
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         """``L = mse(h(x_f), c·u) + α · mse(h(x_r), h_frozen(x_r))`` over real tokens, h the block's output."""
         config = self.method_config
         forget, retain = inputs["forget"], inputs["retain"]

@@ -25,6 +25,9 @@ effective batch of 16 (the default here).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
@@ -36,7 +39,10 @@ class SatImpConfig(MethodConfig):
     beta1: float = field(default=5.0, metadata={"help": "Importance exponent: the weight grows as p^beta1 (authors: 5.0)."})
     beta2: float = field(default=1.0, metadata={"help": "Saturation exponent: the weight shrinks as (1 - p)^beta2 (authors: 1.0)."})
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget term (authors: 1.0)."})
-    alpha: float = field(default=0.1, metadata={"help": "Weight of the retain term (authors: 0.1, a forget:retain ratio of 10; 0: forget term alone)."})
+    alpha: float = field(
+        default=0.1,
+        metadata={"help": "Weight of the retain term (authors: 0.1, a forget:retain ratio of 10; 0: forget term alone)."},
+    )
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
     batch_size: int = field(default=16, metadata={"help": "Forget examples per optimiser step (authors: an effective batch of 16)."})
 
@@ -62,7 +68,7 @@ class SatImpConfig(MethodConfig):
 class SatImp(UnlearnTrainer):
     """Saturation-importance reweighted unlearning (Yang et al., ICML 2025) with a retain term."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         loss = config.gamma * losses.satimp_loss(self.logits(model, forget), forget["labels"], config.beta1, config.beta2)

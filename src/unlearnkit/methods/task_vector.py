@@ -56,6 +56,7 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -77,15 +78,18 @@ _LORA_B = re.compile(r"(^|\.)lora_(embedding_)?B(\.|$)")
 class TaskVectorConfig(MethodConfig):
     scale: float | None = field(
         default=None,
-        metadata={"help": "Negation coefficient lambda in theta_pre - lambda * tau (LoRA: lora_B -> -lambda * lora_B). None: choose it on the retain set."},
+        metadata={"help": "Negation coefficient lambda in theta_pre - lambda * tau (LoRA: lora_B -> -lambda * lora_B). "
+                          "None: choose it on the retain set."},
     )
     scale_grid: str = field(
         default="0.5,1,2,4,8",
-        metadata={"help": "Candidates for lambda when scale is None, comma-separated; the largest that keeps the retain NLL within retain_tolerance wins."},
+        metadata={"help": "Candidates for lambda when scale is None, comma-separated; "
+                          "the largest that keeps the retain NLL within retain_tolerance wins."},
     )
     retain_tolerance: float = field(
         default=0.1,
-        metadata={"help": "Allowed relative rise of the mean retain answer NLL over the pre-unlearning model's when choosing lambda (0.1: 10%)."},
+        metadata={"help": "Allowed relative rise of the mean retain answer NLL over the pre-unlearning model's when choosing lambda "
+                          "(0.1: 10%)."},
     )
     retain_eval_size: int = field(
         default=64, metadata={"help": "Retain examples (evenly spaced over the retain set) on which lambda is chosen."}
@@ -151,7 +155,9 @@ def mean_answer_nll(model: nn.Module, examples: Sequence[dict[str, list[int]]], 
     return float(torch.cat(per_example).mean())
 
 
-def negate_task_vector(parameters: dict[str, nn.Parameter], pretrained: dict[str, torch.Tensor], task_vector: dict[str, torch.Tensor], scale: float) -> None:
+def negate_task_vector(
+    parameters: dict[str, nn.Parameter], pretrained: dict[str, torch.Tensor], task_vector: dict[str, torch.Tensor], scale: float
+) -> None:
     """Set each parameter to ``pretrained - scale * task_vector`` (in place)."""
     with torch.no_grad():
         for name, parameter in parameters.items():
@@ -177,8 +183,10 @@ def lora_b_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 @register_method(
     "task_vector",
     config=TaskVectorConfig,
-    paper='Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023; Zhang et al., "Composing Parameter-Efficient Modules with Arithmetic Operations", NeurIPS 2023',
-    summary="Fine-tune on D_f (NLL), then theta = theta_pre - lambda * (theta_ft - theta_pre) (LoRA: B -> -lambda B); lambda chosen on D_r.",
+    paper='Ilharco et al., "Editing Models with Task Arithmetic", ICLR 2023; '
+          'Zhang et al., "Composing Parameter-Efficient Modules with Arithmetic Operations", NeurIPS 2023',
+    summary="Fine-tune on D_f (NLL), then theta = theta_pre - lambda * (theta_ft - theta_pre) (LoRA: B -> -lambda B); "
+            "lambda chosen on D_r.",
     family="task-arithmetic",
 )
 class TaskVector(UnlearnTrainer):
@@ -198,7 +206,7 @@ class TaskVector(UnlearnTrainer):
                 raise UnlearnkitError("task_vector with scale=None chooses lambda on retain data; pass retain data, or set scale.")
             self.retain_nll_before = self._retain_nll(self.model)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget = inputs["forget"]
         # Descend on the forget answers: tau = theta_ft - theta_pre must point towards the forget set.
         loss = losses.mean_nll(self.logits(model, forget), forget["labels"])

@@ -27,8 +27,10 @@ authors' setting.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
@@ -61,7 +63,7 @@ class UNDIALConfig(MethodConfig):
 class UNDIAL(UnlearnTrainer):
     """UNDIAL (Dong et al., NAACL 2025): distil the reference with the forget token's logit lowered."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         with torch.no_grad():

@@ -21,6 +21,9 @@ OpenUnlearning's WGA configuration.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
@@ -54,7 +57,7 @@ class WGAConfig(MethodConfig):
 class WGA(UnlearnTrainer):
     """Weighted gradient ascent (Wang et al., ICLR 2025) with a retain term."""
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         config = self.method_config
         forget = inputs["forget"]
         loss = losses.weighted_gradient_ascent_loss(self.logits(model, forget), forget["labels"], config.beta)

@@ -77,7 +77,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from transformers import PreTrainedModel
@@ -96,14 +96,28 @@ BUILTIN_TERMS = "builtin"
 
 @dataclass
 class WHPConfig(MethodConfig):
-    alpha: float = field(default=5.0, metadata={"help": "Weight of the reinforced model's gain in v_g = v_b - alpha * ReLU(v_r - v_b) (community reimplementations: 5; paper's value unverified)."})
-    reinforce_epochs: int = field(default=3, metadata={"help": "Epochs of further fine-tuning on the forget set that make the reinforced model (community: 3)."})
-    reinforce_lr: float | None = field(default=None, metadata={"help": "Learning rate of the reinforcement fine-tuning (constant, AdamW). None: learning_rate."})
+    alpha: float = field(
+        default=5.0,
+        metadata={"help": "Weight of the reinforced model's gain in v_g = v_b - alpha * ReLU(v_r - v_b) "
+                          "(community reimplementations: 5; paper's value unverified)."},
+    )
+    reinforce_epochs: int = field(
+        default=3,
+        metadata={"help": "Epochs of further fine-tuning on the forget set that make the reinforced model (community: 3)."},
+    )
+    reinforce_lr: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the reinforcement fine-tuning (constant, AdamW). None: learning_rate."},
+    )
     anchored_terms: str | None = field(
         default=None,
-        metadata={"help": "JSON file {\"term\": \"generic term\", ...} whose translation of the forget text gives the baseline logits; 'builtin': generated from the built-in benchmark's forget authors; None: no dictionary."},
+        metadata={"help": "JSON file {\"term\": \"generic term\", ...} whose translation of the forget text gives the baseline logits; "
+                          "'builtin': generated from the built-in benchmark's forget authors; None: no dictionary."},
     )
-    num_epochs: float = field(default=2.0, metadata={"help": "Passes over the forget set with generic labels (community reimplementations: 2)."})
+    num_epochs: float = field(
+        default=2.0,
+        metadata={"help": "Passes over the forget set with generic labels (community reimplementations: 2)."},
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -215,7 +229,8 @@ def anchored_baseline(
     "whp",
     config=WHPConfig,
     paper='Eldan & Russinovich, "Who\'s Harry Potter? Approximate Unlearning in LLMs", arXiv 2310.02238, 2023',
-    summary="Fine-tune on labels argmax(v_b - alpha * ReLU(v_r - v_b)), v_r from a model reinforced on D_f, v_b from the (anchor-translated) baseline.",
+    summary="Fine-tune on labels argmax(v_b - alpha * ReLU(v_r - v_b)), v_r from a model reinforced on D_f, "
+            "v_b from the (anchor-translated) baseline.",
     needs_retain=False,
 )
 class WHP(UnlearnTrainer):
@@ -224,7 +239,9 @@ class WHP(UnlearnTrainer):
     reinforced_model: PreTrainedModel | None = None
 
     @classmethod
-    def pair_extras(cls, config: WHPConfig, rng: random.Random, forget_row: dict, retain_rows: Sequence[dict]) -> dict[str, tuple[str, str]]:
+    def pair_extras(
+        cls, config: WHPConfig, rng: random.Random, forget_row: dict, retain_rows: Sequence[dict]
+    ) -> dict[str, tuple[str, str]]:
         terms = config.terms()
         if terms is None:
             return {}
@@ -280,7 +297,7 @@ class WHP(UnlearnTrainer):
             reinforced.activation_checkpointing_disable()
         return reinforced.eval().requires_grad_(False)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget = inputs["forget"]
         with torch.no_grad():
             reinforced = self.logits(self.reinforced_model, forget)

@@ -54,16 +54,19 @@ def render_audit_report(summary: Mapping[str, Any], config: Mapping[str, Any], t
     exposed = ", ".join(map(str, exposed_by)) if exposed_by else "none of the attacks"
     skipped = "".join(f"<li>{escape(str(name))}: {escape(str(reason))}</li>" for name, reason in skipped_by.items())
     papers = "".join(_attack_item(str(row["attack"]), info.get(row["attack"])) for row in rows)
+    figure = figure_html(chart, "Recovery per attack",
+                         "Recovery of the unlearned model, the target and the retain oracle under each attack.")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{STYLE}</style></head>\n<body>"
         f'<h1>{escape(title)}</h1><p class="meta">unlearnkit {escape(__version__)}</p>'
         f"<p><b>Hidden knowledge exposed by:</b> {escape(exposed)}.</p>"
-        f"{figure_html(chart, 'Recovery per attack', 'Recovery of the unlearned model, the target and the retain oracle under each attack.')}"
+        f"{figure}"
         f"<table><tr>{header}</tr>{body}</table>"
         f'<p class="note">Verdict: the unlearned model\'s recovery minus the retain oracle\'s under the same attack, against the '
-        f"threshold {threshold:g}. Recovered share: (unlearned − oracle) / (target − oracle), where target − oracle exceeds the threshold.</p>"
+        f"threshold {threshold:g}. Recovered share: "
+        "(unlearned − oracle) / (target − oracle), where target − oracle exceeds the threshold.</p>"
         + (f"<h2>Skipped</h2><ul>{skipped}</ul>" if skipped else "")
         + f"<h2>Attacks</h2><ul>{papers}</ul></body></html>\n"
     )

@@ -224,7 +224,9 @@ def _runs_section(groups: Sequence[RunGroup]) -> str:
             if target:
                 curves["target"] = target
             if run.truth_ratios():
-                title = f"{run.label}: forget truth ratios" + (f" (forget quality {format_number('q', quality)})" if quality is not None else "")
+                title = f"{run.label}: forget truth ratios" + (
+                    f" (forget quality {format_number('q', quality)})" if quality is not None else ""
+                )
                 figures.append(figure_html(plots.truth_ratio_ecdf(curves, title), f"Forget truth ratios of {run.label}",
                                        "ECDF of per-sample forget truth ratios" + ("" if run.oracle_truth_ratios else
                                        " (the retain oracle's reference was not found for this folder)") + "."))

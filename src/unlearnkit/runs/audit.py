@@ -78,7 +78,8 @@ def resolve_audit(
                   if Path(chosen) == own[role]}
         return AuditInputs(model, data, target, oracle, names, config, cached, {"benchmark": benchmark, "preset": builtin.preset})
     if not forget:
-        raise UnlearnkitError("Give the data to attack: --benchmark SPLIT for the built-in benchmark, or --forget FILE (with --target and --oracle).")
+        raise UnlearnkitError("Give the data to attack: --benchmark SPLIT for the built-in benchmark, "
+                              "or --forget FILE (with --target and --oracle).")
     data = AuditData(forget=resolve_data(forget, "forget").rows, retain=resolve_data(retain, "retain").rows if retain else [],
                      holdout=resolve_data(holdout, "holdout").rows if holdout else [], fmt=PromptFormat(prompt_format))
     return AuditInputs(model, data, target, oracle, names, build_audit_config(overrides), None,

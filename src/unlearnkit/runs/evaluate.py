@@ -53,7 +53,8 @@ def resolve_eval(
         chosen = ModelChoice(chosen.source, chosen.named, builtin.prompt_format)  # the built-in sets are asked in plain prompts
     else:
         if "forget" not in data:
-            raise UnlearnkitError("Pass --benchmark SPLIT, or at least --forget FILE (plus optional --retain/--real-authors/--world-facts).")
+            raise UnlearnkitError("Pass --benchmark SPLIT, "
+                                  "or at least --forget FILE (plus optional --retain/--real-authors/--world-facts).")
         splits = {name: resolve_data(data[name], name).rows for name in EVAL_DATA_OPTIONS if name in data}
         reference = load_oracle_reference(oracle_reference)
         chosen = resolve_model(model, prompt_format)

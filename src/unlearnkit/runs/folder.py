@@ -58,7 +58,8 @@ def check_output_dir(output: Path, overwrite: bool, inputs: Mapping[str, Any] | 
     protected = {Path.cwd().resolve(), *Path.cwd().resolve().parents, Path.home().resolve()}
     if resolved in protected:
         raise UnlearnkitError(
-            f"--output {output} is {'the current folder' if resolved == Path.cwd().resolve() else 'a folder above the current one or the home folder'}; "
+            f"--output {output} is "
+            f"{'the current folder' if resolved == Path.cwd().resolve() else 'a folder above the current one or the home folder'}; "
             "a run replaces its output folder, so name a new folder for it (e.g. --output runs/my-run)."
         )
     check_spares_inputs({"--output": output}, inputs or {}, results_folder=True)

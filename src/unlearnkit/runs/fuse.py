@@ -52,7 +52,8 @@ def _fuse_into(
     widths = {str(path): next(iter(run.values()))[0].shape[0] for path, run in zip(layer_files, runs, strict=True)}
     if len(set(widths.values())) > 1:
         listing = ", ".join(f"{path}: {width}" for path, width in widths.items())
-        raise UnlearnkitError(f"These unlearning layers come from models of different hidden size ({listing}); fuse runs of one base model only.")
+        raise UnlearnkitError(f"These unlearning layers come from models of different hidden size ({listing}); "
+                              "fuse runs of one base model only.")
     modules = sorted(runs[0])
     for path, run in zip(layer_files, runs, strict=True):
         if sorted(run) != modules:
@@ -67,7 +68,8 @@ def _fuse_into(
         try:
             linear = model.get_submodule(module)
         except AttributeError:
-            raise UnlearnkitError(f"The base model {base} has no module {module}; were the unlearning layers trained on another model?") from None
+            raise UnlearnkitError(f"The base model {base} has no module {module}; "
+                                  "were the unlearning layers trained on another model?") from None
         if not isinstance(linear, nn.Linear):
             raise UnlearnkitError(f"{module} of {base} is a {type(linear).__name__}, not a linear layer EUL can fold into.")
         width = next(iter(widths.values()))

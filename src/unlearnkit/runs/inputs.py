@@ -14,6 +14,7 @@ anything is loaded or written, data before a model loads, the model after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -237,8 +238,6 @@ def local_inputs(role: str, value: Any) -> dict[str, Any]:
         found[role] = rest.rpartition("@")[2]  # tofu:forget10@DIR reads DIR
     adapter = Path(text) / "adapter_config.json"
     if adapter.is_file():
-        try:
+        with contextlib.suppress(ValueError, OSError, AttributeError):  # the model loader reports a damaged adapter
             found[f"the base model of {role}"] = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        except (ValueError, OSError, AttributeError):
-            pass  # the model loader reports a damaged adapter
     return found
