@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from unlearnkit.data.shipped import load_idk_answers
 from unlearnkit.data.world import (
     FACT_TYPES,
     FORGET_PERCENTS,
@@ -19,7 +20,6 @@ from unlearnkit.data.world import (
     export_world,
     forget_sizes,
     generate_world,
-    load_idk_answers,
     load_shipped,
     split_names,
 )

@@ -28,7 +28,7 @@ from unlearnkit.data.world import FORGET_PERCENTS, WorldConfig, export_world, ge
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, oracle_reference, save_reference
 from unlearnkit.finetune import FinetuneConfig, finetune
-from unlearnkit.io import partial_dir, write_json
+from unlearnkit.io import partial_dir, publish_dir, write_json
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.runtime import quiet_libraries
 
@@ -270,7 +270,7 @@ def _build_once(path: Path, build: Any, what: str, resumable: bool = False) -> N
     staging.mkdir(parents=True, exist_ok=True)
     build(staging)
     shutil.rmtree(staging / "checkpoints", ignore_errors=True)
-    os.replace(staging, path)
+    publish_dir(staging, path)
 
 
 def _write_data(config: BuiltinBenchmark, folder: Path) -> None:

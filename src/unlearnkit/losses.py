@@ -60,7 +60,7 @@ def _check_same_shape(**tensors: Tensor) -> None:
         raise ValueError(f"per-sample inputs must have the same shape (B,); got {shapes}.")
 
 
-def _at_least_float32(logits: Tensor) -> Tensor:
+def at_least_float32(logits: Tensor) -> Tensor:
     """Upcast fp16/bf16 logits (their log-softmax loses small probabilities); keep float64."""
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
@@ -95,7 +95,7 @@ def token_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         Half-precision logits are upcast to float32 so that the log-softmax keeps its tail.
     """
     _check_lm_inputs(logits, labels)
-    shifted_logits = _at_least_float32(logits[:, :-1])
+    shifted_logits = at_least_float32(logits[:, :-1])
     shifted_labels = labels[:, 1:]
     # cross_entropy wants the class dimension second: (B, V, T-1).
     nll = F.cross_entropy(
@@ -162,8 +162,8 @@ def kl_to_reference(logits: Tensor, reference_logits: Tensor, labels: Tensor) ->
             f"reference_logits {tuple(reference_logits.shape)} must have the same shape as "
             f"logits {tuple(logits.shape)}; run both models on the same batch."
         )
-    log_p = F.log_softmax(_at_least_float32(logits[:, :-1]), dim=-1)
-    log_p_ref = F.log_softmax(_at_least_float32(reference_logits[:, :-1].detach()), dim=-1)
+    log_p = F.log_softmax(at_least_float32(logits[:, :-1]), dim=-1)
+    log_p_ref = F.log_softmax(at_least_float32(reference_logits[:, :-1].detach()), dim=-1)
     kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
     mask = _shifted_mask(labels)
     return (kl_per_position * mask).sum() / _scored_count(mask)
@@ -279,7 +279,7 @@ def _scored_positions(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     shifted_labels = labels[:, 1:]
     scored = shifted_labels != IGNORE_INDEX
     _scored_count(scored.float())
-    return _at_least_float32(logits[:, :-1])[scored], shifted_labels[scored]
+    return at_least_float32(logits[:, :-1])[scored], shifted_labels[scored]
 
 
 def _check_exponent(name: str, value: float) -> None:
@@ -477,8 +477,8 @@ def whp_generic_logits(baseline_logits: Tensor, reinforced_logits: Tensor, alpha
             f"baseline_logits {tuple(baseline_logits.shape)} and reinforced_logits "
             f"{tuple(reinforced_logits.shape)} must have the same shape; run both models on the same batch."
         )
-    baseline = _at_least_float32(baseline_logits.detach())
-    reinforced = _at_least_float32(reinforced_logits.detach())
+    baseline = at_least_float32(baseline_logits.detach())
+    reinforced = at_least_float32(reinforced_logits.detach())
     return baseline - alpha * F.relu(reinforced - baseline)
 
 
@@ -571,7 +571,7 @@ def adversarial_labels(reference_logits: Tensor, labels: Tensor, excluded_ids: T
     scored = shifted_labels != IGNORE_INDEX
     _scored_count(scored.float())
     # A copy: the masking below is in place and must not touch the caller's logits.
-    scores = _at_least_float32(reference_logits[:, :-1].detach()).clone()  # (B, T-1, V)
+    scores = at_least_float32(reference_logits[:, :-1].detach()).clone()  # (B, T-1, V)
     if excluded_ids is not None:
         scores[..., excluded_ids] = float("-inf")
     # Mask the ground truth; unscored positions mask token 0 instead, and their result is discarded below.
@@ -642,7 +642,7 @@ def activation_mse(activations: Tensor, target: Tensor, attention_mask: Tensor) 
         broadcasts = False
     if not broadcasts:
         raise ValueError(f"target {tuple(target.shape)} must broadcast to activations {tuple(activations.shape)}.")
-    squared = (_at_least_float32(activations) - _at_least_float32(target.detach())).square().mean(dim=-1)  # (B, T)
+    squared = (at_least_float32(activations) - at_least_float32(target.detach())).square().mean(dim=-1)  # (B, T)
     mask = attention_mask.to(squared.dtype)
     count = mask.sum()
     if count.item() == 0:
@@ -665,7 +665,7 @@ def rmu_steering_target(control_vector: Tensor, coefficient: float, frozen_activ
         raise ValueError(f"control_vector must have shape (D,); got {tuple(control_vector.shape)}.")
     if frozen_activations is None:
         return coefficient * control_vector
-    norms = _at_least_float32(frozen_activations.detach()).norm(dim=-1, keepdim=True)  # (B, T, 1)
+    norms = at_least_float32(frozen_activations.detach()).norm(dim=-1, keepdim=True)  # (B, T, 1)
     return coefficient * norms * control_vector.to(norms.dtype)
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 
 from unlearnkit import distributed
 from unlearnkit.data.encoding import PairedCollator, PromptFormat
-from unlearnkit.data.world import load_idk_answers
+from unlearnkit.data.shipped import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.methods import METHODS, MethodConfig
 from unlearnkit.methods.base import EpochToDataset, PairedDataset, UnlearnTrainer

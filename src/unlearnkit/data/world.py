@@ -65,9 +65,9 @@ import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
+from unlearnkit.data.shipped import resource_text
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 FORGET_PERCENTS = (1, 5, 10)
@@ -673,11 +673,6 @@ def generate_world(config: WorldConfig) -> dict[str, list[dict]]:
     return {name: world[name] for name in split_names()}
 
 
-def _resource(filename: str) -> str:
-    """Return the text of a file shipped in the package's resources folder."""
-    return resources.files("unlearnkit.data").joinpath("resources", filename).read_text(encoding="utf-8")
-
-
 def load_shipped(name: str) -> list[dict]:
     """Return the rows of a shipped split of real knowledge: "world_facts" or "real_authors"."""
     if name not in SHIPPED_SPLITS:
@@ -685,12 +680,7 @@ def load_shipped(name: str) -> list[dict]:
             f"Unknown shipped split {name!r}; choose one of {', '.join(SHIPPED_SPLITS)}."
             + did_you_mean(name, SHIPPED_SPLITS)
         )
-    return [json.loads(line) for line in _resource(f"{name}.jsonl").splitlines() if line.strip()]
-
-
-def load_idk_answers() -> list[str]:
-    """Return the shipped refusal answers ("I don't know." and variants), one per line."""
-    return [line.strip() for line in _resource("idontknow.txt").splitlines() if line.strip()]
+    return [json.loads(line) for line in resource_text(f"{name}.jsonl").splitlines() if line.strip()]
 
 
 def _write_jsonl_atomically(path: Path, rows: list[dict]) -> None:

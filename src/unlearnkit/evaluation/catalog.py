@@ -1,30 +1,55 @@
-"""The metric catalog: every reported number with its better direction, a one-line definition and its paper.
+"""The metric catalog: every reported number bound to the function that computes it and to its metadata.
 
-One entry per summary key an evaluation can report (``forget_probability``,
-``mia_min_k_auc``, ...). ``unlearnkit metrics`` prints it and the report's
-glossary reads its definitions from it, so a definition is written once.
+One entry (:class:`MetricSpec`) per summary key an evaluation can report
+(``forget_probability``, ``mia_min_k_auc``, ...): its better direction, a
+one-line definition, its paper, its family, the pure ``compute`` function whose
+output gives the number and the ``aggregation`` applied to that output. The
+entry is written on the function, in the module that defines it, so that
+adding a metric touches one file::
 
-Modules that compute further metrics register them where they are computed::
+    from unlearnkit.evaluation.catalog import MEAN, TOFU, metric
 
-    from unlearnkit.evaluation.catalog import MetricSpec, register_metric
+    @metric("forget_rouge_l", "lower", "Mean ROUGE-L recall of the greedy answer against the forget answer.",
+            TOFU, "tofu", label="forget ROUGE-L", aggregation=MEAN)
+    @metric("retain_rouge_l", "higher", "Mean ROUGE-L recall of the greedy answer on the retain set.",
+            TOFU, "tofu", label="retain ROUGE-L", aggregation=MEAN)
+    def rouge_l_recall(predictions, references): ...
 
-    register_metric(MetricSpec("verbmem", "lower", "ROUGE-L F1 of ...", PAPER, "muse", label="VerbMem"))
+One function may serve several keys (the same statistic on several splits):
+each key is its own ``@metric`` line bound to the same function. Registration
+checks each entry when its module is imported (a clear ``ValueError`` names the
+metric): a new name, a direction of :data:`DIRECTIONS`, a family of
+:data:`FAMILIES`, a non-empty one-line definition, a paper citation naming its
+year, a callable ``compute`` and an aggregation of :data:`AGGREGATIONS`.
 
-and are named in :data:`EXTENSION_MODULES`, which :func:`metric_catalog`
-imports before answering (so a module cannot be forgotten by a command that
-only lists metrics).
+``unlearnkit metrics``, the README's tables and the report's glossary read the
+catalog through :func:`metric_catalog`, which imports every module of
+:data:`METRIC_MODULES` first (so a command that only lists metrics cannot miss
+one): a new metric module is added there.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from unlearnkit.registry import Registry
 
 DIRECTIONS = ("higher", "lower", "closer to 1", "near 0", "near 0.5")
 FAMILIES = ("tofu", "memorization", "privacy", "muse", "utility")
 ARROWS = {"higher": "↑", "lower": "↓", "closer to 1": "→1", "near 0": "→0", "near 0.5": "→½"}
+
+# How the evaluator turns ``compute``'s output into the reported number (lm-eval's metric + aggregation pairing).
+MEAN = "mean over questions"
+"""``compute`` returns one value per question (or text); the evaluator reports their mean."""
+NANMEAN = "mean over questions, NaN skipped"
+"""As :data:`MEAN`, skipping the questions where the value is undefined (NaN)."""
+AS_IS = "as is"
+"""``compute`` returns the reported number itself (a test statistic, an AUC, a mean it takes, a MUSE score's ``value``)."""
+AGGREGATIONS = (MEAN, NANMEAN, AS_IS)
 
 TOFU = 'Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", COLM 2024'
 TIRUMALA = 'Tirumala et al., "Memorization Without Overfitting: Analyzing the Training Dynamics of Large Language Models", NeurIPS 2022'
@@ -37,13 +62,37 @@ MIN_K_PP = 'Zhang et al., "Min-K%++: Improved Baseline for Detecting Pre-Trainin
 GRADNORM = 'Wang et al., "Pandora\'s White-Box: Precise Training Data Detection and Extraction in Large Language Models", 2024'
 MUSE = 'Shi et al., "MUSE: Machine Unlearning Six-Way Evaluation for Language Models", ICLR 2025'
 
-# Modules that register their own metrics with :func:`register_metric` (imported by :func:`metric_catalog`).
-EXTENSION_MODULES = ("unlearnkit.evaluation.muse", "unlearnkit.evaluation.general")
+# Every module that registers metrics, in the order of FAMILIES (imported by metric_catalog()).
+METRIC_MODULES = (
+    "unlearnkit.evaluation.metrics",       # tofu
+    "unlearnkit.evaluation.memorization",  # memorization
+    "unlearnkit.evaluation.mia",           # privacy
+    "unlearnkit.evaluation.muse",          # muse
+    "unlearnkit.evaluation.general",       # utility (lm-eval's general_<task>_<metric> keys are named per task, not listed)
+)
+
+_YEAR = re.compile(r"(?<!\d)(?:19|20)\d\d(?!\d)")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _where(function: object) -> str:
+    """``module.qualname`` of a compute function, for messages."""
+    module = getattr(function, "__module__", None)
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", None) or repr(function)
+    return f"{module}.{name}" if module else name
 
 
 @dataclass(frozen=True)
 class MetricSpec:
-    """One reported number. ``direction``: which way is better; ``family``: the group it is listed in."""
+    """One reported number, bound to the function that computes it.
+
+    ``direction``: which way is better (:data:`DIRECTIONS`); ``family``: the group
+    it is listed in (:data:`FAMILIES`); ``label``: its name in reports (default:
+    the name with spaces). ``compute``: the pure function whose output the
+    evaluator turns into the number, by ``aggregation`` (:data:`AGGREGATIONS`).
+    Every field is checked when the entry is made.
+    """
 
     name: str
     direction: str
@@ -51,14 +100,28 @@ class MetricSpec:
     paper: str
     family: str
     label: str = ""
+    compute: Callable[..., Any] = field(kw_only=True)
+    aggregation: str = field(kw_only=True)
 
     def __post_init__(self) -> None:
+        where = f"metric {self.name!r}"
+        if callable(self.compute):
+            where += f" (on {_where(self.compute)})"
         if self.direction not in DIRECTIONS:
-            raise ValueError(f"metric {self.name!r}: direction must be one of {DIRECTIONS}, got {self.direction!r}.")
+            raise ValueError(f"{where}: direction must be one of {DIRECTIONS}, got {self.direction!r}.")
         if self.family not in FAMILIES:
-            raise ValueError(f"metric {self.name!r}: family must be one of {FAMILIES}, got {self.family!r}.")
-        if not self.definition or not self.paper:
-            raise ValueError(f"metric {self.name!r} needs a one-line definition and the paper it comes from.")
+            raise ValueError(f"{where}: family must be one of {FAMILIES}, got {self.family!r}.")
+        if not isinstance(self.definition, str) or not self.definition.strip() or len(self.definition.splitlines()) != 1:
+            raise ValueError(f"{where} needs a non-empty one-line definition, got {self.definition!r}.")
+        if not isinstance(self.paper, str) or not _YEAR.search(self.paper):
+            raise ValueError(f"{where} needs the paper it comes from, cited with its year (e.g. 'Author et al., \"Title\", "
+                             f"Venue 2024'), got {self.paper!r}.")
+        if not callable(self.compute):
+            raise ValueError(f"{where}: compute must be the function that computes it, got {self.compute!r}.")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"{where}: aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}.")
+        if not isinstance(self.label, str) or len(self.label.splitlines()) > 1:
+            raise ValueError(f"{where}: the label must be one line, got {self.label!r}.")
 
     @property
     def arrow(self) -> str:
@@ -73,101 +136,38 @@ METRICS: Registry[MetricSpec] = Registry("metric")
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
-    """Add ``spec`` to the catalog; a name registered twice is an error."""
+    """Add ``spec`` to the catalog; a name registered twice is an error. :func:`metric` is the usual way in."""
+    if not isinstance(spec, MetricSpec):
+        raise TypeError(f"register_metric takes a MetricSpec, got {type(spec).__name__}.")
+    if spec.name in METRICS:
+        raise ValueError(f"metric {spec.name!r} is already registered (computed by {_where(METRICS.get(spec.name).compute)}); "
+                         f"{_where(spec.compute)} cannot register it again: choose another name.")
     return METRICS.register(spec.name)(spec)
 
 
+def metric(
+    name: str, direction: str, definition: str, paper: str, family: str, *, aggregation: str, label: str = ""
+) -> Callable[[F], F]:
+    """Decorator: register the decorated function as the ``compute`` of metric ``name`` (and return it unchanged).
+
+    The arguments are :class:`MetricSpec`'s other fields; stack one ``@metric``
+    per summary key the function serves.
+    """
+
+    def register(compute: F) -> F:
+        register_metric(MetricSpec(name, direction, definition, paper, family, label, compute=compute, aggregation=aggregation))
+        return compute
+
+    return register
+
+
 def metric_catalog() -> Registry[MetricSpec]:
-    """The catalog, with the metrics of every module in :data:`EXTENSION_MODULES` registered."""
-    for module in EXTENSION_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as error:
-            if error.name != module:  # a module that exists but fails to import is a real error
-                raise
+    """The catalog, with the metrics of every module in :data:`METRIC_MODULES` registered."""
+    for module in METRIC_MODULES:
+        importlib.import_module(module)
     return METRICS
 
 
 def describe_metric(name: str) -> MetricSpec:
     """The entry for ``name``; an unknown name fails with suggestions."""
     return metric_catalog().get(name)
-
-
-# ---------------------------------------------------------------------------
-# TOFU (unlearnkit.evaluation.evaluator / metrics)
-# ---------------------------------------------------------------------------
-
-_SPLIT_LABELS = {"forget": "forget", "retain": "retain", "real_authors": "real-authors", "world_facts": "world-facts"}
-
-for _spec in (
-    MetricSpec("forget_quality", "higher",
-               "p-value of the two-sample KS test between the model's and the retain oracle's per-sample forget "
-               "truth ratios (1 = indistinguishable from the oracle).", TOFU, "tofu", "forget quality"),
-    MetricSpec("model_utility", "higher",
-               "Harmonic mean of probability, ROUGE-L recall and truth-ratio score on the retain, real-authors "
-               "and world-facts sets.", TOFU, "tofu", "model utility"),
-    MetricSpec("forget_truth_ratio", "closer to 1",
-               "Mean over forget questions of min(R, 1/R), R = p(paraphrased answer) / geometric mean "
-               "p(perturbed answers).", TOFU, "tofu", "forget truth ratio"),
-    MetricSpec("forget_probability", "lower", "Mean over forget questions of p = exp(-mean answer-token NLL).",
-               TOFU, "tofu", "forget probability"),
-    MetricSpec("forget_rouge_l", "lower", "Mean ROUGE-L recall of the greedy answer against the forget answer.",
-               TOFU, "tofu", "forget ROUGE-L"),
-    MetricSpec("retain_probability", "higher", "Mean p of the answer on the retain set.", TOFU, "tofu", "retain probability"),
-    MetricSpec("retain_rouge_l", "higher", "Mean ROUGE-L recall of the greedy answer on the retain set.",
-               TOFU, "tofu", "retain ROUGE-L"),
-    MetricSpec("retain_truth_ratio", "higher", "Mean of max(0, 1 - 1/R) on the retain set.", TOFU, "tofu", "retain truth ratio"),
-):
-    register_metric(_spec)
-
-for _split in ("real_authors", "world_facts"):
-    _label = _SPLIT_LABELS[_split]
-    register_metric(MetricSpec(f"{_split}_probability", "higher",
-                               f"Mean normalised p_true / (p_true + sum p_perturbed) on the {_label} set.",
-                               TOFU, "tofu", f"{_label} probability"))
-    register_metric(MetricSpec(f"{_split}_rouge_l", "higher", f"Mean ROUGE-L recall of the greedy answer on the {_label} set.",
-                               TOFU, "tofu", f"{_label} ROUGE-L"))
-    register_metric(MetricSpec(f"{_split}_truth_ratio", "higher",
-                               f"Mean of max(0, 1 - 1/R) on the {_label} set (the answer itself is the correct one).",
-                               TOFU, "tofu", f"{_label} truth ratio"))
-
-# ---------------------------------------------------------------------------
-# Memorization and extraction (unlearnkit.evaluation.memorization)
-# ---------------------------------------------------------------------------
-
-for _split, _better in (("forget", "lower"), ("holdout", "lower")):
-    register_metric(MetricSpec(f"{_split}_exact_memorization", _better,
-                               f"Mean over {_split} answers of the fraction of tokens whose teacher-forced argmax is the answer token.",
-                               TIRUMALA, "memorization", f"{_split} exact memorization"))
-    register_metric(MetricSpec(f"{_split}_extraction_strength", _better,
-                               f"Mean over {_split} answers of 1 - k/|y|, k the smallest offset with y[k:] all predicted "
-                               "by the teacher-forced argmax (0 when no suffix is).",
-                               CARLINI_QUANTIFYING, "memorization", f"{_split} extraction strength"))
-register_metric(MetricSpec("memorization_accuracy", "lower",
-                           "Jang et al.'s MA: mean greedy next-token accuracy on the answer tokens (their stopping rule: "
-                           "below the value on unseen data).", JANG, "memorization", "memorization accuracy (MA)"))
-register_metric(MetricSpec("extraction_likelihood", "lower",
-                           "Jang et al.'s EL_n (n = 10): mean over answer prefixes of the fraction of the true suffix's "
-                           "n-grams in the greedy continuation.", JANG, "memorization", "extraction likelihood (EL_n)"))
-
-# ---------------------------------------------------------------------------
-# Membership inference (unlearnkit.evaluation.mia): AUC with forget = members, holdout = non-members
-# ---------------------------------------------------------------------------
-
-_AUC = "ROC-AUC, forget (members) vs holdout (non-members), of"
-for _name, _statistic, _paper in (
-    ("loss", "the mean answer NLL (lower = member)", YEOM),
-    ("zlib", "mean NLL / zlib-compressed length of question + answer (lower = member)", CARLINI_EXTRACTING),
-    ("lowercase", "NLL(lower-cased) / NLL(text) (higher = member)", CARLINI_EXTRACTING),
-    ("min_k", "the mean of the lowest k% answer-token log-probs, k = 40% by default (higher = member)", MIN_K),
-    ("min_k_pp", "the mean of the lowest k% of (log p - mu) / sigma under the model's own next-token "
-                 "distribution (higher = member)", MIN_K_PP),
-    ("reference", "NLL_model - NLL_retain-oracle, the oracle's stored values (lower = member)", CARLINI_EXTRACTING),
-    ("gradnorm", "the L2 norm of the answer NLL's parameter gradient, batch 1 (lower = member; on request)", GRADNORM),
-):
-    register_metric(MetricSpec(f"mia_{_name}_auc", "near 0.5",
-                               f"{_AUC} {_statistic}; 1 = forget still recognised, 0.5 = chance (a retain model).",
-                               _paper, "privacy", f"MIA {_name.replace('_pp', '++').replace('_', '-')} AUC"))
-register_metric(MetricSpec("privleak", "near 0",
-                           "MUSE PrivLeak: (AUC - AUC_retain-oracle) / AUC_retain-oracle x 100 on Min-40% AUCs with forget "
-                           "as non-members (1 - mia_min_k_auc); about -100 before unlearning.", MUSE, "privacy", "PrivLeak"))

@@ -23,7 +23,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit.errors import UnlearnkitError
 
 INSTALL_HINT = "lm-eval is an optional extra: pip install 'unlearnkit[general]' (or pip install lm-eval==0.4.13)."
-# lm-eval reports "METRIC,FILTER" keys; these are the accuracies we keep.
+# lm-eval reports "METRIC,FILTER" keys; these are the accuracies we keep. They are reported as
+# general_<task>_<metric>, named by the tasks chosen at run time, so they have no catalog entry; a utility
+# metric with a fixed key is registered with @metric (unlearnkit.evaluation.catalog) on its compute function here.
 ACCURACY_METRICS = ("acc", "acc_norm")
 
 

@@ -27,6 +27,9 @@ tokens". With that scope MA equals exact memorization on the answer tokens, and
 EL_n has ``|x| − n`` terms (prefix lengths 1 .. |x| − n, each suffix holding at
 least one n-gram); a sequence of at most n tokens has no term and gives NaN,
 which the aggregates skip.
+
+Each function that gives a reported number carries its catalog entries
+(:func:`unlearnkit.evaluation.catalog.metric`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from unlearnkit import distributed
 from unlearnkit.data.encoding import PromptFormat, pad_batch
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.catalog import CARLINI_QUANTIFYING, JANG, MEAN, NANMEAN, TIRUMALA, metric
 from unlearnkit.evaluation.scoring import encode_pairs, greedy_token_continuations
 from unlearnkit.losses import IGNORE_INDEX, _check_lm_inputs
 
@@ -79,12 +83,29 @@ def _scored_per_row(mask: Tensor) -> Tensor:
     return counts.double()
 
 
+@metric("forget_exact_memorization", "lower",
+        "Mean over forget answers of the fraction of tokens whose teacher-forced argmax is the answer token.",
+        TIRUMALA, "memorization", label="forget exact memorization", aggregation=MEAN)
+@metric("holdout_exact_memorization", "lower",
+        "Mean over holdout answers of the fraction of tokens whose teacher-forced argmax is the answer token.",
+        TIRUMALA, "memorization", label="holdout exact memorization", aggregation=MEAN)
+# MA on the answer tokens, as the stopping rule measures it (answer_memorization), is exact memorization of the
+# answer; memorization_accuracy() below is MA over every token of a whole sequence.
+@metric("memorization_accuracy", "lower",
+        "Jang et al.'s MA: mean greedy next-token accuracy on the answer tokens (their stopping rule: below the value on unseen data).",
+        JANG, "memorization", label="memorization accuracy (MA)", aggregation=MEAN)
 def exact_memorization(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of each sequence's scored tokens predicted exactly by the teacher-forced argmax; ``(B,)``."""
     matches, mask = argmax_matches(logits, labels)
     return matches.sum(dim=1).double() / _scored_per_row(mask)
 
 
+@metric("forget_extraction_strength", "lower",
+        "Mean over forget answers of 1 - k/|y|, k the smallest offset with y[k:] all predicted by the teacher-forced argmax "
+        "(0 when no suffix is).", CARLINI_QUANTIFYING, "memorization", label="forget extraction strength", aggregation=MEAN)
+@metric("holdout_extraction_strength", "lower",
+        "Mean over holdout answers of 1 - k/|y|, k the smallest offset with y[k:] all predicted by the teacher-forced argmax "
+        "(0 when no suffix is).", CARLINI_QUANTIFYING, "memorization", label="holdout extraction strength", aggregation=MEAN)
 def extraction_strength(logits: Tensor, labels: Tensor) -> Tensor:
     """``1 − k/|y|`` per sequence, ``k`` the smallest offset with every token of ``y[k:]`` predicted; ``(B,)``.
 
@@ -130,6 +151,9 @@ def ngram_overlap(generation: Sequence[int], reference: Sequence[int], n: int) -
     return sum(gram in produced for gram in wanted) / len(wanted)
 
 
+@metric("extraction_likelihood", "lower",
+        "Jang et al.'s EL_n (n = 10): mean over answer prefixes of the fraction of the true suffix's n-grams in the greedy continuation.",
+        JANG, "memorization", label="extraction likelihood (EL_n)", aggregation=NANMEAN)
 def extraction_likelihood(sequence: Sequence[int], continuations: Sequence[Sequence[int]], n: int = DEFAULT_NGRAM) -> float:
     """EL_n of one token sequence x from the greedy continuations of its prefixes.
 

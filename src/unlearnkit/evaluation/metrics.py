@@ -5,6 +5,9 @@ per-sample length-normalised NLLs ("avg-loss": mean NLL over the answer tokens),
 so the per-sample answer probability is ``p = exp(−avg_nll)``.
 
 Main source: Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", COLM 2024.
+
+Each function that gives a reported number carries its catalog entries
+(:func:`unlearnkit.evaluation.catalog.metric`): one per summary key it serves.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import numpy as np
 from rouge_score import rouge_scorer
 from scipy.special import logsumexp
 from scipy.stats import ks_2samp
+
+from unlearnkit.evaluation.catalog import AS_IS, MEAN, TOFU, metric
 
 MODEL_UTILITY_COMPONENTS: tuple[str, ...] = (
     "retain_probability",
@@ -58,6 +63,10 @@ def _as_truth_ratios(truth_ratios: np.ndarray | Sequence[float]) -> np.ndarray:
     return ratios
 
 
+@metric("forget_probability", "lower", "Mean over forget questions of p = exp(-mean answer-token NLL).", TOFU, "tofu",
+        label="forget probability", aggregation=MEAN)
+@metric("retain_probability", "higher", "Mean p of the answer on the retain set.", TOFU, "tofu",
+        label="retain probability", aggregation=MEAN)
 def probability(avg_nll: np.ndarray) -> np.ndarray:
     """Per-sample answer probability ``p = exp(−avg_nll)``.
 
@@ -67,6 +76,10 @@ def probability(avg_nll: np.ndarray) -> np.ndarray:
     return np.exp(-np.asarray(avg_nll, dtype=np.float64))
 
 
+@metric("real_authors_probability", "higher", "Mean normalised p_true / (p_true + sum p_perturbed) on the real-authors set.",
+        TOFU, "tofu", label="real-authors probability", aggregation=MEAN)
+@metric("world_facts_probability", "higher", "Mean normalised p_true / (p_true + sum p_perturbed) on the world-facts set.",
+        TOFU, "tofu", label="world-facts probability", aggregation=MEAN)
 def normalized_probability(true_avg_nll: np.ndarray, perturbed_avg_nll: np.ndarray) -> np.ndarray:
     """Probability of the true answer normalised over the answer options, per sample; ``(N,)``.
 
@@ -104,6 +117,9 @@ def truth_ratio(paraphrased_avg_nll: np.ndarray, perturbed_avg_nll: np.ndarray) 
     return np.exp(perturbed.mean(axis=1) - paraphrased)
 
 
+@metric("forget_truth_ratio", "closer to 1",
+        "Mean over forget questions of min(R, 1/R), R = p(paraphrased answer) / geometric mean p(perturbed answers).",
+        TOFU, "tofu", label="forget truth ratio", aggregation=AS_IS)
 def forget_truth_ratio_score(truth_ratios: np.ndarray | Sequence[float]) -> float:
     """Forget-set truth-ratio score: ``mean(min(R, 1/R))`` in (0, 1].
 
@@ -114,6 +130,14 @@ def forget_truth_ratio_score(truth_ratios: np.ndarray | Sequence[float]) -> floa
     return float(np.mean(np.minimum(ratios, 1.0 / ratios)))
 
 
+@metric("retain_truth_ratio", "higher", "Mean of max(0, 1 - 1/R) on the retain set.", TOFU, "tofu",
+        label="retain truth ratio", aggregation=AS_IS)
+@metric("real_authors_truth_ratio", "higher",
+        "Mean of max(0, 1 - 1/R) on the real-authors set (the answer itself is the correct one).", TOFU, "tofu",
+        label="real-authors truth ratio", aggregation=AS_IS)
+@metric("world_facts_truth_ratio", "higher",
+        "Mean of max(0, 1 - 1/R) on the world-facts set (the answer itself is the correct one).", TOFU, "tofu",
+        label="world-facts truth ratio", aggregation=AS_IS)
 def retain_truth_ratio_score(truth_ratios: np.ndarray | Sequence[float]) -> float:
     """Retain-set truth-ratio score: ``mean(max(0, 1 − 1/R))`` in [0, 1).
 
@@ -124,6 +148,9 @@ def retain_truth_ratio_score(truth_ratios: np.ndarray | Sequence[float]) -> floa
     return float(np.mean(np.maximum(0.0, 1.0 - 1.0 / ratios)))
 
 
+@metric("forget_quality", "higher",
+        "p-value of the two-sample KS test between the model's and the retain oracle's per-sample forget truth ratios "
+        "(1 = indistinguishable from the oracle).", TOFU, "tofu", label="forget quality", aggregation=AS_IS)
 def forget_quality(
     model_truth_ratios: np.ndarray | Sequence[float],
     oracle_truth_ratios: np.ndarray | Sequence[float],
@@ -164,6 +191,14 @@ def _rouge_l_scores(predictions: Sequence[str], references: Sequence[str], use_s
     ]
 
 
+@metric("forget_rouge_l", "lower", "Mean ROUGE-L recall of the greedy answer against the forget answer.", TOFU, "tofu",
+        label="forget ROUGE-L", aggregation=MEAN)
+@metric("retain_rouge_l", "higher", "Mean ROUGE-L recall of the greedy answer on the retain set.", TOFU, "tofu",
+        label="retain ROUGE-L", aggregation=MEAN)
+@metric("real_authors_rouge_l", "higher", "Mean ROUGE-L recall of the greedy answer on the real-authors set.", TOFU, "tofu",
+        label="real-authors ROUGE-L", aggregation=MEAN)
+@metric("world_facts_rouge_l", "higher", "Mean ROUGE-L recall of the greedy answer on the world-facts set.", TOFU, "tofu",
+        label="world-facts ROUGE-L", aggregation=MEAN)
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-sample ROUGE-L recall of each generation against its reference; ``(N,)``.
 
@@ -202,6 +237,9 @@ def harmonic_mean(values: Sequence[float]) -> float:
     return float(array.size / np.sum(1.0 / array))
 
 
+@metric("model_utility", "higher",
+        "Harmonic mean of probability, ROUGE-L recall and truth-ratio score on the retain, real-authors and world-facts sets.",
+        TOFU, "tofu", label="model utility", aggregation=AS_IS)
 def model_utility(components: Mapping[str, float]) -> float:
     """Model Utility: harmonic mean of the nine scores in :data:`MODEL_UTILITY_COMPONENTS`.
 

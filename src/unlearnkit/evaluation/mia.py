@@ -38,6 +38,10 @@ holdout 1 with "higher = less likely a member" scores, the same ordering).
 
 PrivLeak (Shi et al., "MUSE: Machine Unlearning Six-Way Evaluation for Language
 Models", 2024): see :func:`privleak`.
+
+:func:`membership_auc` and :func:`privleak` carry the catalog entries of the
+reported numbers (:func:`unlearnkit.evaluation.catalog.metric`): one
+``mia_<attack>_auc`` per attack, all computed by :func:`membership_auc`.
 """
 
 from __future__ import annotations
@@ -57,9 +61,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit import distributed
 from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.catalog import AS_IS, CARLINI_EXTRACTING, GRADNORM, MIN_K, MIN_K_PP, MUSE, YEOM, metric
 from unlearnkit.evaluation.memorization import exact_memorization, extraction_strength
 from unlearnkit.evaluation.scoring import encode_pairs
-from unlearnkit.losses import _at_least_float32, token_nll
+from unlearnkit.losses import at_least_float32, token_nll
 
 DEFAULT_K = 0.4
 """Fraction of tokens Min-K% and Min-K%++ keep (MUSE's PrivLeak uses Min-40%)."""
@@ -72,6 +77,10 @@ MEMBER_SIGN: dict[str, int] = {
     "loss": -1, "zlib": -1, "lowercase": 1, "min_k": 1, "min_k_pp": 1, "reference": -1, "gradnorm": -1,
 }
 PRIVLEAK_FORMS = ("muse", "openunlearning")
+
+# The catalog definitions of the mia_<attack>_auc keys: f"{_AUC} <the statistic>{_AUC_SCALE}".
+_AUC = "ROC-AUC, forget (members) vs holdout (non-members), of"
+_AUC_SCALE = "; 1 = forget still recognised, 0.5 = chance (a retain model)."
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +101,7 @@ def min_k_plus_plus_z(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     model's next-token distribution at position t (σ_t² floored at 1e-6).
     """
     log_p_label, mask = token_log_probs(logits, labels)
-    log_p = torch.log_softmax(_at_least_float32(logits[:, :-1]), dim=-1)  # (B, T-1, V)
+    log_p = torch.log_softmax(at_least_float32(logits[:, :-1]), dim=-1)  # (B, T-1, V)
     p = log_p.exp()
     mu = (p * log_p).sum(dim=-1)
     variance = ((p * log_p.square()).sum(dim=-1) - mu.square()).clamp_min(MIN_VARIANCE)
@@ -157,6 +166,24 @@ def roc_auc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | 
     return float(u / (positive.size * negative.size))
 
 
+@metric("mia_loss_auc", "near 0.5", f"{_AUC} the mean answer NLL (lower = member){_AUC_SCALE}", YEOM, "privacy",
+        label="MIA loss AUC", aggregation=AS_IS)
+@metric("mia_zlib_auc", "near 0.5", f"{_AUC} mean NLL / zlib-compressed length of question + answer (lower = member){_AUC_SCALE}",
+        CARLINI_EXTRACTING, "privacy", label="MIA zlib AUC", aggregation=AS_IS)
+@metric("mia_lowercase_auc", "near 0.5", f"{_AUC} NLL(lower-cased) / NLL(text) (higher = member){_AUC_SCALE}",
+        CARLINI_EXTRACTING, "privacy", label="MIA lowercase AUC", aggregation=AS_IS)
+@metric("mia_min_k_auc", "near 0.5",
+        f"{_AUC} the mean of the lowest k% answer-token log-probs, k = 40% by default (higher = member){_AUC_SCALE}",
+        MIN_K, "privacy", label="MIA min-k AUC", aggregation=AS_IS)
+@metric("mia_min_k_pp_auc", "near 0.5",
+        f"{_AUC} the mean of the lowest k% of (log p - mu) / sigma under the model's own next-token distribution "
+        f"(higher = member){_AUC_SCALE}", MIN_K_PP, "privacy", label="MIA min-k++ AUC", aggregation=AS_IS)
+@metric("mia_reference_auc", "near 0.5",
+        f"{_AUC} NLL_model - NLL_retain-oracle, the oracle's stored values (lower = member){_AUC_SCALE}",
+        CARLINI_EXTRACTING, "privacy", label="MIA reference AUC", aggregation=AS_IS)
+@metric("mia_gradnorm_auc", "near 0.5",
+        f"{_AUC} the L2 norm of the answer NLL's parameter gradient, batch 1 (lower = member; on request){_AUC_SCALE}",
+        GRADNORM, "privacy", label="MIA gradnorm AUC", aggregation=AS_IS)
 def membership_auc(attack: str, forget_statistics: Sequence[float], holdout_statistics: Sequence[float]) -> float:
     """AUC with forget as the member class and holdout as the non-member class (see the module docstring)."""
     if attack not in MEMBER_SIGN:
@@ -165,6 +192,9 @@ def membership_auc(attack: str, forget_statistics: Sequence[float], holdout_stat
     return roc_auc(sign * np.asarray(forget_statistics, float), sign * np.asarray(holdout_statistics, float))
 
 
+@metric("privleak", "near 0",
+        "MUSE PrivLeak: (AUC - AUC_retain-oracle) / AUC_retain-oracle x 100 on Min-40% AUCs with forget as non-members "
+        "(1 - mia_min_k_auc); about -100 before unlearning.", MUSE, "privacy", label="PrivLeak", aggregation=AS_IS)
 def privleak(auc: float, auc_retain: float, form: str = "muse") -> float:
     """PrivLeak in percent, from Min-K% AUCs taken with forget as NON-members and holdout as members.
 

@@ -37,7 +37,7 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.catalog import MUSE, MetricSpec, register_metric
+from unlearnkit.evaluation.catalog import AS_IS, MUSE, metric
 from unlearnkit.evaluation.metrics import rouge_l_f1
 from unlearnkit.evaluation.scoring import greedy_texts
 from unlearnkit.settings import check_field_types, require_at_least
@@ -46,20 +46,6 @@ logger = logging.getLogger("unlearnkit")
 
 KNOWMEM_STOP_STRINGS: tuple[str, ...] = ("\n\n", "\nQuestion", "Question:")
 """MUSE cuts a KnowMem answer before the first of these (its ``get_prefix_before_words_occur``)."""
-
-# The summary keys these criteria appear under (see unlearnkit.sequential), in the metric catalog.
-for _spec in (
-    MetricSpec("verbmem_forget", "lower", "ROUGE-L F1 of a greedy continuation (128 new tokens) of each forget-text prefix "
-               "against the true continuation cut to as many tokens", MUSE, "muse", label="VerbMem (forget)"),
-    MetricSpec("verbmem_stage_forget", "lower", "VerbMem on windows of the texts unlearned so far in a scalability or "
-               "sustainability run (prefix = first tokens of each window)", MUSE, "muse", label="VerbMem (stage texts)"),
-    MetricSpec("knowmem_forget", "lower", "ROUGE-L F1 of few-shot greedy answers (32 new tokens, cut before a new "
-               "question) to forget-set questions", MUSE, "muse", label="KnowMem (forget)"),
-    MetricSpec("knowmem_retain", "higher", "ROUGE-L F1 of few-shot greedy answers (32 new tokens, cut before a new "
-               "question) to retain-set questions: utility", MUSE, "muse", label="KnowMem (retain)"),
-):
-    register_metric(_spec)
-del _spec
 
 
 @dataclass(frozen=True)
@@ -145,8 +131,14 @@ def context_length(model: PreTrainedModel) -> int | None:
 
 
 # --- Model queries ----------------------------------------------------------------------
+# verbmem() and knowmem() carry the catalog entries of the summary keys they are reported under (see
+# unlearnkit.sequential); each returns a MuseScore whose value, the mean over samples, is the number.
 
 
+@metric("verbmem_forget", "lower", "ROUGE-L F1 of a greedy continuation (128 new tokens) of each forget-text prefix "
+        "against the true continuation cut to as many tokens", MUSE, "muse", label="VerbMem (forget)", aggregation=AS_IS)
+@metric("verbmem_stage_forget", "lower", "VerbMem on windows of the texts unlearned so far in a scalability or "
+        "sustainability run (prefix = first tokens of each window)", MUSE, "muse", label="VerbMem (stage texts)", aggregation=AS_IS)
 def verbmem(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -179,6 +171,10 @@ def verbmem(
     return MuseScore(value=float(np.mean(scores)), per_sample=per_sample)
 
 
+@metric("knowmem_forget", "lower", "ROUGE-L F1 of few-shot greedy answers (32 new tokens, cut before a new "
+        "question) to forget-set questions", MUSE, "muse", label="KnowMem (forget)", aggregation=AS_IS)
+@metric("knowmem_retain", "higher", "ROUGE-L F1 of few-shot greedy answers (32 new tokens, cut before a new "
+        "question) to retain-set questions: utility", MUSE, "muse", label="KnowMem (retain)", aggregation=AS_IS)
 def knowmem(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,

@@ -15,15 +15,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unlearnkit.report.tables import HEADLINE_METRICS
+
 # Which way is better, as an arrow (the catalog's directions).
 ARROWS: dict[str, str] = {"higher": "↑", "lower": "↓", "closer to 1": "→1", "near 0": "→0", "near 0.5": "→½"}
 # Listing order of the metric families (the catalog's, then the run's cost).
 FAMILY_ORDER: tuple[str, ...] = ("tofu", "memorization", "privacy", "muse", "utility", "cost")
 
 # The leaderboard's columns, in order: forgetting, utility, then the forget-set details and the cost.
-LEADERBOARD_METRICS: tuple[str, ...] = (
-    "forget_quality", "model_utility", "forget_truth_ratio", "forget_probability", "forget_rouge_l", "unlearn_seconds",
-)
+LEADERBOARD_METRICS: tuple[str, ...] = (*HEADLINE_METRICS, "unlearn_seconds")
 # Their labels and better directions, so the leaderboard's header reads right on any folder.
 LEADERBOARD_LABELS: dict[str, tuple[str, str]] = {
     "forget_quality": ("forget quality", "higher"),
