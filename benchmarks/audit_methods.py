@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from compare_methods import run_method
+from compare_methods import run_folder, run_methods
 from unlearnkit.audit import RECOVERED, attack_order, build_audit_config, builtin_audit_settings
 from unlearnkit.methods import METHODS
 from unlearnkit.runs.audit import resolve_audit, run_audit
@@ -136,9 +136,9 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else METHODS.names()
     builtin = Builtin(args.preset, args.cache, show_progress=False)
     bench = builtin.prepared(args.split)
+    run_methods(args.runs, methods, args.preset, args.split, {}, args.cache)
     for method in methods:
-        run_method(method, args.runs / method, args.preset, args.split, {}, args.cache)
-        audit_method(method, args.runs / method, args.output / method, builtin, args.split)
+        audit_method(method, run_folder(args.runs, method, args.split), args.output / method, builtin, args.split)
     attacks, rows = collect(args.output, methods)
     attacks = attack_order(attacks)
     threshold = build_audit_config(builtin_audit_settings(bench.config)).threshold

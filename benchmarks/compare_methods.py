@@ -1,17 +1,16 @@
 """Compare every registered method on the built-in benchmark and write the table to docs.
 
-Each method runs as ``unlearnkit demo --method NAME`` would (forget10 by default,
-the benchmark's settings for the tiny model, seed 0), one results folder per
-method under ``--output``; a method whose folder already holds a summary is not
-run again, so an interrupted comparison resumes, and several processes can split
-the methods between them (``--methods``) before one run collects the table.
+The methods run through ``unlearnkit bench`` (forget10 by default, the
+benchmark's settings for the tiny model, seed 0): one results folder per method
+under ``--output``, resumed when rerun. This script only adds the variants and
+the table of ``docs/methods.md``.
 
     python benchmarks/compare_methods.py --output runs/compare [--methods npo,rmu] [--set lora_rank=8] \
         [--variant npo-20ep=npo:num_epochs=20 ...] [--markdown docs/methods.md] [--json docs/methods.json]
 
-``--variant LABEL=METHOD:KEY=VALUE,KEY=VALUE`` adds a tuned run of a method (under
-``--output/variants/LABEL``); variants get their own table, next to the method's
-run with the benchmark's settings.
+``--variant LABEL=METHOD:KEY=VALUE,KEY=VALUE`` adds a tuned run of a method (a
+bench of its own under ``--output/variants/LABEL``); variants get their own
+table, next to the method's run with the benchmark's settings.
 """
 
 from __future__ import annotations
@@ -23,24 +22,27 @@ import time
 from pathlib import Path
 
 from unlearnkit.builtin import get_preset
-from unlearnkit.io import partial_dir
 from unlearnkit.methods import METHODS
-from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_method
-from unlearnkit.runs.unlearn import run_demo
+from unlearnkit.runs.bench import RunKey, run_bench
+from unlearnkit.runs.inputs import Builtin, RunOptions
 from unlearnkit.runtime import quiet_libraries, set_threads
 
 COLUMNS = ("forget_quality", "model_utility", "forget_probability", "forget_truth_ratio", "forget_rouge_l")
 
 
-def run_method(method: str, folder: Path, preset: str, split: str, overrides: dict[str, str], cache: Path | None) -> None:
-    if (folder / "summary.json").is_file():
-        return
+def run_methods(output: Path, methods: list[str], preset: str, split: str, overrides: dict[str, str], cache: Path | None) -> None:
+    """``unlearnkit bench`` on ``methods`` (seed 0) into ``output``: resumable, a diverged method is listed and skipped."""
     started = time.perf_counter()
-    logging.getLogger("unlearnkit").info("comparing: %s", method)
-    builtin = Builtin(preset, cache, show_progress=False)
-    run_demo(builtin=builtin, method=resolve_method(method, overrides, builtin), forget_split=split,
-             options=RunOptions(folder, show_progress=False, resume=partial_dir(folder).exists()))
-    print(f"{method}: {time.perf_counter() - started:.1f} s", flush=True)
+    outcome = run_bench(builtin=Builtin(preset, cache, show_progress=False), methods=methods, splits=[split], overrides=overrides,
+                        options=RunOptions(output, show_progress=False))
+    for name, error in outcome.failed.items():
+        print(f"{name} diverged: {error}", flush=True)
+    print(f"{', '.join(methods)}: {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def run_folder(output: Path, method: str, split: str) -> Path:
+    """Where the bench runner puts a method's seed-0 run."""
+    return output / RunKey(method, split, 0).folder
 
 
 def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
@@ -52,11 +54,10 @@ def parse_variant(text: str) -> tuple[str, str, dict[str, str]]:
     return label, method, dict(item.split("=", 1) for item in settings.split(",") if item)
 
 
-def collect(output: Path, runs: list[tuple[str, str]], preset: str, overrides: dict[str, str]) -> list[dict]:
-    """Table rows for (label, method) runs found under ``output/label``; the target and oracle first."""
+def collect(runs: list[tuple[str, str, Path]], preset: str, overrides: dict[str, str]) -> list[dict]:
+    """Table rows for (label, method, run folder) where the run has finished; the target and oracle first."""
     rows = []
-    for label, method in runs:
-        folder = output / label
+    for label, method, folder in runs:
         if not (folder / "summary.json").is_file():
             continue
         summary = json.loads((folder / "summary.json").read_text())
@@ -152,13 +153,15 @@ def main() -> None:
     overrides = dict(item.split("=", 1) for item in options.sets)
     variants = [parse_variant(text) for text in options.variants]
     if not options.collect_only:
-        for method in methods:
-            run_method(method, options.output / method, options.preset, options.split, overrides, options.cache)
+        run_methods(options.output, methods, options.preset, options.split, overrides, options.cache)
         for label, method, settings in variants:
-            run_method(method, options.output / "variants" / label, options.preset, options.split, {**overrides, **settings}, options.cache)
-    rows = collect(options.output, [(method, method) for method in methods], options.preset, overrides)
+            run_methods(options.output / "variants" / label, [method], options.preset, options.split, {**overrides, **settings},
+                        options.cache)
+    rows = collect([(method, method, run_folder(options.output, method, options.split)) for method in methods], options.preset,
+                   overrides)
     variant_rows = [row for label, method, settings in variants
-                    for row in collect(options.output / "variants", [(label, method)], options.preset, {**overrides, **settings})
+                    for row in collect([(label, method, run_folder(options.output / "variants" / label, method, options.split))],
+                                       options.preset, {**overrides, **settings})
                     if row.get("family")]
     if variant_rows:
         variant_rows = rows[:2] + variant_rows  # the target and oracle rows frame the variants too
