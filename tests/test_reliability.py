@@ -266,3 +266,20 @@ def test_interrupt_before_any_output(monkeypatch, capsys) -> None:
     assert run_cli(["eval", "--model", "m", "--forget", "f", "--output", "o"], monkeypatch) == 143
     assert "interrupted by SIGTERM before any results were written; rerun the same command" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the command
+
+
+def test_two_commands_preparing_one_cache_take_turns(tmp_path: Path) -> None:
+    """Two cold `prepare` processes on one cache: the second waits for the first, then reuses its models (trained once)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cache = tmp_path / "cache"
+    command = [sys.executable, "-m", "unlearnkit.cli", "prepare", "--preset", "micro", "--splits", "forget10", "--cache", str(cache)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = [process.communicate(timeout=600)[1] for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, logs
+    assert sum("building target model" in log for log in logs) == 1, logs  # trained once, not twice into one staging folder
+    waited = next(log for log in logs if "building target model" not in log)
+    assert "another process is preparing the built-in benchmark" in waited and "reusing cached benchmark data" in waited
+    root = next(cache.glob("builtin-*"))
+    assert (root / "target" / "model.safetensors").is_file() and (root / "oracle-forget10" / "model.safetensors").is_file()
+    assert not list(cache.glob("builtin-*/.*.partial")), "no half-built folder may be left"

@@ -8,12 +8,15 @@ an interrupted run never leaves a half-trained model that looks finished.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -207,7 +210,31 @@ def _prepare(
     config: BuiltinBenchmark, cache_dir: Path | None, forget_splits: tuple[str, ...], show_progress: bool, jobs: int | None
 ) -> PreparedBenchmark:
     root = benchmark_root(config, cache_dir)
-    bench = PreparedBenchmark(root, config)
+    with _building(root):
+        return _build(PreparedBenchmark(root, config), forget_splits, show_progress, jobs)
+
+
+@contextlib.contextmanager
+def _building(root: Path) -> Iterator[None]:
+    """One process at a time builds a benchmark's cache; another one waits (two would train into the same staging folders).
+
+    A ``flock`` on ``.NAME.lock`` beside the cache folder: released by the kernel if its holder dies.
+    """
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is preparing the built-in benchmark in %s; waiting for it ...", root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build(bench: PreparedBenchmark, forget_splits: tuple[str, ...], show_progress: bool, jobs: int | None) -> PreparedBenchmark:
+    root, config = bench.root, bench.config
     _build_once(bench.data_dir, lambda tmp: _write_data(config, tmp), "benchmark data")
     write_json(root / "benchmark.json", asdict(config))
     _build_once(root / "tokenizer", lambda tmp: _train_tokenizer(bench, tmp), "tokenizer")
