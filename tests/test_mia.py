@@ -99,11 +99,10 @@ def test_privleak_both_forms() -> None:
     assert privleak(0.0, 0.5) == pytest.approx(-100.0)
     assert privleak(0.6, 0.5) == pytest.approx(20.0)
     assert privleak(0.4772, 0.4772) == 0.0
-    # OpenUnlearning: ((1 - AUC) - (1 - AUC_retain)) / (1 - AUC_retain) * 100.
-    assert privleak(0.6, 0.5, "openunlearning") == pytest.approx(-20.0)
-    # With AUC_retain near 1 the OpenUnlearning form explodes; MUSE's stays bounded.
-    assert privleak(0.5, 0.99, "openunlearning") == pytest.approx(4900.0)
     assert privleak(0.5, 0.99, "muse") == pytest.approx(-49.4949, abs=1e-3)
+    # OpenUnlearning's form is MUSE's with 1e-10 in the denominator: the same numbers, finite at AUC_retain = 0.
+    assert privleak(0.6, 0.5, "openunlearning") == pytest.approx(20.0)
+    assert privleak(0.3, 0.0, "muse") == math.inf and privleak(0.3, 0.0, "openunlearning") == pytest.approx(0.3e12)
     with pytest.raises(UnlearnkitError, match="PrivLeak form"):
         privleak(0.5, 0.5, "tofu")
     with pytest.raises(UnlearnkitError, match="in \\[0, 1\\]"):
@@ -174,6 +173,20 @@ def test_evaluate_with_holdout_adds_privacy_and_memorization(micro_bench, target
     # The reference attack reads the oracle's stored NLLs: target NLL - oracle NLL.
     first = result.per_sample["forget"][0]
     assert first["mia_reference"] == pytest.approx(first["mia_loss"] - reference["membership"]["forget_nll"][0])
+
+
+def openunlearning_privleak(forget_auc: float, retain_auc: float) -> float:
+    """OpenUnlearning's privleak as its code computes it, transcribed here: conventional AUCs (forget = members), complemented."""
+    score, ref = 1 - forget_auc, 1 - retain_auc
+    return (score - ref) / (ref + 1e-10) * 100
+
+
+@pytest.mark.parametrize(("forget_auc", "retain_auc"), [(0.99, 0.5), (0.4, 0.6), (0.9, 0.99), (0.5, 0.5228), (0.05, 0.01)])
+def test_privleak_equals_openunlearning_s_code(forget_auc: float, retain_auc: float) -> None:
+    """Both forms equal OpenUnlearning's code on the same conventionally oriented AUCs (ours take 1 - AUC)."""
+    expected = openunlearning_privleak(forget_auc, retain_auc)
+    assert privleak(1 - forget_auc, 1 - retain_auc, "openunlearning") == pytest.approx(expected, abs=1e-6)
+    assert privleak(1 - forget_auc, 1 - retain_auc, "muse") == pytest.approx(expected, rel=1e-6)
 
 
 def test_gradient_norm_attack_on_request_and_openunlearning_privleak(micro_bench, target) -> None:

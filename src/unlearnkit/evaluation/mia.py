@@ -77,6 +77,8 @@ MEMBER_SIGN: dict[str, int] = {
     "loss": -1, "zlib": -1, "lowercase": 1, "min_k": 1, "min_k_pp": 1, "reference": -1, "gradnorm": -1,
 }
 PRIVLEAK_FORMS = ("muse", "openunlearning")
+# OpenUnlearning adds this to PrivLeak's denominator (its only difference from MUSE's formula).
+OPENUNLEARNING_EPSILON = 1e-10
 
 # The catalog definitions of the mia_<attack>_auc keys: f"{_AUC} <the statistic>{_AUC_SCALE}".
 _AUC = "ROC-AUC, forget (members) vs holdout (non-members), of"
@@ -206,22 +208,21 @@ def privleak(auc: float, auc_retain: float, form: str = "muse") -> float:
       0 = leaks like the retrained model; strongly negative = the forget set is
       still recognised (a model before unlearning scores near −100); positive =
       over-unlearned (the forget set now looks less familiar than unseen text).
-    * ``"openunlearning"``: ``((1 − auc) − (1 − auc_retain)) / (1 − auc_retain) × 100``,
-      the form of OpenUnlearning's code. It measures the gap relative to
-      ``1 − auc_retain``, so its sign is the opposite of MUSE's on the same AUCs
-      and it explodes as ``auc_retain`` → 1 (values in the thousands; their issue #167).
+    * ``"openunlearning"``: OpenUnlearning's code, which takes conventionally oriented
+      AUCs, complements both (``1 − x``: MUSE's orientation, this function's inputs)
+      and applies MUSE's formula with ``1e-10`` added to the denominator. It equals
+      ``"muse"`` but where ``auc_retain`` is 0 (finite there instead of infinite).
     """
     if form not in PRIVLEAK_FORMS:
         raise UnlearnkitError(f"Unknown PrivLeak form {form!r}; use one of {', '.join(PRIVLEAK_FORMS)}.")
     for name, value in (("auc", auc), ("auc_retain", auc_retain)):
         if not (0.0 <= value <= 1.0):
             raise UnlearnkitError(f"PrivLeak's {name} must be an AUC in [0, 1]; got {value}.")
-    denominator = auc_retain if form == "muse" else 1.0 - auc_retain
-    if denominator == 0:
+    if form == "openunlearning":
+        return (auc - auc_retain) / (auc_retain + OPENUNLEARNING_EPSILON) * 100
+    if auc_retain == 0:
         return math.inf if auc != auc_retain else 0.0
-    if form == "muse":
-        return (auc - auc_retain) / denominator * 100
-    return ((1.0 - auc) - (1.0 - auc_retain)) / denominator * 100
+    return (auc - auc_retain) / auc_retain * 100
 
 
 # ---------------------------------------------------------------------------
