@@ -8,7 +8,11 @@ traceback, and exits with status 2; nothing has been written by then.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+
+# The errnos that mean a disk (or the user's quota on it) is full: the run could not write, and resumes once space is freed.
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
 class UnlearnkitError(Exception):

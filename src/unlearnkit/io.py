@@ -47,7 +47,7 @@ def publish_dir(staging: Path, output: Path) -> None:
     """Move a finished staging folder to ``output``, replacing an old one only at the last moment."""
     output = Path(output)
     if output.exists():
-        backup = output.with_name(f".{output.name}.old")
+        backup = backup_dir(output)
         shutil.rmtree(backup, ignore_errors=True)
         os.replace(output, backup)
         os.replace(staging, output)
@@ -55,6 +55,11 @@ def publish_dir(staging: Path, output: Path) -> None:
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, output)
+
+
+def backup_dir(output: Path) -> Path:
+    """Where :func:`publish_dir` moves the old ``output`` for the instant of the swap: a hidden sibling."""
+    return Path(output).with_name(f".{Path(output).name}.old")
 
 
 def partial_dir(output: Path) -> Path:

@@ -19,7 +19,7 @@ from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCall
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from unlearnkit import distributed
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import NO_SPACE_ERRNOS, UnlearnkitError
 from unlearnkit.io import write_json
 
 logger = logging.getLogger("unlearnkit")
@@ -28,7 +28,6 @@ logger = logging.getLogger("unlearnkit")
 # files no longer match it, is never resumed from.
 CHECKPOINT_SEAL = "unlearnkit-complete.json"
 # Errors that mean the disk (or the user's quota) is full; what a failed write reports when it says anything.
-NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 NO_SPACE_WORDS = ("no space left on device", "os error 28", "disk quota exceeded", "os error 122")
 # torch.save reports a full disk only as "file write failed": a failed checkpoint write that leaves less
 # than this free on its disk is taken for a full disk.

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from unlearnkit.cli.options import Threads
-from unlearnkit.errors import Interrupted, NumericalFault, UnlearnkitError
+from unlearnkit.errors import NO_SPACE_ERRNOS, Interrupted, NumericalFault, UnlearnkitError
 
 app = typer.Typer(
     help="Machine unlearning for LLMs: methods, trusted metrics and an offline benchmark.",
@@ -64,7 +64,7 @@ def _setup_logging(quiet: bool) -> None:
 # I/O error), the unfinished run is kept; 130 / 143 interrupted by SIGINT / SIGTERM, the unfinished run is kept.
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CANNOT_WRITE = 2, 3, 4
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
-NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+NO_SPACE = {*NO_SPACE_ERRNOS, errno.EFBIG}  # a file over the size limit cannot be written either
 
 
 def main() -> None:

@@ -174,11 +174,6 @@ def check_retain_loss(value: str) -> None:
     check_choice("retain_loss", value, RETAIN_LOSSES)
 
 
-def check_positive(**values: float | None) -> None:
-    """Each value is a finite number > 0 (None: unset, skipped); kept for the methods that import it."""
-    require_positive(**values)
-
-
 class UnlearnTrainer(CheckpointedTrainer):
     """A ``transformers.Trainer`` whose batches are ``{"forget": ..., "retain": ..., "idk": ..., <extras>}``.
 

@@ -62,9 +62,9 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
 from unlearnkit.parameters import selected_parameter_names
-from unlearnkit.settings import check_choice
+from unlearnkit.settings import check_choice, require_positive
 
 ARTIFACT_FILE = "unlearning_layers.safetensors"
 WEIGHT_SUFFIX = "unlearning_weight"
@@ -102,7 +102,7 @@ class EULConfig(MethodConfig):
             raise UnlearnkitError("EUL needs target_modules: the linear layer(s) its unlearning layers follow (default 'down_proj').")
         if self.uses_lora:
             raise UnlearnkitError("EUL trains its own unlearning layers and has no LoRA form; set lora_rank=0.")
-        check_positive(max_forget_kl=self.max_forget_kl, adapter_rank=self.adapter_rank)
+        require_positive(max_forget_kl=self.max_forget_kl, adapter_rank=self.adapter_rank)
         for name in ("alpha", "lambda_task", "gamma"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:

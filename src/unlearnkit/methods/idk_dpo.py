@@ -8,8 +8,8 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from unlearnkit import losses
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, cache_reference_field, check_positive, register_method
-from unlearnkit.settings import require_non_negative
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, cache_reference_field, register_method
+from unlearnkit.settings import require_non_negative, require_positive
 
 
 @dataclass
@@ -20,7 +20,7 @@ class IDKDPOConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(beta=self.beta)
+        require_positive(beta=self.beta)
         require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
 
     def needs_reference(self) -> bool:

@@ -12,11 +12,10 @@ from unlearnkit.methods.base import (
     MethodConfig,
     UnlearnTrainer,
     cache_reference_field,
-    check_positive,
     check_retain_loss,
     register_method,
 )
-from unlearnkit.settings import require_non_negative
+from unlearnkit.settings import require_non_negative, require_positive
 
 
 @dataclass
@@ -30,7 +29,7 @@ class NPOConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(beta=self.beta)
+        require_positive(beta=self.beta)
         require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
         check_retain_loss(self.retain_loss)
 

@@ -62,9 +62,9 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
 from unlearnkit.parameters import Selection, check_layers_exist, decoder_layers, parse_layers, parse_modules
-from unlearnkit.settings import check_choice, check_field_types
+from unlearnkit.settings import check_choice, check_field_types, require_positive
 
 DEFAULT_TARGET = "down_proj"
 RMU_POSITIONS = ("all", "answer")
@@ -116,9 +116,9 @@ class RMUConfig(MethodConfig):
         check_field_types(self)
         if self.layer < 0:
             raise UnlearnkitError(f"layer must be >= 0 (a decoder block index), got {self.layer}.")
-        check_positive(steering_coeff=self.steering_coeff)
+        require_positive(steering_coeff=self.steering_coeff)
         if self.adaptive_coeff is not None:
-            check_positive(adaptive_coeff=self.adaptive_coeff)
+            require_positive(adaptive_coeff=self.adaptive_coeff)
         check_choice("positions", self.positions, RMU_POSITIONS)
         if self.alpha < 0:
             raise UnlearnkitError(f"alpha must be >= 0 (0 drops the retain term), got {self.alpha}.")

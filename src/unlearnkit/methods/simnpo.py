@@ -8,8 +8,8 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from unlearnkit import losses
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
-from unlearnkit.settings import require_non_negative
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
+from unlearnkit.settings import require_non_negative, require_positive
 
 
 @dataclass
@@ -24,7 +24,7 @@ class SimNPOConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         # npo_coeff weighs the forget term (0 leaves nothing to unlearn); gamma, a margin, may be any finite number.
-        check_positive(beta=self.beta, npo_coeff=self.npo_coeff)
+        require_positive(beta=self.beta, npo_coeff=self.npo_coeff)
         require_non_negative(alpha=self.alpha)
 
 

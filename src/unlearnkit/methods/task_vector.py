@@ -65,8 +65,9 @@ from transformers import PreTrainedModel
 from unlearnkit import losses
 from unlearnkit.data.encoding import pad_batch
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
 from unlearnkit.parameters import is_lora_model
+from unlearnkit.settings import require_positive
 
 logger = logging.getLogger("unlearnkit")
 
@@ -98,11 +99,11 @@ class TaskVectorConfig(MethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scale is not None:
-            check_positive(scale=self.scale)
+            require_positive(scale=self.scale)
         self.scale_candidates()  # a malformed grid fails now, before any loading
         if not (math.isfinite(self.retain_tolerance) and self.retain_tolerance >= 0):
             raise UnlearnkitError(f"retain_tolerance must be a finite number >= 0 (e.g. 0.1), got {self.retain_tolerance}.")
-        check_positive(retain_eval_size=self.retain_eval_size)
+        require_positive(retain_eval_size=self.retain_eval_size)
 
     def scale_candidates(self) -> list[float]:
         """``scale_grid`` as sorted, distinct positive floats."""

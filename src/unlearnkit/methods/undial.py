@@ -34,7 +34,8 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, check_retain_loss, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.settings import require_positive
 
 
 @dataclass
@@ -45,7 +46,7 @@ class UNDIALConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(beta=self.beta)
+        require_positive(beta=self.beta)
         if self.alpha < 0:
             raise UnlearnkitError(f"alpha must be >= 0 (0 is the paper's forget-only form), got {self.alpha}.")
         check_retain_loss(self.retain_loss)

@@ -86,8 +86,9 @@ from unlearnkit import losses
 from unlearnkit.data.anchors import builtin_anchored_terms, load_anchored_terms, translate
 from unlearnkit.data.encoding import IGNORE_INDEX, pad_batch
 from unlearnkit.errors import NumericalFault, UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_positive, register_method
+from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
 from unlearnkit.parameters import is_lora_model
+from unlearnkit.settings import require_positive
 
 logger = logging.getLogger("unlearnkit")
 
@@ -121,9 +122,9 @@ class WHPConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(alpha=self.alpha, reinforce_epochs=self.reinforce_epochs)
+        require_positive(alpha=self.alpha, reinforce_epochs=self.reinforce_epochs)
         if self.reinforce_lr is not None:
-            check_positive(reinforce_lr=self.reinforce_lr)
+            require_positive(reinforce_lr=self.reinforce_lr)
         # A file is read now, so a missing or malformed one fails before any model is loaded.
         self._terms = load_anchored_terms(self.anchored_terms) if self.anchored_terms not in (None, BUILTIN_TERMS) else None
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from unlearnkit import distributed
 from unlearnkit.errors import Interrupted, UnlearnkitError
-from unlearnkit.io import partial_dir, publish_dir, write_json, write_text
+from unlearnkit.io import backup_dir, partial_dir, publish_dir, write_json, write_text
 from unlearnkit.runs.lock import lock_path, output_lock
 from unlearnkit.training import disk_full_error
 
@@ -82,7 +82,7 @@ def check_output_dir(output: Path, overwrite: bool, inputs: Mapping[str, Any] | 
 def output_siblings(output: Path) -> list[Path]:
     """Every path a run writes for ``output``: the folder, its staging and backup siblings, and its lock file."""
     output = Path(output).expanduser().absolute()
-    return [output, partial_dir(output), output.with_name(f".{output.name}.old"), lock_path(output)]
+    return [output, partial_dir(output), backup_dir(output), lock_path(output)]
 
 
 def check_spares_inputs(outputs: Mapping[str, Any], inputs: Mapping[str, Any], results_folder: bool = False) -> None:

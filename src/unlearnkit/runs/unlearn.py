@@ -23,7 +23,7 @@ from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, lo
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
 from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
-from unlearnkit.runs.folder import CHECKPOINTS, results_folder, write
+from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, write
 from unlearnkit.runs.inputs import Builtin, DataChoice, Evaluation, MethodChoice, ModelChoice, RunOptions
 from unlearnkit.runs.lock import locks_output
 from unlearnkit.unlearn import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
@@ -95,8 +95,6 @@ def run_unlearn(
     steps; an interrupted run resumes when the same command runs again (see
     :func:`unlearnkit.runs.folder.results_folder`).
     """
-    from unlearnkit.runs.folder import check_output_dir
-
     distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     model, method, forget, retain = inputs.model, inputs.method, inputs.forget.rows, inputs.retain_rows
     check_output_dir(options.output, options.overwrite,
@@ -218,7 +216,6 @@ def run_demo(
     ``method`` is resolved with the benchmark's settings for it (:func:`unlearnkit.runs.inputs.resolve_method`).
     """
     from unlearnkit.builtin import check_forget_split
-    from unlearnkit.runs.folder import check_output_dir
 
     check_forget_split(forget_split)
     check_output_dir(options.output, options.overwrite)
@@ -250,7 +247,7 @@ def run_demo(
     if tracking.enabled:
         # Forget quality during training uses the oracle reference of the final evaluation.
         tracker = EvalTracker(tokenizer, inputs.evaluation.splits, tracking, builtin.prompt_format, eval_config, reference,
-                              {"oracle": results["oracle"].summary})
+                              {"oracle": inputs.oracle_summary})
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
         unlearned, unlearn_seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options)
