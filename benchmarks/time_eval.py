@@ -32,10 +32,9 @@ def measure(preset: str, threads: int, repeats: int, with_holdout: bool) -> dict
     """In this process: evaluate the target ``repeats`` times; the best wall time, its phases and the peak RSS."""
     import torch
 
-    from unlearnkit.builtin import get_preset, prepare
-    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.builtin import EVAL_CONFIG, PROMPT_FORMAT, get_preset, prepare
     from unlearnkit.evaluation import evaluator, metrics
-    from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
+    from unlearnkit.evaluation.evaluator import evaluate, load_reference
     from unlearnkit.modeling import load_model, load_tokenizer
     from unlearnkit.runtime import quiet_libraries, set_threads
 
@@ -67,7 +66,7 @@ def measure(preset: str, threads: int, repeats: int, with_holdout: bool) -> dict
     for _ in range(repeats):
         spent.clear()
         started = time.perf_counter()
-        summary = evaluate(model, tokenizer, splits, PromptFormat("plain"), EvalConfig(), reference).summary
+        summary = evaluate(model, tokenizer, splits, PROMPT_FORMAT, EVAL_CONFIG, reference).summary
         total = time.perf_counter() - started
         if best is None or total < best["total"]:
             best = {"total": total, **spent}

@@ -1,4 +1,4 @@
-"""Quantization attacks (Zhang et al., ICLR 2025): RTN rounding checked by hand, the quantised copy, the attack on the micro model."""
+"""Quantization attacks (Zhang et al., ICLR 2025): bitsandbytes' FP4/NF4 and int8 rounding by hand, the quantised copy, the attack."""
 
 from __future__ import annotations
 
@@ -6,80 +6,89 @@ import copy
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData
 from unlearnkit.attacks.knowledge import recall_rows
-from unlearnkit.attacks.quantization import quantize_model, quantized_share, rtn_quantize
+from unlearnkit.attacks.quantization import (
+    FP4_CODE,
+    NF4_CODE,
+    absmax_codebook_quantize,
+    int8_rowwise_quantize,
+    quantize_model,
+    quantize_weight,
+    quantized_layers,
+    quantized_share,
+)
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, train_tokenizer
 from unlearnkit.parameters import Selection, apply_lora
 
 
-def test_rtn_exact_grid_is_kept():
-    # [0, 1, 2, 3] at 2 bits: scale 1, zero 0, every value on the grid.
-    weight = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
-    assert torch.equal(rtn_quantize(weight, bits=2, group_size=4), weight)
+def test_fp4_code_is_bitsandbytes_fp4_over_its_maximum():
+    # 1 sign, 2 exponent, 1 mantissa bit, bias 2: 0, 0.0625 (subnormal), 2, 3, 4, 6, 8, 12, and their negatives.
+    magnitudes = sorted({abs(value) * 12 for value in FP4_CODE})
+    assert magnitudes == pytest.approx([0, 0.0625, 2, 3, 4, 6, 8, 12])
+    assert len(NF4_CODE) == 16 and NF4_CODE[0] == -1.0 and NF4_CODE[7] == 0.0 and NF4_CODE[-1] == 1.0
 
 
-def test_rtn_one_bit_rounds_by_hand():
-    # [0, 0.4, 1] at 1 bit: scale 1, zero 0, round(0.4) = 0.
-    out = rtn_quantize(torch.tensor([[0.0, 0.4, 1.0]]), bits=1, group_size=3)
-    assert torch.equal(out, torch.tensor([[0.0, 0.0, 1.0]]))
+def test_fp4_rounds_each_value_to_the_nearest_code_by_hand():
+    # One block, absmax 12: in units of 1/12 the codes are 0, ±0.0625, ±2, ±3, ±4, ±6, ±8, ±12.
+    weight = torch.tensor([[12.0, 7.2, 4.9, 2.4, -1.2, 0.02, 0.05, -12.0]])
+    out = absmax_codebook_quantize(weight, FP4_CODE, blocksize=8)
+    assert torch.allclose(out, torch.tensor([[12.0, 8.0, 4.0, 2.0, -2.0, 0.0, 0.0625, -12.0]]), atol=1e-6)
 
 
-def test_rtn_negative_minimum_uses_zero_point():
-    # [-1, -0.2, 0.6, 2] at 2 bits: scale 3/3 = 1, zero = round(1) = 1; q = [0, 1, 2, 3] -> [-1, 0, 1, 2].
-    out = rtn_quantize(torch.tensor([[-1.0, -0.2, 0.6, 2.0]]), bits=2, group_size=4)
-    assert torch.allclose(out, torch.tensor([[-1.0, 0.0, 1.0, 2.0]]))
+def test_nf4_rounds_to_the_normal_float_codes_by_hand():
+    out = absmax_codebook_quantize(torch.tensor([1.0, 0.7, -0.5, 0.1]), NF4_CODE, blocksize=4)
+    assert out.tolist() == pytest.approx([1.0, 0.7229568362236023, -0.5250730514526367, 0.07958029955625534])
 
 
-def test_rtn_groups_and_partial_last_group():
-    # Groups of 4 at 1 bit: [0, 1, 2, 3] has scale 3 -> [0, 0, 3, 3]; the partial group [0, 0.4, 1] has scale 1 -> [0, 0, 1].
-    weight = torch.tensor([[0.0, 1.0, 2.0, 3.0, 0.0, 0.4, 1.0]])
-    assert torch.allclose(rtn_quantize(weight, bits=1, group_size=4), torch.tensor([[0.0, 0.0, 3.0, 3.0, 0.0, 0.0, 1.0]]))
-    # One group of all 7 (scale 3) would round the last three to 0: the grouping matters.
-    assert torch.allclose(rtn_quantize(weight, bits=1, group_size=7), torch.tensor([[0.0, 0.0, 3.0, 3.0, 0.0, 0.0, 0.0]]))
-    # A group size past the row is one partial group.
-    assert torch.allclose(rtn_quantize(weight, bits=1, group_size=100), rtn_quantize(weight, bits=1, group_size=7))
+def test_blocks_follow_memory_order_across_rows():
+    weight = torch.tensor([[12.0, 0.0, 0.0], [0.5, 1.0, 1.0]])
+    # Blocks of 4 in row-major order: [12, 0, 0, 0.5] (absmax 12: 0.5/12 is nearest 0.0625/12) and [1, 1].
+    assert torch.allclose(absmax_codebook_quantize(weight, FP4_CODE, 4), torch.tensor([[12.0, 0.0, 0.0], [0.0625, 1.0, 1.0]]))
+    # Blocks of 3 are the rows: 0.5 = 6/12 is a code of the second row's block.
+    assert torch.allclose(absmax_codebook_quantize(weight, FP4_CODE, 3), weight)
 
 
-def test_rtn_constant_group_kept_and_rows_independent():
-    weight = torch.tensor([[5.3, 5.3, 5.3, 5.3], [0.0, 0.4, 1.0, 1.0]])
-    out = rtn_quantize(weight, bits=1, group_size=4)
-    assert torch.equal(out[0], weight[0])
-    assert torch.equal(out[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
-
-
-def test_rtn_idempotent_and_8bit_error_within_half_step():
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(8, 70, generator=generator)
-    once = rtn_quantize(weight, bits=4, group_size=32)
-    assert not torch.allclose(once, weight)
-    assert torch.allclose(rtn_quantize(once, bits=4, group_size=32), once, atol=1e-6, rtol=0)
-    eight = rtn_quantize(weight, bits=8, group_size=32)
-    for start in range(0, 70, 32):
-        group, rounded = weight[:, start:start + 32], eight[:, start:start + 32]
-        scale = (group.amax(dim=1, keepdim=True) - group.amin(dim=1, keepdim=True)) / 255
-        assert bool(((group - rounded).abs() <= scale / 2 + 1e-6).all())
+def test_int8_rowwise_by_hand():
+    weight = torch.tensor([[127.0, 63.4, -1.6, 0.0], [0.0, 0.0, 0.0, 0.0], [2.54, 1.0, -0.01, 0.0]])
+    out = int8_rowwise_quantize(weight)
+    # Row 1: scale 1. Row 2: all zero, kept. Row 3: scale 2.54/127 = 0.02: 1.0 -> round(50) = 50 steps, -0.01 -> round(-0.5) = -0 steps.
+    assert torch.allclose(out, torch.tensor([[127.0, 63.0, -2.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.54, 1.0, 0.0, 0.0]]), atol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
-def test_rtn_keeps_dtype(dtype):
-    weight = torch.tensor([[0.0, 0.4, 1.0]], dtype=dtype)
-    out = rtn_quantize(weight, bits=1, group_size=3)
-    assert out.dtype == dtype
-    assert torch.equal(out, torch.tensor([[0.0, 0.0, 1.0]], dtype=dtype))
+def test_quantisation_keeps_dtype(dtype):
+    weight = torch.tensor([[12.0, 7.2, 4.9, 2.4]], dtype=dtype)
+    for bits in (4, 8):
+        assert quantize_weight(weight, bits, blocksize=4).dtype == dtype
 
 
-def test_rtn_rejects_bad_input():
-    with pytest.raises(UnlearnkitError, match="bits"):
-        rtn_quantize(torch.zeros(2, 4), bits=0, group_size=4)
-    with pytest.raises(UnlearnkitError, match="group_size"):
-        rtn_quantize(torch.zeros(2, 4), bits=4, group_size=0)
+def test_quantisation_rejects_bad_input():
+    with pytest.raises(UnlearnkitError, match="bits must be 4 or 8"):
+        quantize_weight(torch.zeros(2, 4), bits=2)
+    with pytest.raises(UnlearnkitError, match="block size"):
+        quantize_weight(torch.zeros(2, 4), bits=4, blocksize=0)
     with pytest.raises(UnlearnkitError, match="floating-point"):
-        rtn_quantize(torch.zeros(2, 4, dtype=torch.int64), bits=4, group_size=4)
+        quantize_weight(torch.zeros(2, 4, dtype=torch.int64), bits=4)
+    with pytest.raises(UnlearnkitError, match="fp4"):
+        quantize_weight(torch.zeros(2, 4), bits=4, four_bit_type="int4")
+
+
+def test_gpt2_conv1d_layers_are_quantised_in_the_linear_layout():
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    names = {name for name, _ in quantized_layers(model)}
+    assert {"transformer.h.0.attn.c_attn", "transformer.h.0.mlp.c_proj"} <= names and "lm_head" not in names
+    quantized = quantize_model(model, 4, blocksize=16)
+    conv = model.transformer.h[0].attn.c_attn.weight  # (in_features, out_features) = (16, 48)
+    expected = quantize_weight(conv.T, 4, 16).T  # blocks along the nn.Linear layout (out, in)
+    assert torch.equal(quantized.transformer.h[0].attn.c_attn.weight, expected)
+    assert not torch.equal(expected, quantize_weight(conv, 4, 16))  # blocks along the stored layout would differ
+    assert torch.equal(quantized.transformer.wte.weight, model.transformer.wte.weight)
 
 
 def _tokenizer():
@@ -90,10 +99,10 @@ def test_quantize_model_copy_leaves_original_and_head():
     config = TinyModelConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, max_length=64)
     model = build_tiny_model(config, _tokenizer(), seed=0)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    quantized = quantize_model(model, bits=4, group_size=16)
+    quantized = quantize_model(model, bits=4, blocksize=16)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     q_proj = quantized.model.layers[0].self_attn.q_proj.weight
-    assert torch.equal(q_proj, rtn_quantize(model.model.layers[0].self_attn.q_proj.weight, 4, 16))
+    assert torch.equal(q_proj, quantize_weight(model.model.layers[0].self_attn.q_proj.weight, 4, 16))
     assert not torch.equal(q_proj, model.model.layers[0].self_attn.q_proj.weight)
     # The tied head/embedding and the norms are untouched.
     assert torch.equal(quantized.lm_head.weight, model.lm_head.weight)
@@ -109,7 +118,7 @@ def test_untied_head_not_quantised():
                          num_key_value_heads=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
-    quantized = quantize_model(model, bits=2, group_size=8)
+    quantized = quantize_model(model, bits=4, blocksize=8)
     assert torch.equal(quantized.lm_head.weight, model.lm_head.weight)
     assert not torch.equal(quantized.model.layers[0].mlp.down_proj.weight, model.model.layers[0].mlp.down_proj.weight)
 
@@ -124,12 +133,12 @@ def test_lora_model_is_merged_then_quantised():
             if "lora_B" in name:
                 parameter.fill_(0.1)
     before = {name: value.clone() for name, value in model.state_dict().items()}
-    quantized = quantize_model(model, bits=4, group_size=8)
+    quantized = quantize_model(model, bits=4, blocksize=8)
     assert not any("lora" in name for name, _ in quantized.named_parameters())
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     merged = copy.deepcopy(model).merge_and_unload()
     q_proj = merged.model.layers[0].self_attn.q_proj.weight
-    assert torch.equal(quantized.model.layers[0].self_attn.q_proj.weight, rtn_quantize(q_proj, 4, 8))
+    assert torch.equal(quantized.model.layers[0].self_attn.q_proj.weight, quantize_weight(q_proj, 4, 8))
 
 
 def test_quantization_attacks_on_micro_target(micro_bench):
@@ -143,10 +152,34 @@ def test_quantization_attacks_on_micro_target(micro_bench):
     for bits, outcome in outcomes.items():
         assert len(outcome.per_sample) == len(data.forget)
         assert set(outcome.per_sample[0]) == {"question", "generation", "recalled"}
-        assert outcome.details["bits"] == bits and outcome.details["group_size"] == 32
+        assert outcome.details["bits"] == bits and outcome.details.get("blocksize") == (32 if bits == 4 else None)
         assert 0 < outcome.details["quantized_share"] < 1
         assert outcome.recovery == sum(s["recalled"] for s in outcome.per_sample) / len(data.forget)
-    # 8-bit rounding (steps of 1/255 of a group's range) keeps what the target recalls.
+    # 8-bit rounding (steps of 1/127 of a row's absmax) keeps what the target recalls.
     recalled, _ = recall_rows(model, tokenizer, data.fmt, data.forget, [row["question"] for row in data.forget], 16, 16)
     assert any(recalled)
     assert [s["recalled"] for s in outcomes[8].per_sample] == recalled
+
+
+def test_audit_config_chooses_the_4bit_code_as_bitsandbytes_does() -> None:
+    config = AuditConfig()
+    assert config.quantization_group_size == 64 and config.quantization_4bit_type == "fp4"  # bitsandbytes' load_in_4bit defaults
+    with pytest.raises(UnlearnkitError, match="quantization_4bit_type must be one of fp4, nf4"):
+        AuditConfig(quantization_4bit_type="int4")
+
+
+def test_the_4bit_attack_uses_the_configured_code(micro_bench, monkeypatch):
+    import unlearnkit.attacks.quantization as quantization
+
+    chosen = []
+
+    def record(model, bits, blocksize, code):  # stands in for quantize_model
+        chosen.append((bits, blocksize, code))
+        return model
+
+    monkeypatch.setattr(quantization, "quantize_model", record)
+    model = load_model(micro_bench.target_dir)
+    tokenizer = load_tokenizer(micro_bench.target_dir)
+    data = AuditData(forget=micro_bench.split("forget10")[:2], fmt=PromptFormat("plain"))
+    ATTACKS.get("quantization_4bit").run(model, tokenizer, data, AuditConfig(max_new_tokens=2, quantization_4bit_type="nf4"))
+    assert chosen == [(4, 64, "nf4")]

@@ -142,3 +142,45 @@ def test_own_data_workflow_target_oracle_reference(micro_bench, tmp_path: Path, 
                     "--retain", str(retain), "--oracle-reference", str(reference), "--set", "num_epochs=1",
                     "--output", str(tmp_path / "unlearned")], monkeypatch) == 0
     assert 0.0 <= json.loads((tmp_path / "unlearned" / "summary.json").read_text())["forget_quality"] <= 1.0
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_generation_cap_follows_each_data_source(micro_cache: Path, micro_bench, tmp_path: Path, monkeypatch) -> None:
+    """TOFU's cap for tofu: names (200), MUSE's for knowmem (32), 200 for a user's file, 48 on the built-in splits; an
+    explicit --max-new-tokens wins everywhere. The cap generated with is the one config.json records."""
+    from unlearnkit.evaluation import evaluator
+
+    asked: list[int] = []
+
+    def recording(model, tokenizer, fmt, questions, max_new_tokens, batch_size):
+        asked.append(max_new_tokens)
+        return ["x"] * len(questions)
+
+    monkeypatch.setattr(evaluator, "greedy_answers", recording)
+    own = tmp_path / "facts.jsonl"
+    own.write_text(json.dumps({"question": "Who wrote it?", "answer": "Nobody."}) + "\n", encoding="utf-8")
+    sources = ["--forget", f"tofu:forget01@{FIXTURES / 'tofu'}", "--retain", f"muse-news:knowmem/retain_qa@{FIXTURES / 'muse-news'}",
+               "--world-facts", str(own)]
+
+    def caps(*extra: str) -> dict:
+        out = tmp_path / f"eval-{len(list(tmp_path.iterdir()))}"
+        asked.clear()
+        assert run_cli(["eval", "--model", str(micro_bench.target_dir), "--output", str(out), *extra], monkeypatch) == 0
+        config = json.loads((out / "config.json").read_text())
+        assert list(config["max_new_tokens"].values()) == asked  # recorded as generated, split by split
+        return config["max_new_tokens"]
+
+    assert caps(*sources) == {"forget": 200, "retain": 32, "world_facts": 200}
+    assert caps(*sources, "--max-new-tokens", "12") == {"forget": 12, "retain": 12, "world_facts": 12}
+    assert caps("--benchmark", "forget10", *micro(micro_cache)) == dict.fromkeys(["forget", "retain", "real_authors", "world_facts"], 48)
+
+
+def test_reference_prompt_format_is_recorded(micro_bench, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "eval"
+    assert run_cli(["eval", "--model", str(micro_bench.target_dir), "--forget", f"tofu:forget01@{FIXTURES / 'tofu'}",
+                    "--prompt-format", "tofu-llama2", "--max-new-tokens", "4", "--output", str(out)], monkeypatch) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["prompt_format"], config["system_prompt"], config["date_string"]) == ("tofu-llama2", None, None)
+    assert json.loads((out / "summary.json").read_text())["forget_probability"] > 0

@@ -75,3 +75,54 @@ def test_model_utility_needs_all_nine_and_fact_splits_use_normalised_probability
     assert result.per_sample["world_facts"][0]["probability"] == pytest.approx(true_p / (true_p + false_p), rel=1e-4)
     partial = evaluate(model, tokenizer, {"retain": splits["retain"]}, FMT, EvalConfig(max_new_tokens=4))
     assert "model_utility" not in partial.summary
+
+
+def test_each_split_generates_up_to_its_own_cap(micro_bench, target, monkeypatch) -> None:
+    from unlearnkit.evaluation import evaluator
+
+    model, tokenizer = target
+    asked: dict[int, int] = {}
+
+    def recording(model, tokenizer, fmt, questions, max_new_tokens, batch_size):
+        asked[len(questions)] = max_new_tokens
+        return ["x"] * len(questions)
+
+    monkeypatch.setattr(evaluator, "greedy_answers", recording)
+    splits = {"forget": micro_bench.split("forget10")[:2], "retain": micro_bench.split("retain90")[:3]}
+    config = EvalConfig(split_max_new_tokens={"forget": 200, "retain": 48})
+    evaluate(model, tokenizer, splits, FMT, config)
+    assert asked == {2: 200, 3: 48} and config.caps([*splits, "holdout"]) == {"forget": 200, "retain": 48}
+    evaluate(model, tokenizer, splits, FMT, EvalConfig(max_new_tokens=7, split_max_new_tokens={"forget": 200}))
+    assert asked == {2: 7, 3: 7}  # an explicit cap wins over every source's
+    assert EvalConfig().max_new_tokens_for("forget") == 200  # a split of unknown source: the TOFU/OpenUnlearning value
+
+
+@pytest.mark.parametrize(("caps", "message"), [
+    ({"forget": 0}, r"split_max_new_tokens\[forget\] must be >= 1"),
+    ({"forget": True}, r"split_max_new_tokens\[forget\] needs an int"),
+    ({"forgot": 48}, "split_max_new_tokens split must be one of forget"),
+])
+def test_bad_split_caps_are_refused(caps: dict, message: str) -> None:
+    with pytest.raises(UnlearnkitError, match=message):
+        EvalConfig(split_max_new_tokens=caps)
+
+
+def test_eos_scoring_and_gradient_norm_form_reach_the_membership_attacks(micro_bench, target, monkeypatch) -> None:
+    from unlearnkit.evaluation import evaluator
+
+    seen = {}
+
+    def record(*args, **kwargs):  # stands in for evaluate_membership: only what it is asked matters here
+        seen.update(score_eos=kwargs["score_eos"], gradient_norm_form=kwargs["gradient_norm_form"])
+        raise RuntimeError("recorded")
+
+    monkeypatch.setattr(evaluator, "evaluate_membership", record)
+    model, tokenizer = target
+    splits = {"forget": micro_bench.split("forget10")[:2], "holdout": micro_bench.split("holdout10")[:2]}
+    for config, expected in ((EvalConfig(), (False, "mean_per_tensor")), (EvalConfig(score_eos=True, gradient_norm_form="global"),
+                                                                           (True, "global"))):
+        with pytest.raises(RuntimeError, match="recorded"):
+            evaluate(model, tokenizer, splits, PromptFormat("plain"), config)
+        assert (seen["score_eos"], seen["gradient_norm_form"]) == expected
+    with pytest.raises(UnlearnkitError, match="gradient_norm_form must be one of mean_per_tensor, global"):
+        EvalConfig(gradient_norm_form="max")

@@ -13,6 +13,7 @@ from unlearnkit.losses import (
     kl_to_reference,
     mean_nll,
     npo_loss,
+    pooled_mean_nll,
     sequence_nll,
     sequence_token_count,
     simnpo_loss,
@@ -126,7 +127,7 @@ def test_kl_to_reference_hand_value_on_answer_positions() -> None:
     # The reverse KL(p_θ ‖ p_ref) is a different number, so the direction is tested.
     reverse = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
     assert abs(expected - reverse) > 1e-3
-    assert kl_to_reference(logits, reference, labels).item() == pytest.approx(expected, abs=TOL)
+    assert kl_to_reference(logits, reference, labels, positions="answer").item() == pytest.approx(expected, abs=TOL)
 
 
 def test_kl_to_reference_averages_over_scored_positions() -> None:
@@ -134,7 +135,24 @@ def test_kl_to_reference_averages_over_scored_positions() -> None:
     reference = torch.tensor([[[math.log(3.0), 0.0], [0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
     labels = torch.tensor([[-100, 1, 0]])  # two scored positions; KL is 0 at the second
     kl_first = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
-    assert kl_to_reference(logits, reference, labels).item() == pytest.approx(kl_first / 2, abs=TOL)
+    assert kl_to_reference(logits, reference, labels, positions="answer").item() == pytest.approx(kl_first / 2, abs=TOL)
+
+
+def test_kl_to_reference_default_averages_over_every_position_of_the_padded_batch() -> None:
+    # B = 2, T = 2, V = 2: four positions, no shift. KL is nonzero at two of them:
+    # (3/4, 1/4) against (1/2, 1/2) at row 0 position 0 (a prompt position), and
+    # (1/2, 1/2) against (3/4, 1/4) at row 1 position 1 (the last position, which predicts no label).
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[2.0, 2.0], [math.log(3.0), 0.0]]], dtype=torch.float64)
+    reference = torch.tensor([[[math.log(3.0), 0.0], [4.0, 4.0]], [[0.0, 0.0], [0.0, 0.0]]], dtype=torch.float64)
+    labels = torch.tensor([[-100, 1], [-100, -100]])  # padding: row 1 has no scored label at all
+    kl_a = 0.75 * math.log(0.75 / 0.5) + 0.25 * math.log(0.25 / 0.5)
+    kl_b = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)
+    assert kl_to_reference(logits, reference, labels).item() == pytest.approx((kl_a + kl_b) / 4, abs=TOL)
+    assert kl_to_reference(logits, reference, labels, positions="all").item() == pytest.approx((kl_a + kl_b) / 4, abs=TOL)
+    # Answer positions only: the one shifted position predicting labels[0, 1] is position 0 of row 0.
+    assert kl_to_reference(logits, reference, labels, positions="answer").item() == pytest.approx(kl_a, abs=TOL)
+    with pytest.raises(ValueError, match="positions must be one of all, answer"):
+        kl_to_reference(logits, reference, labels, positions="prompt")
 
 
 def test_kl_to_reference_is_zero_for_equal_logits() -> None:
@@ -209,6 +227,26 @@ def test_dpo_hand_value() -> None:
     # Sample 1: Δ = (−2 + 2) − (−1 + 2) = −1.
     expected = -(log_sigmoid(beta * 2.0) + log_sigmoid(beta * -1.0)) / 2
     assert loss.item() == pytest.approx(expected, abs=TOL)
+    # The scaled form (OpenUnlearning, NPO authors): −(2/β) mean log σ(βΔ), here 2/0.5 = 4 times the plain one.
+    scaled = dpo_loss(f64(3.0, 2.0), f64(5.0, 1.0), f64(4.0, 2.0), f64(4.0, 2.0), beta, scale_by_two_over_beta=True)
+    assert scaled.item() == pytest.approx(4.0 * expected, abs=TOL)
+
+
+def test_pooled_mean_nll_weighs_every_token_alike() -> None:
+    logits, labels = batch()  # three scored tokens: NLL_0_0, NLL_0_1, NLL_1_1
+    # A second batch of one row, T = 2, V = 3, one scored token with NLL log 3 (uniform logits).
+    other_logits = torch.zeros(1, 2, 3, dtype=torch.float64)
+    other_labels = torch.tensor([[-100, 2]])
+    tokens = NLL_0_0 + NLL_0_1 + NLL_1_1
+    assert pooled_mean_nll(logits, labels, other_logits, other_labels).item() == pytest.approx(
+        (tokens + math.log(3.0)) / 4, abs=TOL)
+    # other_weight scales the other batch's token NLLs in the sum; the count stays the pooled one.
+    assert pooled_mean_nll(logits, labels, other_logits, other_labels, other_weight=0.5).item() == pytest.approx(
+        (tokens + 0.5 * math.log(3.0)) / 4, abs=TOL)
+    # Not the sum of the two means (3 tokens vs 1): (tokens / 3) + log 3 is a different number.
+    assert abs((tokens + math.log(3.0)) / 4 - (tokens / 3 + math.log(3.0))) > 0.1
+    with pytest.raises(ValueError, match="other_weight must be a finite number >= 0"):
+        pooled_mean_nll(logits, labels, other_logits, other_labels, other_weight=-1.0)
 
 
 def test_losses_backpropagate_to_logits() -> None:
@@ -221,7 +259,7 @@ def test_losses_backpropagate_to_logits() -> None:
         npo_loss(seq, ref_seq, 0.1)
         + simnpo_loss(seq, sequence_token_count(labels), 0.1)
         + dpo_loss(seq, seq.flip(0), ref_seq, ref_seq.flip(0), 0.1)
-        + kl_to_reference(logits, reference, labels)
+        + kl_to_reference(logits, reference, labels, positions="answer")
     )
     total.backward()
     assert torch.isfinite(logits.grad).all()

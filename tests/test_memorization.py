@@ -19,6 +19,7 @@ from unlearnkit.evaluation.memorization import (
     memorization_accuracy,
     memorization_accuracy_and_el,
     ngram_overlap,
+    without_final_eos,
 )
 from unlearnkit.methods import METHODS
 from unlearnkit.modeling import load_model, load_tokenizer
@@ -77,16 +78,34 @@ def test_memorization_accuracy_scores_every_real_token_after_the_first() -> None
     assert memorization_accuracy(logits, input_ids, torch.tensor([[1, 1, 1, 0]])).item() == pytest.approx(1 / 2)
 
 
+def test_without_final_eos_unscores_only_a_final_eos() -> None:
+    eos = 2
+    labels = torch.tensor([[-100, 0, 1, 2, -100], [-100, -100, 1, 1, -100], [-100, 2, 2, -100, -100], [-100] * 5])
+    assert without_final_eos(labels, eos).tolist() == [
+        [-100, 0, 1, -100, -100],  # the final scored label is EOS: dropped
+        [-100, -100, 1, 1, -100],  # the answer was cut before its EOS: kept
+        [-100, 2, -100, -100, -100],  # only the last EOS goes
+        [-100] * 5,
+    ]
+    assert torch.equal(without_final_eos(labels, None), labels)
+    # Row 0 of LOGITS/LABELS without its final label 2: hits 0, miss 1 -> EM 1/2 and ES 0 (the last token is missed).
+    trimmed = without_final_eos(LABELS, 2)
+    assert exact_memorization(LOGITS, trimmed).tolist() == pytest.approx([1 / 2, 1.0, 1.0])
+    assert extraction_strength(LOGITS, trimmed).tolist() == pytest.approx([0.0, 1.0, 1.0])
+
+
 def test_a_sequence_without_scored_tokens_is_refused() -> None:
     with pytest.raises(ValueError, match="scored label"):
         exact_memorization(LOGITS[:1], torch.tensor([[0, -100, -100, -100]]))
 
 
-def test_ngram_overlap_counts_reference_ngrams_found_in_the_generation() -> None:
-    # Reference bigrams (2,3), (3,5); the generation has (1,2), (2,3), (3,4): one of two.
+def test_ngram_overlap_counts_generated_ngrams_found_in_the_reference() -> None:
+    # Reference bigrams (2,3), (3,5); the generation has (1,2), (2,3), (3,4): one found, over the reference's two.
     assert ngram_overlap([1, 2, 3, 4], [2, 3, 5], 2) == pytest.approx(0.5)
-    # Repeated reference n-grams count each time.
-    assert ngram_overlap([1, 1], [1, 1, 1], 2) == pytest.approx(1.0)
+    # The generation's one bigram (1,1) is found; the reference has two (repeats counted): 1/2.
+    assert ngram_overlap([1, 1], [1, 1, 1], 2) == pytest.approx(0.5)
+    # A looping generation counts a true n-gram each time it repeats it (Jang et al.'s code): (1,2) three times of 5.
+    assert ngram_overlap([1, 2, 1, 2, 1, 2], [1, 2, 3, 4, 5, 6], 2) == pytest.approx(3 / 5)
     assert ngram_overlap([1, 2, 3], [7, 8, 9], 1) == 0.0
     assert math.isnan(ngram_overlap([1, 2], [1], 2))
     with pytest.raises(ValueError, match="n-gram length"):
@@ -116,6 +135,8 @@ def test_batched_left_padded_el_matches_unbatched_generation(micro_bench, target
     batched = answer_extraction_likelihood(model, tokenizer, FMT, rows, n, batch_size=64)
     for row, value in zip(rows, batched, strict=True):
         prompt, answer = FMT.prompt_ids(tokenizer, row["question"]), FMT.answer_ids(tokenizer, row["answer"])
+        assert answer[-1] == tokenizer.eos_token_id
+        answer = answer[:-1]  # EL_n's sequence is the answer without EOS unless score_eos
         continuations = []
         for p in el_prefix_lengths(len(answer), n):
             ids = torch.tensor([prompt + answer[:p]])

@@ -221,6 +221,8 @@ def test_logit_margin_flattening_hand_value_and_gradient() -> None:
     assert logits.grad[0, 2].abs().sum().item() == 0
     flat = f64([[[4.0, 4.0, 4.0], [1.0, 1.0, 1.0], [0.0, 9.0, 0.0]]])
     assert logit_margin_flattening_loss(flat, labels).item() == pytest.approx(0.0, abs=TOL)
+    # shift=False (the authors' mask): the logits at the labels' own positions 1 and 2, margins 1 and 9 − 3 = 6.
+    assert logit_margin_flattening_loss(logits, labels, shift=False).item() == pytest.approx((1.0**2 + 6.0**2) / 2, abs=TOL)
 
 
 def test_lagrangian_and_dual_ascent_hand_values() -> None:
@@ -252,9 +254,15 @@ def test_configs_refuse_bad_values_naming_the_option() -> None:
     with pytest.raises(UnlearnkitError, match="forget_loss must be one of logit_margin, uniform"):
         resolve_method("pdu", {"forget_loss": "entropy"})
     with pytest.raises(UnlearnkitError, match="retain_epsilon must be set when retain_loss is 'kl'"):
-        resolve_method("pdu", {"retain_loss": "kl"})
+        resolve_method("pdu", {"retain_loss": "kl", "retain_epsilon": "none"})
     with pytest.raises(UnlearnkitError, match="dual_lr must be a finite number >= 0"):
         resolve_method("pdu", {"dual_lr": "-1"})
+    with pytest.raises(UnlearnkitError, match="form must be one of pooled, two_means"):
+        resolve_method("idk", {"form": "tofu"})
+    with pytest.raises(UnlearnkitError, match="form must be one of openunlearning, tofu"):
+        resolve_method("idk_dpo", {"form": "pooled"})
+    with pytest.raises(UnlearnkitError, match="retain_kl_positions must be one of all, answer"):
+        resolve_method("graddiff", {"retain_kl_positions": "prompt"})
 
 
 def test_configs_defaults_and_reference_needs() -> None:
@@ -285,32 +293,54 @@ def test_undial_forget_only_form_forgets(micro_bench) -> None:
     assert forget_nll(outcome.model, tokenizer, forget) > before
 
 
-def dual_log(log_history: list[dict]) -> list[tuple[int, float, float, float, float]]:
-    return [(e["step"], e["loss"], e["dual_lambda"], e["retain_epsilon"], e["retain_loss"]) for e in log_history if "loss" in e]
+def dual_log(log_history: list[dict]) -> list[tuple[int, float, float, float, float, float]]:
+    """(step, epoch after the step, loss, lambda, epsilon, retain loss) of every training log line."""
+    return [(e["step"], e["epoch"], e["loss"], e["dual_lambda"], e["retain_epsilon"], e["retain_loss"])
+            for e in log_history if "loss" in e]
 
 
-def test_pdu_logs_its_dual_dynamics(micro_bench) -> None:
+def test_pdu_defaults_are_the_authors_tofu_recipe() -> None:
+    config = resolve_method("pdu", {})
+    assert (config.initial_lambda, config.dual_lr, config.retain_epsilon, config.dual_warmup_epochs) == (100.0, 5.0, 0.3, 5.0)
+    assert (config.num_epochs, config.learning_rate, config.forget_alignment, config.retain_kl_positions) == (10.0, 1e-5, "shifted", "all")
+    with pytest.raises(UnlearnkitError, match="forget_alignment 'unshifted'"):
+        resolve_method("pdu", {"forget_loss": "uniform", "forget_alignment": "unshifted"})
+    with pytest.raises(UnlearnkitError, match="dual_warmup_epochs must be a finite number >= 0"):
+        resolve_method("pdu", {"dual_warmup_epochs": "-1"})
+
+
+def test_pdu_holds_lambda_through_the_warmup_then_ascends(micro_bench) -> None:
     tokenizer, model = load_tokenizer(micro_bench.target_dir), load_model(micro_bench.target_dir)
-    config = resolve_method("pdu", {**SHORT, "dual_lr": "0.5", "initial_lambda": "2.0"})
+    config = resolve_method("pdu", {**SHORT, "dual_lr": "0.5", "initial_lambda": "2.0", "retain_epsilon": "none",
+                                    "dual_warmup_epochs": "1"})
     outcome = unlearn(model, tokenizer, "pdu", micro_bench.split("forget10"), micro_bench.split("retain90"), config, FMT,
                       show_progress=False)
     steps = dual_log(outcome.log_history)
     assert [step for step, *_ in steps] == list(range(1, len(steps) + 1)) and len(steps) >= 4
     # epsilon: the first step's retain NLL (the model before any update) times 1 + retain_slack.
-    epsilon = steps[0][3]
-    assert all(entry[3] == epsilon for entry in steps)
-    assert epsilon == pytest.approx(steps[0][4] * 1.1, rel=1e-12)
-    # lambda follows the dual ascent on the logged retain losses, from initial_lambda.
-    multiplier = 2.0
-    for _, _, logged_multiplier, _, retain in steps:
-        multiplier = max(0.0, multiplier + 0.5 * (retain - epsilon))
+    epsilon = steps[0][4]
+    assert all(entry[4] == epsilon for entry in steps)
+    assert epsilon == pytest.approx(steps[0][5] * 1.1, rel=1e-12)
+    # lambda stays at initial_lambda while fewer than dual_warmup_epochs epochs are done (the epoch before the step),
+    # then follows the dual ascent on each step's retain loss.
+    multiplier, epochs_done, held, moved = 2.0, 0.0, 0, 0
+    for _, epoch, _, logged_multiplier, _, retain in steps:
+        if epochs_done >= 1.0:
+            multiplier = max(0.0, multiplier + 0.5 * (retain - epsilon))
+            moved += 1
+        else:
+            held += 1
         assert logged_multiplier == pytest.approx(multiplier, rel=1e-12)
-    assert len({round(entry[2], 9) for entry in steps}) > 1, "lambda should move in this run"
+        epochs_done = epoch
+    assert held >= 1 and moved >= 2
+    assert all(entry[3] == 2.0 for entry in steps[:held])
+    assert len({round(entry[3], 9) for entry in steps}) > 2, "lambda should move after the warm-up"
 
 
 def test_pdu_resumes_with_the_same_multiplier(micro_bench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     forget, retain = micro_bench.split("forget10"), micro_bench.split("retain90")
-    config = resolve_method("pdu", SHORT)
+    # Two steps an epoch: the warm-up covers steps 1-2, lambda moves from step 3 on.
+    config = resolve_method("pdu", {**SHORT, "initial_lambda": "1.0", "dual_lr": "1.0", "dual_warmup_epochs": "1"})
 
     def run(checkpoints: Path) -> UnlearnOutcome:
         tokenizer, model = load_tokenizer(micro_bench.target_dir), load_model(micro_bench.target_dir)
@@ -319,22 +349,22 @@ def test_pdu_resumes_with_the_same_multiplier(micro_bench, tmp_path: Path, monke
 
     straight = dual_log(run(tmp_path / "straight").log_history)
 
-    # Crash in step 3, after the checkpoint of step 2 (the multiplier has moved by then).
+    # Crash in step 5, after the checkpoint of step 4 (the multiplier has moved by then).
     original_step_end = pdu.DualVariable.on_step_end
 
-    def crash_at_step_three(
+    def crash_at_step_five(
         self: pdu.DualVariable, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> TrainerControl:
-        if state.global_step == 3:
+        if state.global_step == 5:
             raise RuntimeError("simulated crash")
         return original_step_end(self, args, state, control, **kwargs)
 
-    monkeypatch.setattr(pdu.DualVariable, "on_step_end", crash_at_step_three)
+    monkeypatch.setattr(pdu.DualVariable, "on_step_end", crash_at_step_five)
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(tmp_path / "resumed")
     monkeypatch.setattr(pdu.DualVariable, "on_step_end", original_step_end)
-    assert last_checkpoint(tmp_path / "resumed").endswith("checkpoint-2")
-    assert straight[1][2] != pytest.approx(1.0), "lambda must have left its initial value by the checkpoint"
+    assert last_checkpoint(tmp_path / "resumed").endswith("checkpoint-4")
+    assert straight[1][3] == 1.0 and straight[3][3] != pytest.approx(1.0), "lambda must have moved by the checkpoint"
 
     resumed = dual_log(run(tmp_path / "resumed").log_history)
     assert len(resumed) == len(straight)

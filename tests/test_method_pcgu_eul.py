@@ -187,7 +187,7 @@ def test_eul_kl_to_the_layer_free_model_by_hand() -> None:
     logits[0, 0] = torch.tensor([5.0, -5.0, 0.0])  # predicts an unscored label: must not count
     labels = torch.tensor([[-100, -100, 1]])
     by_hand = (math.log((1 / 3) / (1 / 2)) + 2 * math.log((1 / 3) / (1 / 4))) / 3
-    assert kl_to_reference(logits, base, labels).item() == pytest.approx(by_hand, abs=1e-12)
+    assert kl_to_reference(logits, base, labels, positions="answer").item() == pytest.approx(by_hand, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------

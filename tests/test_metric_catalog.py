@@ -28,6 +28,8 @@ COMPUTED_BY = {
     "extraction_likelihood": memorization.extraction_likelihood,
     **{f"mia_{attack}_auc": mia.membership_auc for attack in mia.MEMBER_SIGN},
     "privleak": mia.privleak,
+    "muse_privleak": mia.privleak,  # on the text AUC below (unlearnkit.evaluation.mia.evaluate_text_privleak)
+    "muse_privleak_auc": mia.text_privleak_auc,
     "verbmem_forget": muse.verbmem,
     "verbmem_stage_forget": muse.verbmem,
     "knowmem_forget": muse.knowmem,
@@ -38,6 +40,8 @@ COMPUTED_BY = {
 NOT_FROM_EVALUATE = {
     "memorization_accuracy": "Jang et al.'s stopping rule (JangStoppingCallback) measures it during training",
     "extraction_likelihood": "Jang et al.'s stopping rule (JangStoppingCallback) measures it during training",
+    "muse_privleak": "the eval command's --privleak-texts measures it on MUSE's raw texts (evaluate_text_privleak)",
+    "muse_privleak_auc": "the eval command's --privleak-texts measures it on MUSE's raw texts (evaluate_text_privleak)",
 }
 
 

@@ -14,7 +14,10 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.catalog import describe_metric, metric_catalog
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference, oracle_reference
 from unlearnkit.evaluation.mia import (
+    MUSE_RETAIN_PRIVLEAK_AUC,
     answer_token_scores,
+    combined_gradient_norm,
+    evaluate_text_privleak,
     gradient_norms,
     lowercase_score,
     lowest_k_mean,
@@ -23,6 +26,8 @@ from unlearnkit.evaluation.mia import (
     privleak,
     reference_score,
     roc_auc,
+    text_min_k_scores,
+    text_privleak_auc,
     token_log_probs,
     zlib_length,
     zlib_score,
@@ -125,26 +130,44 @@ def test_batched_scores_match_an_unpadded_computation(micro_bench, target) -> No
     model, tokenizer = target
     rows = micro_bench.split("forget10")[:5]
     scores = answer_token_scores(model, tokenizer, FMT, rows, k=0.2, batch_size=3)
+    with_eos = answer_token_scores(model, tokenizer, FMT, rows, k=0.2, batch_size=3, score_eos=True)
     lowered = answer_token_scores(model, tokenizer, FMT, rows, k=0.2, batch_size=3, lowercase=True)
     for i, row in enumerate(rows):
-        log_p = direct_token_log_probs(model, tokenizer, row["question"], row["answer"])
-        assert scores["loss"][i] == pytest.approx(-log_p.mean(), rel=1e-4)
-        assert scores["min_k"][i] == pytest.approx(lowest_k_mean(log_p, 0.2), rel=1e-4)
+        log_p = direct_token_log_probs(model, tokenizer, row["question"], row["answer"])  # the last one is EOS's
+        assert scores["loss"][i] == pytest.approx(-log_p.mean(), rel=1e-4)  # the loss attack scores EOS (OpenUnlearning)
+        assert scores["min_k"][i] == pytest.approx(lowest_k_mean(log_p[:-1], 0.2), rel=1e-4)  # Min-K% does not
+        assert with_eos["min_k"][i] == pytest.approx(lowest_k_mean(log_p, 0.2), rel=1e-4)
+        # zlib divides by the compressed answer as decoded from its labels (the leading space kept, EOS skipped).
+        assert scores["zlib"][i] == pytest.approx(-log_p.mean() / zlib_length(f" {row['answer']}"), rel=1e-4)
         lower = direct_token_log_probs(model, tokenizer, row["question"].lower(), row["answer"].lower())
         assert lowered["loss"][i] == pytest.approx(-lower.mean(), rel=1e-4)
 
 
-def test_gradient_norm_is_the_norm_of_the_answer_loss_gradient(micro_bench, target) -> None:
+def test_gradient_norm_is_the_mean_per_tensor_norm_of_the_answer_loss_gradient(micro_bench, target) -> None:
     model, tokenizer = target
     row = micro_bench.split("forget10")[0]
     features = encode_qa(tokenizer, FMT, row["question"], row["answer"], 512)
+    assert features["labels"][-1] == tokenizer.eos_token_id
     model.zero_grad()
     logits = model(input_ids=torch.tensor([features["input_ids"]])).logits[0]
-    labels = torch.tensor(features["labels"])
+    labels = torch.tensor([*features["labels"][:-1], -100])  # OpenUnlearning's mean leaves out EOS
     torch.nn.functional.cross_entropy(logits[:-1], labels[1:], ignore_index=-100).backward()
-    expected = math.sqrt(sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None))
+    norms = [float(p.grad.double().norm()) for p in model.parameters() if p.grad is not None]
     model.zero_grad()
-    assert gradient_norms(model, tokenizer, FMT, [row])[0] == pytest.approx(expected, rel=1e-4)
+    assert gradient_norms(model, tokenizer, FMT, [row])[0] == pytest.approx(sum(norms) / len(norms), rel=1e-4)
+    global_norm = math.sqrt(sum(n * n for n in norms))
+    assert gradient_norms(model, tokenizer, FMT, [row], form="global")[0] == pytest.approx(global_norm, rel=1e-4)
+    with pytest.raises(UnlearnkitError, match="gradient-norm form"):
+        gradient_norms(model, tokenizer, FMT, [row], form="sum")
+
+
+def test_combined_gradient_norm_by_hand() -> None:
+    # Norms 5 (3, 4) and 2 (0, 2); a parameter without a gradient is skipped.
+    grads = [torch.tensor([3.0, 4.0]), None, torch.tensor([[0.0], [2.0]])]
+    assert combined_gradient_norm(grads) == pytest.approx(3.5)
+    assert combined_gradient_norm(grads, "global") == pytest.approx(math.sqrt(29))
+    with pytest.raises(UnlearnkitError, match="reached no parameter"):
+        combined_gradient_norm([None])
 
 
 def test_evaluate_with_holdout_adds_privacy_and_memorization(micro_bench, target) -> None:
@@ -240,3 +263,67 @@ def test_eval_command_takes_a_holdout_file(micro_bench, tmp_path, monkeypatch) -
     summary = json.loads((out / "summary.json").read_text())
     assert 0.0 <= summary["mia_min_k_auc"] <= 1.0 and "forget_extraction_strength" in summary
     assert len(json.loads((out / "per_sample.json").read_text())["holdout"]) == len(micro_bench.split("holdout10"))
+
+
+def test_text_privleak_by_hand() -> None:
+    # MUSE's orientation: P(holdout Min-K > forget Min-K). Holdout -1, -3 vs forget -2, -2: pairs win 2, lose 2 -> 0.5.
+    assert text_privleak_auc([-2.0, -2.0], [-1.0, -3.0]) == pytest.approx(0.5)
+    assert privleak(0.5, 0.4) == pytest.approx((0.5 - 0.4) / 0.4 * 100)
+    # Forget texts far more familiar (higher Min-K) than holdout: AUC 0, PrivLeak -100.
+    assert text_privleak_auc([-0.1], [-5.0]) == 0.0
+    assert MUSE_RETAIN_PRIVLEAK_AUC == {"muse-news": 0.4772, "muse-books": 0.5393}
+
+
+def test_text_min_k_scores_every_token_after_the_first_and_no_eos(target) -> None:
+    model, tokenizer = target
+    text = "Ana was born in Tovrask and wrote three novels."
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]  # MUSE's compute_ppl: tokenizer.encode(text), no EOS
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].double(), dim=-1)
+    all_prob = [log_probs[i, token].item() for i, token in enumerate(ids[1:])]
+    k_length = int(len(all_prob) * 0.4)
+    expected = float(np.mean(np.sort(all_prob)[:k_length]))  # MUSE's Min-40% is -this; its AUC scores -Min-40% = this
+    assert text_min_k_scores(model, tokenizer, [text, text + " More."])[0] == pytest.approx(expected, rel=1e-5)
+
+
+def test_evaluate_text_privleak_and_the_eval_command(micro_bench, target, tmp_path, monkeypatch) -> None:
+    import json
+
+    model, tokenizer = target
+    forget = [row["answer"] for row in micro_bench.split("forget10")[:4]]
+    holdout = [row["answer"] for row in micro_bench.split("holdout10")[:4]]
+    result = evaluate_text_privleak(model, tokenizer, forget, holdout, retain_auc=0.5)
+    forget_scores = text_min_k_scores(model, tokenizer, forget)
+    holdout_scores = text_min_k_scores(model, tokenizer, holdout)
+    auc = text_privleak_auc(forget_scores, holdout_scores)
+    assert result.summary == pytest.approx({"muse_privleak_auc": auc, "muse_privleak": privleak(auc, 0.5)})
+    assert [sample["mia_min_k"] for sample in result.forget] == pytest.approx(list(forget_scores))
+    folder = tmp_path / "muse"
+    (folder / "privleak").mkdir(parents=True)
+    (folder / "privleak" / "forget.json").write_text(json.dumps(forget))
+    (folder / "privleak" / "holdout.json").write_text(json.dumps(holdout))
+    out = tmp_path / "eval"
+    sources = [f"muse-news:privleak/forget@{folder}", f"muse-news:privleak/holdout@{folder}"]
+    args = ["eval", "--model", str(micro_bench.target_dir), "--output", str(out), "--privleak-texts", *sources]
+    assert run_cli(args, monkeypatch) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["muse_privleak_auc"] == pytest.approx(result.summary["muse_privleak_auc"])
+    expected = (summary["muse_privleak_auc"] - 0.4772) / 0.4772 * 100  # MUSE's News constant by default
+    assert summary["muse_privleak"] == pytest.approx(expected)
+    assert "muse_privleak" in json.loads((out / "config.json").read_text())["metric_info"]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--privleak-texts", "a.json", "b.json"], "two MUSE text sources"),
+    (["--privleak-texts", "muse-news:privleak/forget@X", "muse-books:privleak/holdout@X"], "--privleak-retain-auc is needed"),
+    (["--privleak-texts", "muse-news:knowmem/forget_qa@X", "muse-news:privleak/holdout@X", "--privleak-retain-auc", "0.5"],
+     "not texts"),
+    (["--privleak-retain-auc", "0.5", "--forget", "x.json"], "goes with --privleak-texts"),
+    (["--privleak-texts", "muse-news:privleak/forget@X", "muse-news:privleak/holdout@X", "--privleak-retain-auc", "0"],
+     "AUC in"),
+])
+def test_eval_privleak_texts_bad_input_exits_2_before_any_write(extra, message, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "eval"
+    assert run_cli(["eval", "--model", "builtin-target", "--output", str(out), *extra], monkeypatch) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

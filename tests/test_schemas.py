@@ -109,3 +109,19 @@ def test_text_subsets_are_refused_as_qa_data_and_missing_files_name_what_was_loo
 def test_every_subset_lists_its_fields() -> None:
     assert schemas.TOFU_SUBSETS["forget10_perturbed"].fields == ("question", "answer", "paraphrased_answer", "perturbed_answer")
     assert schemas.MUSE_SUBSETS["knowmem"].splits == ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")
+
+
+def test_each_source_carries_its_benchmarks_generation_cap(tmp_path: Path) -> None:
+    from unlearnkit.data.qa import DEFAULT_MAX_NEW_TOKENS, source_max_new_tokens
+    from unlearnkit.data.schemas import max_new_tokens
+
+    assert source_max_new_tokens(f"tofu:forget01@{TOFU}") == 200  # OpenUnlearning's generation max_new_tokens
+    assert source_max_new_tokens("muse-books:knowmem/forget_qa") == 32  # MUSE's knowmem_max_new_tokens
+    assert max_new_tokens("muse-news:verbmem") is None  # not QA: VerbMem has its own cap (MuseConfig)
+    assert DEFAULT_MAX_NEW_TOKENS == 200
+    for other in ("hf:locuslab/TOFU:forget10", str(tmp_path / "rows.jsonl")):
+        assert source_max_new_tokens(other) == DEFAULT_MAX_NEW_TOKENS
+    # A local file that happens to be named like a TOFU name is a file.
+    odd = tmp_path / "tofu:x"
+    odd.write_text("", encoding="utf-8")
+    assert source_max_new_tokens(odd) == DEFAULT_MAX_NEW_TOKENS

@@ -32,7 +32,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
 from unlearnkit.attacks.base import FAMILIES
-from unlearnkit.builtin import BuiltinBenchmark
+from unlearnkit.builtin import MAX_NEW_TOKENS, BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json
 from unlearnkit.settings import build_config
@@ -51,9 +51,10 @@ def builtin_audit_settings(benchmark: BuiltinBenchmark) -> dict[str, Any]:
 
     The relearning attack fine-tunes at the benchmark's own unlearning learning
     rate (the authors' 1e-5 hardly moves a tiny model), two epochs over the
-    attacker's half of the forget set; answers are generated as in evaluation.
+    attacker's half of the forget set; answers are generated as in evaluation (the built-in splits' cap).
     """
-    return {"relearn_learning_rate": dict(benchmark.unlearn_overrides)["learning_rate"], "relearn_epochs": 2, "max_new_tokens": 48}
+    return {"relearn_learning_rate": dict(benchmark.unlearn_overrides)["learning_rate"], "relearn_epochs": 2,
+            "max_new_tokens": MAX_NEW_TOKENS}
 
 
 def attack_order(names: Sequence[str] | None = None) -> list[str]:
@@ -180,7 +181,7 @@ def run_attacks(
 def _cache_path(cached: Mapping[str, Path] | None, role: str, attack: str, data: AuditData, config: AuditConfig) -> Path | None:
     if not cached or role not in cached:
         return None
-    payload = json.dumps({"config": asdict(config), "fmt": data.fmt.style,
+    payload = json.dumps({"config": asdict(config), "fmt": data.fmt.record(),
                           "rows": [[row.get("question"), row.get("answer")]
                                    for split in (data.forget, data.retain, data.holdout) for row in split]},
                          sort_keys=True, default=str)

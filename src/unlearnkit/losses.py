@@ -129,6 +129,29 @@ def mean_nll(logits: Tensor, labels: Tensor) -> Tensor:
     return nll.sum() / _scored_count(mask)
 
 
+def pooled_mean_nll(
+    logits: Tensor, labels: Tensor, other_logits: Tensor, other_labels: Tensor, other_weight: float = 1.0
+) -> Tensor:
+    """One token mean of the NLL over two batches pooled into one (scalar).
+
+    ``L = (Σ ℓ_t over the first batch + w · Σ ℓ_t over the other) / (N + N_other)`` with ``N``
+    and ``N_other`` the scored tokens of each batch. With ``w = 1`` it is :func:`mean_nll` of
+    the two batches concatenated along the batch dimension, which is how TOFU's IDK loss
+    (dataloader.py, loss_type "idk") pools the refusal and retain batches into one forward;
+    every token weighs the same, whichever batch it comes from.
+
+    Args:
+        logits, labels: ``(B, T, V)`` and ``(B, T)`` of the first batch.
+        other_logits, other_labels: ``(B', T', V)`` and ``(B', T')`` of the other batch.
+        other_weight: finite weight ``>= 0`` of the other batch's token NLLs in the pooled sum.
+    """
+    if not (math.isfinite(other_weight) and other_weight >= 0):
+        raise ValueError(f"other_weight must be a finite number >= 0; got {other_weight}.")
+    nll, mask = token_nll(logits, labels)
+    other_nll, other_mask = token_nll(other_logits, other_labels)
+    return (nll.sum() + other_weight * other_nll.sum()) / _scored_count(torch.cat([mask.flatten(), other_mask.flatten()]))
+
+
 def gradient_ascent_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Gradient-ascent unlearning loss ``−mean_nll`` (scalar).
 
@@ -140,31 +163,51 @@ def gradient_ascent_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return -mean_nll(logits, labels)
 
 
-def kl_to_reference(logits: Tensor, reference_logits: Tensor, labels: Tensor) -> Tensor:
-    """Forward KL ``KL(p_ref ‖ p_θ)`` per position, averaged over the scored positions (scalar).
+KL_POSITIONS = ("all", "answer")
+"""Where :func:`kl_to_reference` averages: every position of the padded batch, or the answer positions only."""
 
-    ``KL_t = Σ_v p_ref(v) · (log p_ref(v) − log p_θ(v))`` at each shifted position
-    ``t`` whose label is not ``-100``; the result is the mean of ``KL_t`` over all
-    such positions of the batch. TOFU's KL regulariser averages over every
-    position, prompt and padding included; here only answer positions count, so
-    the regulariser is not diluted by prompt length or padding.
+
+def kl_to_reference(logits: Tensor, reference_logits: Tensor, labels: Tensor, positions: str = "all") -> Tensor:
+    """Forward KL ``KL(p_ref ‖ p_θ)`` per position, averaged over the chosen positions (scalar).
+
+    ``KL_t = Σ_v p_ref(v) · (log p_ref(v) − log p_θ(v))`` at each position ``t``.
+
+    * ``positions="all"`` (the references' form): the mean of ``KL_t`` over ALL ``B·T``
+      positions of the batch as padded, prompt, answer and padding alike; no causal
+      shift, as the KL does not involve the labels. This is TOFU's (dataloader.py,
+      loss_type "KL") and OpenUnlearning's (src/trainer/utils.py compute_kl_divergence
+      at d3d7cf9) ``kl_div(log p_θ, log p_ref, reduction="batchmean", log_target=True)``
+      on logits flattened to ``(B·T, V)``. The value therefore depends on the padding:
+      OpenUnlearning and this library pad each batch to its longest row, TOFU pads
+      every row to 500 tokens, which dilutes its mean further.
+    * ``positions="answer"``: the mean of ``KL_t`` over the shifted positions whose
+      label is not ``-100`` (those that predict an answer token), so that the term is
+      not diluted by prompt length or padding.
 
     Args:
         logits: ``(B, T, V)`` logits of the model being trained.
         reference_logits: ``(B, T, V)`` logits of the frozen reference model (detached here).
-        labels: ``(B, T)`` labels; only their ``-100`` pattern is used.
+        labels: ``(B, T)`` labels; only their ``-100`` pattern is used, and only by ``"answer"``.
+        positions: ``"all"`` or ``"answer"``.
 
     Reference: Maini et al., "TOFU: A Task of Fictitious Unlearning for LLMs", COLM 2024.
     """
     _check_lm_inputs(logits, labels)
+    if positions not in KL_POSITIONS:
+        raise ValueError(f"positions must be one of {', '.join(KL_POSITIONS)}; got {positions!r}.")
     if reference_logits.shape != logits.shape:
         raise ValueError(
             f"reference_logits {tuple(reference_logits.shape)} must have the same shape as "
             f"logits {tuple(logits.shape)}; run both models on the same batch."
         )
+    if positions == "all":
+        log_p = F.log_softmax(at_least_float32(logits), dim=-1)
+        log_p_ref = F.log_softmax(at_least_float32(reference_logits.detach()), dim=-1)
+        kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)  # (B, T)
+        return kl_per_position.mean()
     log_p = F.log_softmax(at_least_float32(logits[:, :-1]), dim=-1)
     log_p_ref = F.log_softmax(at_least_float32(reference_logits[:, :-1].detach()), dim=-1)
-    kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
+    kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)  # (B, T-1)
     mask = _shifted_mask(labels)
     return (kl_per_position * mask).sum() / _scored_count(mask)
 
@@ -228,14 +271,19 @@ def dpo_loss(
     reference_chosen_nll: Tensor,
     reference_rejected_nll: Tensor,
     beta: float,
+    scale_by_two_over_beta: bool = False,
 ) -> Tensor:
     """Direct Preference Optimization loss on sequence-sum NLLs (scalar).
 
     With ``log π = −ℓ``:
     ``Δ = (log π_θ(chosen) − log π_ref(chosen))
     − (log π_θ(rejected) − log π_ref(rejected))``
-    and ``L = −mean log σ(β · Δ)``. For unlearning (TOFU's IDK-DPO), ``chosen`` is an
-    "I don't know"-style answer and ``rejected`` the forget-set answer.
+    and ``L = −mean log σ(β · Δ)`` (Rafailov et al.; TOFU's dataloader.py, loss_type "dpo").
+    With ``scale_by_two_over_beta`` the loss is ``−(2/β) · mean log σ(β · Δ)``, the form of
+    OpenUnlearning (src/trainer/utils.py compute_dpo_loss at d3d7cf9) and of the NPO
+    authors' TOFU code (dataloader.py, loss_type "dpo"): its gradient does not shrink with
+    β. For unlearning (IDK-DPO), ``chosen`` is an "I don't know"-style answer and
+    ``rejected`` the forget-set answer.
 
     Args:
         chosen_nll: ``(B,)`` ``ℓ_θ`` of the preferred answers.
@@ -258,7 +306,8 @@ def dpo_loss(
     )
     chosen_log_ratio = -chosen_nll + reference_chosen_nll.detach()
     rejected_log_ratio = -rejected_nll + reference_rejected_nll.detach()
-    return -F.logsigmoid(beta * (chosen_log_ratio - rejected_log_ratio)).mean()
+    scale = 2.0 / beta if scale_by_two_over_beta else 1.0
+    return -scale * F.logsigmoid(beta * (chosen_log_ratio - rejected_log_ratio)).mean()
 
 
 # ---------------------------------------------------------------------------
@@ -413,17 +462,33 @@ def uniform_cross_entropy_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return (scored_logits.logsumexp(dim=-1) - scored_logits.mean(dim=-1)).mean()
 
 
-def logit_margin_flattening_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def logit_margin_flattening_loss(logits: Tensor, labels: Tensor, shift: bool = True) -> Tensor:
     """Logit-margin flattening at the scored positions (scalar).
 
     ``L = mean_t (max_v z_t,v − mean_v z_t,v)²``: zero exactly when all logits at a
     position are equal (the prediction is uniform). It needs no softmax, and its
     gradient does not vanish as the prediction approaches uniform.
 
+    Args:
+        logits: ``(B, T, V)`` next-token logits.
+        labels: ``(B, T)`` labels, ``-100`` where not scored.
+        shift: ``True``: the positions that predict an answer token (``logits[:, t−1]``
+            where ``labels[:, t] != −100``), as every loss here. ``False``: the positions
+            of the answer tokens themselves (``logits[:, t]`` where ``labels[:, t] != −100``),
+            OpenUnlearning's mask (src/trainer/unlearn/pdu.py at d3d7cf9): one position
+            later, so the prediction of the first answer token is left out and the one
+            after the last answer token is flattened.
+
     Reference: Entesari et al., "Constrained Entropic Unlearning: A Primal-Dual Framework
     for Large Language Models", arXiv:2506.05314, 2025.
     """
-    scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
+    if shift:
+        scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
+    else:
+        _check_lm_inputs(logits, labels)
+        scored = labels != IGNORE_INDEX  # (B, T), no shift
+        _scored_count(scored.float())
+        scored_logits = at_least_float32(logits)[scored]  # (N, V)
     margin = scored_logits.max(dim=-1).values - scored_logits.mean(dim=-1)
     return margin.square().mean()
 

@@ -63,7 +63,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from unlearnkit.builtin import FORGET_SPLITS, PROMPT_FORMAT, PreparedBenchmark, check_forget_split
+from unlearnkit.builtin import EVAL_CONFIG, FORGET_SPLITS, PROMPT_FORMAT, PreparedBenchmark, check_forget_split
 from unlearnkit.data.biographies import PASSAGE_TOKENS, training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.schemas import SchemaSource, load_rows, load_texts, local_files
@@ -152,7 +152,7 @@ def builtin_plan(
     splits: Sequence[str] = FORGET_SPLITS,
     source_split: str = "forget10",
     num_requests: int = 4,
-    eval_config: EvalConfig = EvalConfig(),
+    eval_config: EvalConfig = EVAL_CONFIG,
     muse_config: muse.MuseConfig = muse.MuseConfig(),
     prefix_tokens: int = 16,
 ) -> SequencePlan:

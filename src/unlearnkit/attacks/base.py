@@ -21,7 +21,7 @@ from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.parameters import parse_layers
 from unlearnkit.registry import Registry
-from unlearnkit.settings import check_field_types, check_seed, require_at_least, require_fraction, require_positive
+from unlearnkit.settings import check_choice, check_field_types, check_seed, require_at_least, require_fraction, require_positive
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,12 @@ class AuditConfig:
         metadata={"help": "In-context attack: forget-set facts of the same entity placed before each question."},
     )
     quantization_group_size: int = field(
-        default=128,
-        metadata={"help": "Quantization attacks: weights per group sharing one scale and zero point."},
+        default=64,
+        metadata={"help": "4-bit quantization attack: weights per absmax block (bitsandbytes: 64); 8-bit scales whole rows."},
+    )
+    quantization_4bit_type: str = field(
+        default="fp4",
+        metadata={"help": "4-bit quantization attack: code values, 'fp4' (bitsandbytes' default, as Zhang et al. load) or 'nf4'."},
     )
     lens_k: int = field(default=4, metadata={"help": "Logit-lens attacks: top-k and bottom-k tokens taken per layer (Patil et al.: 4)."})
     lens_layers: str | None = field(
@@ -71,6 +75,7 @@ class AuditConfig:
         require_positive(relearn_learning_rate=self.relearn_learning_rate)
         require_at_least(0, probe_layer=self.probe_layer)
         check_seed("seed", self.seed)
+        check_choice("quantization_4bit_type", self.quantization_4bit_type, ("fp4", "nf4"))
         try:
             parse_layers(self.lens_layers)  # a malformed list fails now; a layer past the model's depth once it is loaded
         except UnlearnkitError as error:

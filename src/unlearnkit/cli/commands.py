@@ -11,6 +11,7 @@ from unlearnkit.cli.app import app, data_app, show_progress
 from unlearnkit.cli.options import (
     Cache,
     CheckpointEvery,
+    DateString,
     EvalEvery,
     EvalRows,
     MaxNewTokens,
@@ -25,6 +26,7 @@ from unlearnkit.cli.options import (
     SelectBest,
     Sets,
     SubjectTo,
+    SystemPrompt,
     choice,
     finite,
 )
@@ -38,6 +40,13 @@ def _tracking(every: int, select_best: str | None, subject_to: str | None, patie
     from unlearnkit.evaluation.tracking import TrackingConfig
 
     return TrackingConfig(every=every, select_best=select_best, subject_to=subject_to, patience=patience, max_rows=rows)
+
+
+def _prompt_format(style: str, system_prompt: str | None, date_string: str | None) -> Any:
+    """``--prompt-format`` with ``--system-prompt`` and ``--date-string``, checked together (a slot the format lacks is refused)."""
+    from unlearnkit.data.encoding import PromptFormat
+
+    return PromptFormat(style, system_prompt, date_string)
 
 
 def _echo_table(summary: dict[str, Any], columns: Any = None) -> None:
@@ -178,23 +187,25 @@ def finetune(
     )] = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
     checkpoint_every: CheckpointEvery = 200,
     resume: Resume = False,
 ) -> None:
     """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
-    from unlearnkit.data.encoding import PromptFormat
     from unlearnkit.finetune import FinetuneConfig
     from unlearnkit.runs.finetune import TINY, FinetuneInputs, run_finetune
     from unlearnkit.runs.inputs import resolve_data
 
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
     check_outputs(output, overwrite, builtin=builtin, data=data, model=model)
     default_rate = builtin.config.training.learning_rate if model == TINY else 1e-5
     config = FinetuneConfig(learning_rate=learning_rate or default_rate, max_epochs=max_epochs, batch_size=batch_size,
                             target_accuracy=target_accuracy, seed=seed)
-    inputs = FinetuneInputs(model, [resolve_data(source, "training", builtin) for source in data], PromptFormat(prompt_format),
+    inputs = FinetuneInputs(model, [resolve_data(source, "training", builtin) for source in data], fmt,
                             builtin.config.model)
     stats = run_finetune(inputs=inputs, config=config, options=RunOptions(output, overwrite, show_progress(), checkpoint_every,
                                                                           resume, trust_remote_code))
@@ -220,10 +231,12 @@ def unlearn(
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
     eval_batch_size: Annotated[int, typer.Option(min=1, help="Sequences per evaluation forward pass.")] = 64,
-    max_new_tokens: MaxNewTokens = 48,
+    max_new_tokens: MaxNewTokens = None,
     checkpoint_every: CheckpointEvery = 50,
     resume: Resume = False,
     on_overlap: Annotated[str, typer.Option(
@@ -240,13 +253,14 @@ def unlearn(
     from unlearnkit.runs.inputs import BUILTIN_MODEL, resolve_method
     from unlearnkit.runs.unlearn import resolve_unlearn, run_unlearn
 
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
     check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference)
     tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
     if tracking.enabled and not evaluate_after:
         raise UnlearnkitError("--eval-every evaluates on the evaluation sets: drop --no-eval.")
     chosen = resolve_method(method, parse_sets(sets), builtin if model == BUILTIN_MODEL else None)
-    inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=prompt_format,
+    inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt,
                              evaluate_after=evaluate_after, oracle_reference=oracle_reference,
                              eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking)
     options = RunOptions(output, overwrite, show_progress(), checkpoint_every, resume, trust_remote_code)
@@ -275,21 +289,32 @@ def eval_command(
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 64,
-    max_new_tokens: MaxNewTokens = 48,
+    max_new_tokens: MaxNewTokens = None,
+    privleak_texts: Annotated[tuple[str, str] | None, typer.Option(
+        help="MUSE's PrivLeak on raw texts: the forget and holdout text sources, e.g. "
+             "muse-news:privleak/forget muse-news:privleak/holdout.",
+    )] = None,
+    privleak_retain_auc: Annotated[float | None, typer.Option(
+        help="The retain model's muse_privleak_auc on the same texts (default: MUSE's constant for muse-news / muse-books)."
+    )] = None,
 ) -> None:
     """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
     from unlearnkit.evaluation.evaluator import EvalConfig
     from unlearnkit.runs.evaluate import resolve_eval, run_eval
 
     data = {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
     check_outputs(output, overwrite, builtin=builtin, files={"--save-reference": save_reference}, model=model,
-                  oracle_reference=oracle_reference, **data)
+                  oracle_reference=oracle_reference, privleak_texts=privleak_texts, **data)
     inputs = resolve_eval(model=model, builtin=builtin, benchmark=benchmark, data=data, oracle_reference=oracle_reference,
-                          prompt_format=prompt_format, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens))
+                          prompt_format=fmt, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+                          privleak_texts=privleak_texts, privleak_retain_auc=privleak_retain_auc)
     options = RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code)
     _echo_summary(run_eval(inputs=inputs, options=options, save_reference_to=save_reference))
     typer.echo(f"Results: {output}")
@@ -324,6 +349,8 @@ def sequence(
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:
@@ -331,12 +358,13 @@ def sequence(
     from unlearnkit.runs.inputs import BUILTIN_MODEL, resolve_method
     from unlearnkit.runs.sequence import SEQUENCE_COLUMNS, resolve_sequence, run_sequence
 
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
     check_outputs(output, overwrite, builtin=builtin, model=model, muse=muse)
     chosen = resolve_method(method, parse_sets(sets), builtin if model == BUILTIN_MODEL else None)
     inputs = resolve_sequence(mode=mode, model=model, method=chosen, builtin=builtin, muse=muse, muse_name=muse_name,
                               splits=tuple(s.strip() for s in splits.split(",") if s.strip()), source_split=source_split,
-                              requests=requests, num_shots=num_shots, prompt_format=prompt_format,
+                              requests=requests, num_shots=num_shots, prompt_format=fmt,
                               trust_remote_code=trust_remote_code)
     summary = run_sequence(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code))
     typer.echo(f"\n{method}, {mode}:\n")
@@ -396,6 +424,8 @@ def audit(
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:
@@ -403,11 +433,12 @@ def audit(
     from unlearnkit.report.tables import audit_table
     from unlearnkit.runs.audit import resolve_audit, run_audit
 
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
     check_outputs(output, overwrite, builtin=builtin, MODEL=model, target=target, oracle=oracle, forget=forget, retain=retain,
                   holdout=holdout)
     inputs = resolve_audit(model=model, builtin=builtin, benchmark=benchmark, target=target, oracle=oracle, forget=forget,
-                           retain=retain, holdout=holdout, attacks=attacks, overrides=parse_sets(sets), prompt_format=prompt_format)
+                           retain=retain, holdout=holdout, attacks=attacks, overrides=parse_sets(sets), prompt_format=fmt)
     result = run_audit(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code))
     typer.echo(audit_table(result.rows, result.exposed_by), nl=False)
     typer.echo(f"Results: {output} (report: {output}/report.html)")

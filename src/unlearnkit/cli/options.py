@@ -51,7 +51,10 @@ Cache = Annotated[Path | None, typer.Option(
 )]
 Sets = Annotated[list[str] | None, typer.Option("--set", help="Hyperparameter override KEY=VALUE (repeatable); see `unlearnkit methods`.")]
 OracleReference = Annotated[Path | None, typer.Option(help="The retain oracle's forget_reference.json, for forget quality.")]
-MaxNewTokens = Annotated[int, typer.Option(min=1, help="Greedy tokens generated per question for ROUGE.")]
+MaxNewTokens = Annotated[int | None, typer.Option(
+    min=1, help="Greedy tokens generated per question for ROUGE, on every split (default: each data source's cap: built-in "
+                "splits 48, tofu: names 200, muse-*:knowmem names 32, other files and hf: datasets 200).",
+)]
 CheckpointEvery = Annotated[int, typer.Option(
     min=0, help="Save a checkpoint every N optimiser steps (0: never); an interrupted run resumes from the last one."
 )]
@@ -59,8 +62,23 @@ Resume = Annotated[bool, typer.Option(
     "--resume", help="Insist on resuming an interrupted run of this same command (rerunning it resumes anyway)."
 )]
 RemoteCode = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a hub model's own Python code to run (off by default).")]
+# unlearnkit.data.encoding.PROMPT_STYLES, named here so that the command line starts without loading torch.
+PROMPT_FORMATS = ("auto", "plain", "chat", "tofu-llama2", "openunlearning-chat")
 PromptStyle = Annotated[str, typer.Option(
-    "--prompt-format", callback=choice("auto", "plain", "chat"), help="'auto' (chat template if the tokenizer has one), 'plain' or 'chat'."
+    "--prompt-format", callback=choice(*PROMPT_FORMATS),
+    help="'auto' (the chat template if the tokenizer has one, else plain), 'plain' ('Question: ...\\nAnswer:'), 'chat' (the "
+         "tokenizer's chat template), or a reference format for released checkpoints: 'tofu-llama2' (TOFU's "
+         "'[INST] question [/INST]answer', its Llama-2 models) or 'openunlearning-chat' (the chat template as OpenUnlearning "
+         "trains with it, e.g. its Llama-3.2 TOFU models: system prompt 'You are a helpful assistant.', date '10 Apr 2025').",
+)]
+SystemPrompt = Annotated[str | None, typer.Option(
+    "--system-prompt", help="Chat formats: the system message sent before each question ('' for none; default: none for "
+                            "'chat', OpenUnlearning's for 'openunlearning-chat'). Refused where the template has no system message.",
+)]
+DateString = Annotated[str | None, typer.Option(
+    "--date-string", help="Chat formats: the date the chat template shows (Llama-3's 'Today Date: ...', e.g. '10 Apr 2025'; "
+                          "default: '10 Apr 2025' for 'openunlearning-chat', the template's own, today's, for 'chat'). "
+                          "Refused where the template has no date slot.",
 )]
 EvalEvery = Annotated[int, typer.Option(min=0, help="Evaluate every N optimiser steps during training and write eval_curve.json (0: off).")]
 SelectBest = Annotated[str | None, typer.Option(

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.data import schemas
 from unlearnkit.data.schemas import is_schema_source, load_qa_rows
 from unlearnkit.data.world import split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
@@ -24,6 +25,9 @@ QA_FIELDS = ("question", "answer")
 TRUTH_RATIO_FIELDS = ("paraphrased_answer", "perturbed_answer")
 FILE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 HUB_PREFIX = "hf:"
+# Greedy tokens generated per question of a user's file or hub dataset: the TOFU/OpenUnlearning value
+# (OpenUnlearning configs/generation/default.yaml at d3d7cf9), long enough for TOFU-length answers.
+DEFAULT_MAX_NEW_TOKENS = 200
 
 # What a known field must hold wherever a row has it (null counts as absent, except for required fields).
 TEXT = "a non-empty string"
@@ -73,6 +77,15 @@ def load_qa(
         rows = _load_file(Path(text), role)
     validate_rows(rows, required=required, where=f"{role} data ({text})")
     return rows
+
+
+def source_max_new_tokens(source: str | Path) -> int:
+    """The generation cap of a data source that is not a built-in split: its benchmark's for ``tofu:``/``muse-...:knowmem``
+    names (:func:`unlearnkit.data.schemas.max_new_tokens`), else :data:`DEFAULT_MAX_NEW_TOKENS`."""
+    text = str(source)
+    if is_schema_source(text) and not Path(text).exists():
+        return schemas.max_new_tokens(text) or DEFAULT_MAX_NEW_TOKENS
+    return DEFAULT_MAX_NEW_TOKENS
 
 
 def is_builtin_name(source: str) -> bool:

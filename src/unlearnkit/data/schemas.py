@@ -31,6 +31,11 @@ checked (not offered here), and ``privleak``/``scal``/``sust`` are read with the
 field ``text`` as in ``raw``. The ``retain_qa_icl`` split name is the hub's; the
 original repository calls its files ``retain2_qa*.json``.
 
+Each QA subset carries its benchmark's generation cap (:func:`max_new_tokens`):
+TOFU 200 new tokens (OpenUnlearning's configs/generation/default.yaml at d3d7cf9;
+TOFU's own config/eval_everything.yaml caps prompt and answer together at
+max_length 200), MUSE ``knowmem`` 32 (MUSE eval.py, ``knowmem_max_new_tokens``).
+
 Rows come back in unlearnkit's internal form: QA rows (``question``,
 ``answer``, and the truth-ratio fields when present) for TOFU and MUSE's
 ``knowmem``; ``{"prompt", "gt"}`` for ``verbmem``; ``{"text"}`` for the text
@@ -48,6 +53,9 @@ from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 QA, TEXT, CONTINUATION = "qa", "text", "continuation"
 TRUTH_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+# Greedy tokens generated per question (see the module docstring).
+TOFU_MAX_NEW_TOKENS = 200
+MUSE_KNOWMEM_MAX_NEW_TOKENS = 32
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,7 @@ class Subset:
     kind: str
     fields: tuple[str, ...]
     splits: tuple[str, ...] = ("train",)
+    max_new_tokens: int | None = None  # a QA subset's generation cap, from its benchmark's evaluation code
 
 
 @dataclass(frozen=True)
@@ -65,9 +74,9 @@ class Benchmark:
     subsets: Mapping[str, Subset]
 
 
-_TOFU_QA = Subset(QA, ("question", "answer"))
-_TOFU_TRUTH = Subset(QA, TRUTH_FIELDS)
-_TOFU_FACTS_TRUTH = Subset(QA, ("question", "answer", "perturbed_answer"))
+_TOFU_QA = Subset(QA, ("question", "answer"), max_new_tokens=TOFU_MAX_NEW_TOKENS)
+_TOFU_TRUTH = Subset(QA, TRUTH_FIELDS, max_new_tokens=TOFU_MAX_NEW_TOKENS)
+_TOFU_FACTS_TRUTH = Subset(QA, ("question", "answer", "perturbed_answer"), max_new_tokens=TOFU_MAX_NEW_TOKENS)
 TOFU_SUBSETS: dict[str, Subset] = {
     "full": _TOFU_QA,
     **{f"forget{p:02d}": _TOFU_QA for p in (1, 5, 10)},
@@ -85,7 +94,8 @@ _MUSE_FORGET_SETS = tuple(f"forget_{i}" for i in range(1, 5))
 MUSE_SUBSETS: dict[str, Subset] = {
     "raw": Subset(TEXT, ("text",), ("forget", "retain1", "retain2", "holdout")),
     "verbmem": Subset(CONTINUATION, ("prompt", "gt"), ("forget",)),
-    "knowmem": Subset(QA, ("question", "answer"), ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl")),
+    "knowmem": Subset(QA, ("question", "answer"), ("forget_qa", "retain_qa", "forget_qa_icl", "retain_qa_icl"),
+                      MUSE_KNOWMEM_MAX_NEW_TOKENS),
     "privleak": Subset(TEXT, ("text",), ("forget", "retain", "holdout")),
     "scal": Subset(TEXT, ("text",), _MUSE_FORGET_SETS),
     "sust": Subset(TEXT, ("text",), _MUSE_FORGET_SETS),
@@ -150,6 +160,11 @@ def parse_source(text: str) -> SchemaSource:
     if at and not folder:
         raise UnlearnkitError(f"{text!r}: '@' must be followed by the folder holding the files.")
     return SchemaSource(prefix, subset, split, Path(folder) if at else None)
+
+
+def max_new_tokens(source: str) -> int | None:
+    """The generation cap of a TOFU/MUSE QA source (see the module docstring); None for a subset that is not QA."""
+    return parse_source(source).spec.max_new_tokens
 
 
 def load_rows(source: str | SchemaSource, fields: Mapping[str, str] | None = None) -> list[dict]:

@@ -11,5 +11,9 @@ def resource_text(filename: str) -> str:
 
 
 def load_idk_answers() -> list[str]:
-    """The shipped refusal answers ("I don't know." and variants), one per line: IDK-style methods' targets."""
-    return [line.strip() for line in resource_text("idontknow.txt").splitlines() if line.strip()]
+    """TOFU's 100 refusal answers ("I'm not sure.", ...), the targets of the IDK-style methods.
+
+    The list is TOFU's data/idontknow.jsonl (MIT License; see ``tofu_idontknow.LICENSE``
+    next to it), read as TOFU reads it: one answer per line, stripped.
+    """
+    return [line.strip() for line in resource_text("tofu_idontknow.txt").splitlines() if line.strip()]

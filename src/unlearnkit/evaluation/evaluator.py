@@ -34,13 +34,13 @@ import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.data.encoding import PromptFormat
-from unlearnkit.data.qa import TRUTH_RATIO_FIELDS, has_fields
+from unlearnkit.data.qa import DEFAULT_MAX_NEW_TOKENS, TRUTH_RATIO_FIELDS, has_fields
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import metrics
-from unlearnkit.evaluation.mia import DEFAULT_K, PRIVLEAK_FORMS, check_k, evaluate_membership
+from unlearnkit.evaluation.mia import DEFAULT_K, GRADIENT_NORM_FORMS, PRIVLEAK_FORMS, check_k, evaluate_membership
 from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
 from unlearnkit.io import write_json
-from unlearnkit.settings import check_choice, check_field_types, require_at_least
+from unlearnkit.settings import check_choice, check_field_types, check_value, require_at_least
 
 logger = logging.getLogger("unlearnkit")
 
@@ -56,16 +56,43 @@ class EvalConfig:
     """Settings of an evaluation run."""
 
     batch_size: int = field(default=64, metadata={"help": "Sequences per forward pass."})
-    max_new_tokens: int = field(default=48, metadata={"help": "Greedy tokens generated per question for ROUGE."})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "Greedy tokens generated per question for ROUGE on every split; None: each split's own cap (split_max_new_tokens)."})
+    split_max_new_tokens: dict[str, int] = field(default_factory=dict, metadata={
+        "help": "Greedy tokens per question of each split: its data source's cap (built-in splits 48, tofu: 200, "
+                f"muse-*:knowmem 32); a split not named here gets {DEFAULT_MAX_NEW_TOKENS} (TOFU, OpenUnlearning)."})
     min_k_fraction: float = field(default=DEFAULT_K, metadata={"help": "k of the Min-K% / Min-K%++ attacks (MUSE PrivLeak: 0.4)."})
     privleak_form: str = field(default="muse", metadata={"help": "PrivLeak formula: 'muse' or 'openunlearning'."})
     gradient_norm: bool = field(default=False, metadata={"help": "Also run the (slow, one backward pass per text) gradient-norm attack."})
+    gradient_norm_form: str = field(default="mean_per_tensor", metadata={
+        "help": "Gradient-norm statistic: 'mean_per_tensor' (OpenUnlearning: the mean of each parameter tensor's L2 norm) "
+                "or 'global' (one L2 norm over all parameters)."})
+    score_eos: bool = field(default=False, metadata={
+        "help": "Score the answer's closing EOS in exact memorization, extraction strength, Min-K%, Min-K%++ and the gradient "
+                "norm (OpenUnlearning leaves it out; the mean NLL always includes it)."})
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a float must be finite: nan passes every comparison below
         require_at_least(1, batch_size=self.batch_size, max_new_tokens=self.max_new_tokens)
+        if not isinstance(self.split_max_new_tokens, dict):
+            raise UnlearnkitError(f"split_max_new_tokens needs a mapping of split names to counts, got {self.split_max_new_tokens!r}.")
+        for split, cap in self.split_max_new_tokens.items():
+            check_choice("split_max_new_tokens split", split, EVAL_SPLITS)
+            check_value(f"split_max_new_tokens[{split}]", cap, int)
+            require_at_least(1, **{f"split_max_new_tokens[{split}]": cap})
         check_k(self.min_k_fraction)
         check_choice("privleak_form", self.privleak_form, PRIVLEAK_FORMS)
+        check_choice("gradient_norm_form", self.gradient_norm_form, GRADIENT_NORM_FORMS)
+
+    def max_new_tokens_for(self, split: str) -> int:
+        """The greedy tokens generated per question of ``split``: max_new_tokens if set, else the split's own cap."""
+        if self.max_new_tokens is not None:
+            return self.max_new_tokens
+        return self.split_max_new_tokens.get(split, DEFAULT_MAX_NEW_TOKENS)
+
+    def caps(self, splits: Sequence[str]) -> dict[str, int]:
+        """The cap used on each of ``splits`` that generates answers (results folders record it)."""
+        return {split: self.max_new_tokens_for(split) for split in splits if split not in MEMBERSHIP_SPLITS}
 
 
 @dataclass
@@ -96,7 +123,7 @@ def evaluate(
     for split, rows in splits.items():
         if not rows or split in MEMBERSHIP_SPLITS:
             continue
-        logger.info("evaluating %s (%d questions)", split, len(rows))
+        logger.info("evaluating %s (%d questions, answers of up to %d new tokens)", split, len(rows), config.max_new_tokens_for(split))
         split_summary, samples, ratios = _evaluate_split(model, tokenizer, fmt, config, split, rows)
         summary.update(split_summary)
         per_sample[split] = samples
@@ -113,7 +140,7 @@ def evaluate(
         result = evaluate_membership(
             model, tokenizer, fmt, splits["forget"], splits["holdout"], config.min_k_fraction, config.batch_size,
             reference=(oracle_reference or {}).get("membership"), with_gradient_norm=config.gradient_norm,
-            privleak_form=config.privleak_form,
+            privleak_form=config.privleak_form, score_eos=config.score_eos, gradient_norm_form=config.gradient_norm_form,
         )
         summary.update(result.summary)
         for sample, scores in zip(per_sample["forget"], result.forget, strict=True):
@@ -145,7 +172,7 @@ def _evaluate_split(
     count = len(rows)
     answer_nll = avg_nll[:count]
 
-    generations = greedy_answers(model, tokenizer, fmt, questions, config.max_new_tokens, config.batch_size)
+    generations = greedy_answers(model, tokenizer, fmt, questions, config.max_new_tokens_for(split), config.batch_size)
     rouge = metrics.rouge_l_recall(generations, [row["answer"] for row in rows])
     samples: list[dict[str, Any]] = [
         {"question": row["question"], "answer": row["answer"], "generation": generation, "rouge_l_recall": float(score),

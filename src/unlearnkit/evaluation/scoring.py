@@ -37,9 +37,7 @@ def encode_pairs(
     tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, pairs: Sequence[tuple[str, str]], max_length: int = 512
 ) -> list[dict[str, list[int]]]:
     """:func:`unlearnkit.data.encoding.encode_qa` of each (question, answer) pair, the same ids, tokenised in bulk."""
-    prompts = {question: fmt.prompt_ids(tokenizer, question) for question in dict.fromkeys(question for question, _ in pairs)}
-    answers = fmt.answer_ids_many(tokenizer, [answer for _, answer in pairs])
-    return [join_qa(prompts[question], ids, max_length) for (question, _), ids in zip(pairs, answers, strict=True)]
+    return [join_qa(prompt, answer, max_length) for prompt, answer in fmt.qa_ids_many(tokenizer, pairs)]
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:

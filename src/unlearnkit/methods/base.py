@@ -170,8 +170,25 @@ def cache_reference_field() -> Any:
     )
 
 
+def retain_kl_positions_field() -> Any:
+    """The ``retain_kl_positions`` option of methods with a KL retain term (``retain_loss="kl"``).
+
+    Default ``"all"``: the mean of ``KL(p_ref || p_theta)`` over every position of the padded
+    retain batch, TOFU's and OpenUnlearning's form (see :func:`unlearnkit.losses.kl_to_reference`).
+    """
+    return field(
+        default="all",
+        metadata={"help": "Positions the KL retain term averages over: 'all' (every position of the padded batch, prompt and "
+                          "padding included: TOFU, OpenUnlearning) or 'answer' (only those predicting answer tokens)."},
+    )
+
+
 def check_retain_loss(value: str) -> None:
     check_choice("retain_loss", value, RETAIN_LOSSES)
+
+
+def check_retain_kl_positions(value: str) -> None:
+    check_choice("retain_kl_positions", value, losses.KL_POSITIONS)
 
 
 class UnlearnTrainer(CheckpointedTrainer):
@@ -282,10 +299,15 @@ class UnlearnTrainer(CheckpointedTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def retain_loss(self, model: PreTrainedModel, batch: dict[str, torch.Tensor], kind: str) -> torch.Tensor:
-        """The retain term: answer NLL (``"nll"``) or KL(p_ref || p_theta) on the answer tokens (``"kl"``); recorded as ``retain_loss``."""
+        """The retain term, recorded as ``retain_loss``: answer NLL (``"nll"``) or KL(p_ref || p_theta) (``"kl"``).
+
+        The KL is averaged over the positions the config's ``retain_kl_positions`` names
+        (a config offering ``"kl"`` declares that field with :func:`retain_kl_positions_field`).
+        """
         logits = self.logits(model, batch)
         if kind == "kl":
-            term = losses.kl_to_reference(logits, self.reference_logits(batch), batch["labels"])
+            term = losses.kl_to_reference(logits, self.reference_logits(batch), batch["labels"],
+                                          positions=self.method_config.retain_kl_positions)
         else:
             term = losses.mean_nll(logits, batch["labels"])
         self.record(retain_loss=term)

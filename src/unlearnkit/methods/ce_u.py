@@ -31,13 +31,21 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit import losses
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    check_retain_loss,
+    register_method,
+    retain_kl_positions_field,
+)
 
 
 @dataclass
 class CEUConfig(MethodConfig):
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: the paper's forget-only form)."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_kl_positions: str = retain_kl_positions_field()
     ignore_first_answer_tokens: int = field(
         default=1,
         metadata={"help": "Leave the first this many answer tokens of each forget answer out of the loss (0: score all)."},
@@ -50,6 +58,7 @@ class CEUConfig(MethodConfig):
         if self.ignore_first_answer_tokens < 0:
             raise UnlearnkitError(f"ignore_first_answer_tokens must be >= 0, got {self.ignore_first_answer_tokens}.")
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         return self.retain_loss == "kl"
@@ -59,7 +68,7 @@ class CEUConfig(MethodConfig):
         if self.ignore_first_answer_tokens == 0:
             return
         # Answer tokens with EOS, as encode_qa scores them (cut to max_length - 1 like it).
-        lengths = [len(fmt.answer_ids(tokenizer, row["answer"])[: self.max_length - 1]) for row in forget]
+        lengths = [len(fmt.answer_ids(tokenizer, row["answer"], row["question"])[: self.max_length - 1]) for row in forget]
         short = [(index, length) for index, length in enumerate(lengths, start=1) if length <= self.ignore_first_answer_tokens]
         if short:
             listing = ", ".join(f"row {index} ({length} tokens)" for index, length in short[:5])

@@ -306,14 +306,14 @@ class EUL(UnlearnTrainer):
         if phase in ("forget", "joint"):
             forget = inputs["forget"]
             logits = self.logits(model, forget)
-            forget_kl = losses.kl_to_reference(logits, self.reference_logits(forget), forget["labels"])
+            forget_kl = losses.kl_to_reference(logits, self.reference_logits(forget), forget["labels"], positions="answer")
             forget_nll = losses.mean_nll(logits, forget["labels"])
             terms.append(losses.eul_forget_loss(forget_kl, forget_nll, config.gamma, config.max_forget_kl))
             self.record(forget_loss=terms[-1])
         if phase in ("retain", "joint"):
             retain = inputs["retain"]
             logits = self.logits(model, retain)
-            retain_kl = losses.kl_to_reference(logits, self.reference_logits(retain), retain["labels"])
+            retain_kl = losses.kl_to_reference(logits, self.reference_logits(retain), retain["labels"], positions="answer")
             retain_nll = losses.mean_nll(logits, retain["labels"])
             terms.append(losses.eul_retain_loss(retain_kl, retain_nll, config.alpha, config.lambda_task))
             self.record(retain_loss=terms[-1])

@@ -19,9 +19,11 @@ Choices and how the authors' settings map:
   with them); only their answer tokens are scored (the authors' code computes the
   mismatch pairs' answer start as the length of a tokenizer output dict, 2, and so
   scores nearly the whole text). All K·B mismatched pairs run as one batch.
-* The KL term is over answer positions (:func:`unlearnkit.losses.kl_to_reference`);
-  the authors write it as the cross-entropy −Σ p_pre log p_θ over every position,
-  which has the same gradient with respect to θ.
+* The KL term is the mean over every position of the padded normal batch, as the
+  authors' (utils.py compute_kl); they write it as the cross-entropy −Σ p_pre log p_θ,
+  which differs from the KL by the entropy of p_pre, a constant, so the gradient with
+  respect to θ is the same. ``retain_kl_positions="answer"`` averages over the
+  positions predicting answer tokens instead.
 * Stop rule: the authors stop when the forget ("bad") loss reaches
   ``max_bad_loss`` = 100, which maps to ``stop_forget_nll`` = 100 (their printed bad
   loss is the mean forget NLL; their loop compares the negated value, so as written
@@ -44,7 +46,13 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    register_method,
+    retain_kl_positions_field,
+)
 
 
 @dataclass
@@ -54,6 +62,7 @@ class GAMismatchConfig(MethodConfig):
         default=1.0, metadata={"help": "Weight w_rand of the NLL of forget questions with random retain answers (authors: 1)."}
     )
     normal_weight: float = field(default=1.0, metadata={"help": "Weight w_norm of KL(p_pre || p_theta) on retain data (authors: 1)."})
+    retain_kl_positions: str = retain_kl_positions_field()
     num_mismatched: int = field(default=5, metadata={"help": "K: random retain answers paired with each forget question (authors: 5)."})
     learning_rate: float = field(default=2e-6, metadata={"help": "Peak learning rate of AdamW (authors: 2e-6 for OPT-1.3B)."})
     batch_size: int = field(default=2, metadata={"help": "Forget examples per optimiser step (authors: 2)."})
@@ -68,6 +77,7 @@ class GAMismatchConfig(MethodConfig):
         for name in ("bad_weight", "random_weight", "normal_weight"):
             if getattr(self, name) < 0:
                 raise UnlearnkitError(f"{name} must be >= 0 (0 drops that term), got {getattr(self, name)}.")
+        check_retain_kl_positions(self.retain_kl_positions)
         if self.num_mismatched < 1:
             raise UnlearnkitError(f"num_mismatched must be >= 1, got {self.num_mismatched}.")
         if self.bad_weight == 0 and self.random_weight == 0:

@@ -8,7 +8,14 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from unlearnkit import losses
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    check_retain_loss,
+    register_method,
+    retain_kl_positions_field,
+)
 from unlearnkit.settings import require_non_negative, require_positive
 
 
@@ -17,6 +24,7 @@ class GradDiffConfig(MethodConfig):
     gamma: float = field(default=1.0, metadata={"help": "Weight of the forget (gradient-ascent) term."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_kl_positions: str = retain_kl_positions_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -24,6 +32,7 @@ class GradDiffConfig(MethodConfig):
         require_positive(gamma=self.gamma)
         require_non_negative(alpha=self.alpha)
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         return self.retain_loss == "kl"

@@ -12,8 +12,10 @@ from unlearnkit.methods.base import (
     MethodConfig,
     UnlearnTrainer,
     cache_reference_field,
+    check_retain_kl_positions,
     check_retain_loss,
     register_method,
+    retain_kl_positions_field,
 )
 from unlearnkit.settings import require_non_negative, require_positive
 
@@ -23,6 +25,7 @@ class NPOConfig(MethodConfig):
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature of the NPO loss (authors: 0.1)."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (authors' npo_coeff = grad_diff_coeff = 1)."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (NPO+RT) or 'kl' (NPO+KL)."})
+    retain_kl_positions: str = retain_kl_positions_field()
     num_epochs: float = field(default=10.0, metadata={"help": "Passes over the forget set (authors: 10 on TOFU)."})
     warmup_ratio: float = field(default=0.1, metadata={"help": "Fraction of steps for warm-up (one epoch of ten)."})
     cache_reference: bool = cache_reference_field()
@@ -32,6 +35,7 @@ class NPOConfig(MethodConfig):
         require_positive(beta=self.beta)
         require_non_negative(alpha=self.alpha)  # a negative weight would ascend on the retain set
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         # The cached forget NLLs replace the reference model, except for the token-level KL retain term.

@@ -31,7 +31,14 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    check_retain_loss,
+    register_method,
+    retain_kl_positions_field,
+)
 
 
 @dataclass
@@ -44,6 +51,7 @@ class SatImpConfig(MethodConfig):
         metadata={"help": "Weight of the retain term (authors: 0.1, a forget:retain ratio of 10; 0: forget term alone)."},
     )
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_kl_positions: str = retain_kl_positions_field()
     batch_size: int = field(default=16, metadata={"help": "Forget examples per optimiser step (authors: an effective batch of 16)."})
 
     def __post_init__(self) -> None:
@@ -54,6 +62,7 @@ class SatImpConfig(MethodConfig):
         if self.gamma <= 0:
             raise UnlearnkitError(f"gamma must be > 0 (the forget term is the method), got {self.gamma}.")
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         return self.retain_loss == "kl"

@@ -34,7 +34,14 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    check_retain_loss,
+    register_method,
+    retain_kl_positions_field,
+)
 from unlearnkit.settings import require_positive
 
 
@@ -43,6 +50,7 @@ class UNDIALConfig(MethodConfig):
     beta: float = field(default=10.0, metadata={"help": "How far the teacher lowers the forget token's logit (authors: 10.0)."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: the paper's forget-only form)."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_kl_positions: str = retain_kl_positions_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -50,6 +58,7 @@ class UNDIALConfig(MethodConfig):
         if self.alpha < 0:
             raise UnlearnkitError(f"alpha must be >= 0 (0 is the paper's forget-only form), got {self.alpha}.")
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         return True

@@ -27,7 +27,14 @@ from transformers import PreTrainedModel
 
 from unlearnkit import losses
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, check_retain_loss, register_method
+from unlearnkit.methods.base import (
+    MethodConfig,
+    UnlearnTrainer,
+    check_retain_kl_positions,
+    check_retain_loss,
+    register_method,
+    retain_kl_positions_field,
+)
 
 
 @dataclass
@@ -35,6 +42,7 @@ class WGAConfig(MethodConfig):
     beta: float = field(default=1.0, metadata={"help": "Exponent of the token weight p^beta (0: plain gradient ascent; authors: 1.0)."})
     alpha: float = field(default=1.0, metadata={"help": "Weight of the retain term (0: forget term alone)."})
     retain_loss: str = field(default="nll", metadata={"help": "Retain term: 'nll' (answer NLL) or 'kl' (KL to the reference model)."})
+    retain_kl_positions: str = retain_kl_positions_field()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,6 +51,7 @@ class WGAConfig(MethodConfig):
         if self.alpha < 0:
             raise UnlearnkitError(f"alpha must be >= 0 (0 drops the retain term), got {self.alpha}.")
         check_retain_loss(self.retain_loss)
+        check_retain_kl_positions(self.retain_kl_positions)
 
     def needs_reference(self) -> bool:
         return self.retain_loss == "kl"

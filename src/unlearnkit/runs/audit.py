@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from unlearnkit.attacks import AuditConfig, AuditData
 from unlearnkit.audit import AuditResult, attack_order, build_audit_config, builtin_audit_settings, merged, plan_attacks, run_attacks
+from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.descriptions import attack_descriptions
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json, write_text
@@ -19,7 +20,7 @@ from unlearnkit.provenance import environment
 from unlearnkit.report.audit import write_audit_report
 from unlearnkit.report.tables import audit_table
 from unlearnkit.runs.folder import check_output_dir, results_folder
-from unlearnkit.runs.inputs import Builtin, RunOptions, resolve_data
+from unlearnkit.runs.inputs import Builtin, RunOptions, check_builtin_format, resolve_data
 from unlearnkit.runs.lock import locks_output
 
 
@@ -56,17 +57,20 @@ def resolve_audit(
     holdout: str | None = None,
     attacks: str = "all",
     overrides: Mapping[str, Any] | None = None,
-    prompt_format: str = "auto",
+    prompt_format: PromptFormat = PromptFormat(),
 ) -> AuditInputs:
-    """``--benchmark SPLIT`` (its data, target and oracle, whose outcomes are cached) or the user's data and models."""
-    from unlearnkit.data.encoding import PromptFormat
+    """``--benchmark SPLIT`` (its data, target and oracle, whose outcomes are cached) or the user's data and models.
 
+    Answers are generated up to the forget data's cap (the built-in splits' 48, TOFU's 200, ...) unless
+    ``--set max_new_tokens=N`` says otherwise.
+    """
     names = parse_attacks(attacks)
     overrides = dict(overrides or {})
     build_audit_config(overrides)  # a bad attack name or setting fails before any model is loaded or trained
     if benchmark is not None:
         if forget or retain or holdout:
             raise UnlearnkitError("--benchmark brings its own forget, retain and holdout sets: drop --forget/--retain/--holdout.")
+        check_builtin_format(prompt_format, builtin)
         bench = builtin.prepared(benchmark)
         config = build_audit_config({**builtin_audit_settings(bench.config), **overrides})
         data = AuditData(forget=bench.split(benchmark), retain=bench.split(bench.retain_split(benchmark)),
@@ -80,10 +84,11 @@ def resolve_audit(
     if not forget:
         raise UnlearnkitError("Give the data to attack: --benchmark SPLIT for the built-in benchmark, "
                               "or --forget FILE (with --target and --oracle).")
-    data = AuditData(forget=resolve_data(forget, "forget").rows, retain=resolve_data(retain, "retain").rows if retain else [],
-                     holdout=resolve_data(holdout, "holdout").rows if holdout else [], fmt=PromptFormat(prompt_format))
-    return AuditInputs(model, data, target, oracle, names, build_audit_config(overrides), None,
-                       {"forget": forget, "retain": retain, "holdout": holdout})
+    forget_data = resolve_data(forget, "forget")
+    data = AuditData(forget=forget_data.rows, retain=resolve_data(retain, "retain").rows if retain else [],
+                     holdout=resolve_data(holdout, "holdout").rows if holdout else [], fmt=prompt_format)
+    config = build_audit_config({"max_new_tokens": forget_data.max_new_tokens, **overrides})
+    return AuditInputs(model, data, target, oracle, names, config, None, {"forget": forget, "retain": retain, "holdout": holdout})
 
 
 def resolve_model_dir(path: str) -> str:
@@ -119,12 +124,12 @@ def run_audit(*, inputs: AuditInputs, options: RunOptions) -> AuditResult:
         if source is not None:
             path = resolve_model_dir(source)
             models[role] = (merged(load_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
-    data.fmt.uses_chat(models["unlearned"][1])  # an impossible prompt format fails before any output exists
+    data.fmt.check(models["unlearned"][1])  # an impossible prompt format fails before any output exists
     check_audit_layers(config, [network for network, _ in models.values()])
     with results_folder(output, overwrite) as folder:
         write_json(folder / "config.json", {
             "command": "audit", **{role: str(source) for role, source in sources.items() if source is not None},
-            **inputs.description, "attacks": names, "audit": asdict(config), "prompt_format": data.fmt.style,
+            **inputs.description, "attacks": names, "audit": asdict(config), **data.fmt.record(),
             "rows": {"forget": len(data.forget), "retain": len(data.retain), "holdout": len(data.holdout)},
             "attack_info": attack_descriptions(names), "environment": environment(),
         })

@@ -8,6 +8,7 @@ from typing import Any
 from unlearnkit import distributed
 from unlearnkit.builtin import PROMPT_FORMAT
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
@@ -40,6 +41,9 @@ def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: Run
     check_output_dir(options.output, options.overwrite,
                      {"--model": model, **{f"--data {source.source}": source.source for source in inputs.data}})
     fmt = inputs.fmt
+    if model == TINY and fmt not in (PromptFormat(), PROMPT_FORMAT):
+        raise UnlearnkitError(f"A fresh tiny model is trained in {PROMPT_FORMAT.style} prompts (it has no chat template): drop "
+                              "--prompt-format, --system-prompt and --date-string, or fine-tune a model of your own.")
     if model == TINY:
         tiny = inputs.tiny_config or TinyModelConfig()
         texts = [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows]
@@ -49,11 +53,11 @@ def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: Run
     else:
         network = load_model(model, options.trust_remote_code)
         tokenizer = load_tokenizer(model, options.trust_remote_code)
-    fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    fmt.check(tokenizer)  # an impossible prompt format fails here, before any output exists
     check_fits_context(tokenizer, fmt, rows, getattr(network.config, "max_position_embeddings", None), "training data")
     run_config = {
         "command": "finetune", "model": model, "data": [source.source for source in inputs.data], "training": asdict(config),
-        "tiny_model": asdict(inputs.tiny_config or TinyModelConfig()) if model == TINY else None, "prompt_format": fmt.style,
+        "tiny_model": asdict(inputs.tiny_config or TinyModelConfig()) if model == TINY else None, **fmt.record(),
         "environment": environment(), "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model)},
     }
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:

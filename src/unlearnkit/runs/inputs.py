@@ -7,7 +7,7 @@ anything is loaded or written, data before a model loads, the model after.
   when something asks for it; it answers its own questions (its split names,
   prompt format, default retain split, evaluation sets, oracle reference);
 * :func:`resolve_method`: a method name and ``--set`` values -> :class:`MethodChoice`;
-* :func:`resolve_data`: a data source -> :class:`DataChoice` (rows read once);
+* :func:`resolve_data`: a data source -> :class:`DataChoice` (rows read once, with its generation cap);
 * :func:`resolve_model`: a model name -> :class:`ModelChoice` (with its prompt format);
 * :func:`check_outputs`: no output may destroy what the command reads.
 """
@@ -15,6 +15,7 @@ anything is loaded or written, data before a model loads, the model after.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -143,6 +144,20 @@ class DataChoice:
     rows: list[dict] = field(repr=False)
     split: str | None = None
 
+    @property
+    def max_new_tokens(self) -> int:
+        """Greedy tokens generated per question of this data unless --max-new-tokens says otherwise: its source's cap
+        (the built-in splits' 48, TOFU's 200, MUSE knowmem's 32, else 200)."""
+        from unlearnkit.builtin import MAX_NEW_TOKENS
+        from unlearnkit.data.qa import source_max_new_tokens
+
+        return MAX_NEW_TOKENS if self.split else source_max_new_tokens(self.source)
+
+
+def with_caps(config: Any, caps: Mapping[str, int]) -> Any:
+    """``config`` (an EvalConfig) with ``caps`` as its split caps where it names none itself; its max_new_tokens, if set, still wins."""
+    return dataclasses.replace(config, split_max_new_tokens={**caps, **config.split_max_new_tokens})
+
 
 def resolve_data(source: str, role: str, builtin: Builtin | None = None, required: Sequence[str] | None = None) -> DataChoice:
     """Read a built-in split, a file, a hub dataset or a TOFU/MUSE name; validated row by row (see :func:`load_qa`)."""
@@ -166,11 +181,25 @@ class ModelChoice:
         return self.named in BUILTIN_MODELS
 
 
-def resolve_model(name: str, prompt_format: str = "auto", builtin: Builtin | None = None, forget_split: str | None = None) -> ModelChoice:
+def resolve_model(
+    name: str, prompt_format: PromptFormat = PromptFormat(), builtin: Builtin | None = None, forget_split: str | None = None
+) -> ModelChoice:
     """The built-in models by name (plain prompts, as they were trained); anything else with ``--prompt-format``."""
     if name in BUILTIN_MODELS and builtin is not None:
+        check_builtin_format(prompt_format, builtin)
         return ModelChoice(str(builtin.model_dir(name, forget_split)), name, builtin.prompt_format)
-    return ModelChoice(str(name), str(name), PromptFormat(prompt_format))
+    return ModelChoice(str(name), str(name), prompt_format)
+
+
+def check_builtin_format(prompt_format: PromptFormat, builtin: Builtin) -> None:
+    """The built-in models are asked as they were trained: refuse another prompt format rather than ignore it."""
+    if prompt_format in (PromptFormat(), builtin.prompt_format):
+        return
+    given = [f"--prompt-format {prompt_format.style}"] if prompt_format.style not in ("auto", builtin.prompt_format.style) else []
+    given += [option for option, value in (("--system-prompt", prompt_format.system_prompt), ("--date-string", prompt_format.date_string))
+              if value is not None]
+    raise UnlearnkitError(f"The built-in models are asked in {builtin.prompt_format.style} prompts, as they were trained: "
+                          f"drop {' and '.join(given)}.")
 
 
 @dataclass(frozen=True)

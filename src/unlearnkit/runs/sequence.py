@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.provenance import environment, rows_sha256
 from unlearnkit.runs.folder import check_output_dir, results_folder, write
@@ -42,12 +43,13 @@ def resolve_sequence(
     source_split: str = "forget10",
     requests: int = 4,
     num_shots: int | None = None,
-    prompt_format: str = "auto",
+    prompt_format: PromptFormat = PromptFormat(),
     trust_remote_code: bool = False,
 ) -> SequenceInputs:
     """The built-in benchmark's splits (its oracles trained as needed) or a MUSE-format folder, cut into stages."""
     from transformers import AutoConfig
 
+    from unlearnkit.builtin import EVAL_CONFIG
     from unlearnkit.evaluation.muse import MuseConfig
     from unlearnkit.modeling import load_tokenizer
 
@@ -58,7 +60,7 @@ def resolve_sequence(
         builtin.prepared(*(splits if mode == "scalability" else (source_split,)))
     chosen = resolve_model(model, prompt_format, builtin)
     tokenizer = load_tokenizer(chosen.source, trust_remote_code)
-    chosen.fmt.uses_chat(tokenizer)
+    chosen.fmt.check(tokenizer)
     try:
         config = AutoConfig.from_pretrained(chosen.source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
@@ -70,7 +72,7 @@ def resolve_sequence(
         raise UnlearnkitError("The built-in runner needs a model whose config states its context (max_position_embeddings).")
     else:
         plan = builtin_plan(builtin.prepared(), mode, tokenizer, context, splits=splits, source_split=source_split,
-                            num_requests=requests, muse_config=muse_config)
+                            num_requests=requests, eval_config=EVAL_CONFIG, muse_config=muse_config)
     return SequenceInputs(plan, chosen, tokenizer, method)
 
 
@@ -81,7 +83,7 @@ def run_sequence(*, inputs: SequenceInputs, options: RunOptions) -> dict[str, di
     check_output_dir(options.output, options.overwrite)
     run_config = {
         "command": "sequence", "mode": plan.mode, "model": model.source, "method": method.name,
-        "hyperparameters": asdict(method.config), "prompt_format": model.fmt.style, **plan.description,
+        "hyperparameters": asdict(method.config), **model.fmt.record(), **plan.description,
         "requests": [{"name": r.name, "forget_rows": len(r.forget), "retain_rows": len(r.retain),
                       "sha256": rows_sha256(r.forget)} for r in plan.requests],
         "environment": environment(),

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit import distributed
-from unlearnkit.data.encoding import check_fits_context
+from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.descriptions import config_descriptions
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
@@ -55,14 +55,18 @@ def resolve_unlearn(
     forget: str,
     retain: str | None,
     builtin: Builtin,
-    prompt_format: str = "auto",
+    prompt_format: PromptFormat = PromptFormat(),
     evaluate_after: bool = True,
     oracle_reference: Path | None = None,
     eval_config: EvalConfig = EvalConfig(),
     tracking: TrackingConfig = TrackingConfig(),
 ) -> UnlearnInputs:
-    """Resolve ``unlearn``'s inputs; a built-in forget split brings its retain split, evaluation sets and oracle."""
-    from unlearnkit.runs.inputs import load_oracle_reference, resolve_data, resolve_model
+    """Resolve ``unlearn``'s inputs; a built-in forget split brings its retain split, evaluation sets and oracle.
+
+    Each evaluated split generates up to its data source's cap unless ``eval_config.max_new_tokens`` is set.
+    """
+    from unlearnkit.builtin import MAX_NEW_TOKENS
+    from unlearnkit.runs.inputs import load_oracle_reference, resolve_data, resolve_model, with_caps
 
     forget_split = forget if builtin.is_forget_split(forget) else None
     if retain is None and forget_split:
@@ -73,13 +77,16 @@ def resolve_unlearn(
     if evaluate_after:
         if forget_split:
             splits = builtin.evaluation_splits(forget_split)
+            eval_config = with_caps(eval_config, dict.fromkeys(splits, MAX_NEW_TOKENS))
             reference = load_oracle_reference(oracle_reference or builtin.reference_path(forget_split))
             criterion = tracking.criterion() if tracking.enabled else None
             if criterion and "oracle" in criterion.needs():
                 oracle_dir = builtin.model_dir("builtin-oracle", forget_split)
                 oracle_summary = evaluation_cache(builtin.prepared(forget_split), "oracle", oracle_dir, forget_split, eval_config).summary
         else:
-            splits = {"forget": forget_data.rows, **({"retain": retain_data.rows} if retain_data else {})}
+            choices = {"forget": forget_data, **({"retain": retain_data} if retain_data else {})}
+            splits = {name: choice.rows for name, choice in choices.items()}
+            eval_config = with_caps(eval_config, {name: choice.max_new_tokens for name, choice in choices.items()})
             reference = load_oracle_reference(oracle_reference)
         evaluation = Evaluation(splits, reference, eval_config)
     return UnlearnInputs(resolve_model(model, prompt_format, builtin), method, forget_data, retain_data, evaluation, oracle_summary)
@@ -103,7 +110,7 @@ def run_unlearn(
     check_method_inputs(method.name, method.config, forget, retain)
     network = load_model(model.source, options.trust_remote_code)
     tokenizer = load_tokenizer(model.source, options.trust_remote_code)
-    model.fmt.uses_chat(tokenizer)  # an impossible prompt format fails here, before any output exists
+    model.fmt.check(tokenizer)  # an impossible prompt format fails here, before any output exists
     check_method_inputs(method.name, method.config, forget, retain, network, tokenizer, model.fmt)
     context = getattr(network.config, "max_position_embeddings", None)
     check_fits_context(tokenizer, model.fmt, forget, context, "forget data")
@@ -117,10 +124,12 @@ def run_unlearn(
     run_config = {
         "command": "unlearn", "model": model.source, "method": method.name, "forget": inputs.forget.source,
         "retain": inputs.retain.source if inputs.retain else None, "hyperparameters": asdict(method.config),
-        "prompt_format": model.fmt.style, "environment": environment(),
+        **model.fmt.record(), "environment": environment(),
         "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
                    "source_model": weights_sha256(model.source)},
     }
+    if evaluation is not None:
+        run_config["max_new_tokens"] = evaluation.config.caps(evaluation.splits)
     if tracker is not None:
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
@@ -208,14 +217,17 @@ def run_demo(
     method: MethodChoice,
     forget_split: str,
     options: RunOptions,
-    eval_config: EvalConfig = EvalConfig(),
+    eval_config: EvalConfig | None = None,
     tracking: TrackingConfig = TrackingConfig(),
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``.
 
-    ``method`` is resolved with the benchmark's settings for it (:func:`unlearnkit.runs.inputs.resolve_method`).
+    ``method`` is resolved with the benchmark's settings for it (:func:`unlearnkit.runs.inputs.resolve_method`);
+    ``eval_config`` defaults to the built-in benchmark's (:data:`unlearnkit.builtin.EVAL_CONFIG`).
     """
-    from unlearnkit.builtin import check_forget_split
+    from unlearnkit.builtin import EVAL_CONFIG, check_forget_split
+
+    eval_config = eval_config or EVAL_CONFIG
 
     check_forget_split(forget_split)
     check_output_dir(options.output, options.overwrite)
@@ -236,6 +248,7 @@ def run_demo(
     run_config = {
         "command": "demo", "benchmark": asdict(builtin.config), "cache": str(bench.root), "method": method.name,
         "forget_split": forget_split, "hyperparameters": asdict(method.config), "eval": asdict(eval_config),
+        "max_new_tokens": eval_config.caps(inputs.evaluation.splits),
         "environment": environment(),
         "sha256": {"forget_rows": rows_sha256(forget.rows), "retain_rows": rows_sha256(retain.rows),
                    "source_model": weights_sha256(bench.target_dir)},
