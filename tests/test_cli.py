@@ -184,3 +184,20 @@ def test_reference_prompt_format_is_recorded(micro_bench, tmp_path: Path, monkey
     config = json.loads((out / "config.json").read_text())
     assert (config["prompt_format"], config["system_prompt"], config["date_string"]) == ("tofu-llama2", None, None)
     assert json.loads((out / "summary.json").read_text())["forget_probability"] > 0
+
+
+def _command_names() -> list[list[str]]:
+    from unlearnkit.cli.commands import app, data_app  # importing the commands registers them
+
+    names = [[command.name or command.callback.__name__.replace("_", "-")] for command in app.registered_commands]
+    return names + [["data", command.name or command.callback.__name__] for command in data_app.registered_commands]
+
+
+@pytest.mark.parametrize("command", _command_names(), ids=" ".join)
+def test_every_command_prints_its_help_verbatim(command: list[str], monkeypatch, capsys) -> None:
+    # Help texts hold brackets ("[INST] q [/INST]", "hf:NAME[:CONFIG][@SPLIT]", "unlearnkit[general]"): shown as written.
+    assert run_cli([*command, "--help"], monkeypatch) == 0
+    text = capsys.readouterr().out
+    assert f"{command[-1]} [OPTIONS]" in text and "Traceback" not in text
+    if "--prompt-format" in text:
+        assert "[INST]" in " ".join(text.split())

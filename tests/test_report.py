@@ -19,6 +19,7 @@ from PIL import Image
 from tests.helpers import bench_folder, run_cli
 from unlearnkit.attacks import ATTACKS
 from unlearnkit.descriptions import attack_descriptions, config_descriptions
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.catalog import describe_metric
 from unlearnkit.methods import METHODS
 from unlearnkit.report.audit import write_audit_report
@@ -350,3 +351,45 @@ def test_report_renders_in_headless_chromium(bench_run: Path, chromium: str, tmp
     assert len(images) == EXPECTED_IMAGES
     for complete, width, height, alt in images:
         assert complete and width > 0 and height > 0, f"the browser could not draw {alt!r}"
+
+
+def _own_data_folder(root: Path, name: str, command: str, questions: list[str], model: str) -> Path:
+    """An ``eval`` or ``unlearn`` results folder on a user's forget file, as those commands write it."""
+    folder = root / name
+    folder.mkdir()
+    rows = [{"question": question, "answer": f"answer to {question}", "truth_ratio": 0.5, "generation": f"{name} says {question}"}
+            for question in questions]
+    config = {"command": command, "model": model, "forget": str(root / "forget.json"), "method": "npo" if command == "unlearn" else None}
+    if command == "unlearn":  # unlearn records a digest of the full rows; eval records none
+        config["sha256"] = {"forget_rows": "0" * 64}
+    for file, content in (("config.json", config), ("summary.json", {"forget_quality": 0.1, "model_utility": 0.5}),
+                          ("per_sample.json", {"forget": rows})):
+        (folder / file).write_text(json.dumps(content), encoding="utf-8")
+    return folder
+
+
+def test_comparability_is_decided_by_the_forget_data_not_the_command(tmp_path: Path) -> None:
+    questions = [f"Who is person {i}?" for i in range(5)]
+    target = _own_data_folder(tmp_path, "target-eval", "eval", questions, str(tmp_path / "target"))
+    oracle = _own_data_folder(tmp_path, "oracle-eval", "eval", questions[::-1], str(tmp_path / "oracle"))  # order does not matter
+    # The model path lies in a built-in benchmark cache, but the forget data is the user's file: named by its data.
+    unlearned = _own_data_folder(tmp_path, "npo", "unlearn", questions, str(tmp_path / ("builtin-" + "a" * 16) / "target"))
+    runs = load_runs([target, oracle, unlearned])
+    assert len({run.benchmark for run in runs}) == 1 and runs[0].benchmark.startswith("forget data ")
+    other = _own_data_folder(tmp_path, "other-eval", "eval", [*questions[:4], "Who is someone else?"], str(tmp_path / "target"))
+    with pytest.raises(UnlearnkitError, match="another benchmark"):
+        load_runs([target, unlearned, other])
+
+
+def test_unlearn_examples_show_the_target_from_its_eval_folder(tmp_path: Path) -> None:
+    questions = [f"Who is person {i}?" for i in range(3)]
+    unlearned = _own_data_folder(tmp_path, "npo", "unlearn", questions, str(tmp_path / "target"))
+    alone = (write_report(load_runs([unlearned]), tmp_path / "alone.html")).read_text(encoding="utf-8")
+    assert "(not recorded)" not in alone and "target (before)" not in alone and "add the results folder of an" in alone
+    # The target's eval lists its rows in another order: they are matched by question.
+    target = _own_data_folder(tmp_path, "target-eval", "eval", questions[::-1], str(tmp_path / "target"))
+    html = write_report(load_runs([unlearned, target]), tmp_path / "both.html").read_text(encoding="utf-8")
+    assert "target (before)" in html
+    assert '<td class="generation">target-eval says Who is person 0?</td><td class="generation">npo says Who is person 0?</td>' in html
+    # Results come before the metric definitions.
+    assert html.index("<h3>forget</h3>") < html.index("Definitions of the")

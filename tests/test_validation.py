@@ -402,7 +402,7 @@ def test_duplicate_questions_and_uneven_perturbed_lists_are_warned_about(caplog:
     rows = [GOOD, {**GOOD, "answer": "Someone."}, {**GOOD, "question": "Q3?", "perturbed_answer": ["x"]}]
     with caplog.at_level(logging.WARNING, logger="unlearnkit"):
         validate_rows(rows, required=("question", "answer"), where="forget data")
-    assert "repeats 1 question(s) (e.g. row 2 repeats row 1" in caplog.text
+    assert "repeats 1 question(s), compared ignoring case and spacing (e.g. row 2 repeats row 1" in caplog.text
     assert "perturbed_answer lists of 1 to 2 answers; the truth ratio uses the first 1" in caplog.text
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from unlearnkit import distributed
+from unlearnkit.data.checks import forget_retain_overlap
 from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.shipped import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
@@ -51,11 +52,12 @@ def check_overlap(forget: Sequence[dict], retain: Sequence[dict], policy: str) -
     """Forget questions that also appear in the retain data pull the model both ways: refuse or warn."""
     if policy not in ("refuse", "warn"):
         raise UnlearnkitError(f"--on-overlap must be 'refuse' or 'warn', got {policy!r}.")
-    shared = {row["question"] for row in forget} & {row["question"] for row in retain}
-    if not shared:
+    findings = forget_retain_overlap(forget, retain)
+    if not findings:
         return
-    example = sorted(shared)[0]
-    message = f"{len(shared)} forget question(s) also appear in the retain data (e.g. {example!r})."
+    shared = findings[0].rows
+    message = (f"{len(shared)} forget question(s) also appear in the retain data, compared ignoring case and spacing "
+               f"(e.g. forget row {shared[0]}: {forget[shared[0] - 1]['question']!r}).")
     if policy == "refuse":
         raise UnlearnkitError(f"{message} Remove them from one side, or pass --on-overlap warn to go on.")
     logger.warning("%s Going on as --on-overlap warn asks.", message)

@@ -14,13 +14,16 @@ import typer
 from unlearnkit.cli.options import Threads
 from unlearnkit.errors import NO_SPACE_ERRNOS, Interrupted, NumericalFault, UnlearnkitError
 
+# Help texts are plain text: with Rich markup on, "[INST] ... [/INST]" or "hf:NAME[@SPLIT]" would be read as markup tags
+# (a crash, or text silently dropped).
 app = typer.Typer(
     help="Machine unlearning for LLMs: methods, trusted metrics and an offline benchmark.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-data_app = typer.Typer(help="The built-in benchmark's data.", no_args_is_help=True)
+data_app = typer.Typer(help="The built-in benchmark's data.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(data_app, name="data")
 
 _state: dict[str, Any] = {"progress": True}

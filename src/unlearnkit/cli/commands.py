@@ -320,6 +320,44 @@ def eval_command(
     typer.echo(f"Results: {output}")
 
 
+@app.command("check-data")
+def check_data(
+    source: Annotated[str, typer.Argument(help="QA data to check: a .json/.jsonl/.csv/.parquet file, hf:NAME, tofu:/muse- name or "
+                                                 "built-in split.")],
+    retain: Annotated[str | None, typer.Option(help="Retain data to check with it (overlap with SOURCE, and the model's "
+                                                    "preference check runs on it).")] = None,
+    model: Annotated[str | None, typer.Option(help="The model before unlearning: adds the length and truth-ratio checks.")] = None,
+    max_length: Annotated[int, typer.Option(min=2, help="Tokens per example the methods keep (their max_length).")] = 256,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON instead of text.")] = False,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    trust_remote_code: RemoteCode = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")] = 64,
+) -> None:
+    """Find data that loads but would mislead the metrics: repeats, forget/retain overlap, paraphrases and perturbed answers
+    that measure wording, rows too long for the model, a model that prefers the perturbed answers. Writes nothing."""
+    import json
+
+    from unlearnkit.runs.check import run_check_data
+
+    report = run_check_data(source, retain=retain, model=model, prompt_format=_prompt_format(prompt_format, system_prompt, date_string),
+                            builtin=Builtin(preset, cache, show_progress()), max_length=max_length, batch_size=batch_size,
+                            trust_remote_code=trust_remote_code)
+    if as_json:
+        typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+        return
+    checked = ", ".join(f"{where}: {rows} rows" for where, rows in report.checked.items())
+    typer.echo(f"Checked {checked}.")
+    for finding in report.findings:
+        typer.echo(f"- [{finding.check}] {finding.describe()}")
+    for check, why in report.skipped.items():
+        typer.echo(f"  (not checked: {check}: {why})")
+    typer.echo(f"{len(report.findings)} finding(s)." if report.findings else "No findings.")
+
+
 @app.command()
 def sequence(
     mode: Annotated[str, typer.Option(
@@ -386,7 +424,7 @@ def general(
     overwrite: Overwrite = False,
     trust_remote_code: RemoteCode = False,
 ) -> None:
-    """Accuracy on general benchmarks through lm-eval (optional extra: pip install "unlearnkit\\[general]")."""
+    """Accuracy on general benchmarks through lm-eval (optional extra: pip install "unlearnkit[general]")."""
     from unlearnkit.evaluation.general import parse_tasks
     from unlearnkit.runs.evaluate import run_general
     from unlearnkit.runs.inputs import resolve_model

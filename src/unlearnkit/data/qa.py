@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.data import schemas
+from unlearnkit.data.checks import duplicate_questions, normalise
 from unlearnkit.data.schemas import is_schema_source, load_qa_rows
 from unlearnkit.data.world import split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
@@ -181,19 +182,12 @@ def _check_all_or_none(rows: Sequence[dict], name: str, where: str) -> None:
 
 def _warn_duplicate_questions(rows: Sequence[dict], where: str) -> None:
     """Repeated questions weigh one fact several times in training and in every mean; usually a data-preparation slip."""
-    seen: dict[str, int] = {}
-    repeats: list[tuple[int, int]] = []
-    for index, row in enumerate(rows, start=1):
-        question = row.get("question")
-        if isinstance(question, str):
-            if question in seen:
-                repeats.append((seen[question], index))
-            else:
-                seen[question] = index
-    if repeats:
-        first, again = repeats[0]
-        logger.warning("The %s repeats %d question(s) (e.g. row %d repeats row %d: %r); each copy counts as a separate "
-                       "example.", where, len(repeats), again, first, rows[first - 1]["question"])
+    for finding in duplicate_questions(rows, where):
+        again = finding.rows[0]
+        key = normalise(rows[again - 1]["question"])
+        first = next(index for index, row in enumerate(rows, start=1) if normalise(row["question"]) == key)
+        logger.warning("The %s repeats %d question(s), compared ignoring case and spacing (e.g. row %d repeats row %d: %r); "
+                       "each copy counts as a separate example.", where, len(finding.rows), again, first, rows[first - 1]["question"])
 
 
 def _warn_uneven_perturbed(rows: Sequence[dict], where: str) -> None:

@@ -138,11 +138,8 @@ def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], spl
         f"{escape(info.arrow)}</td><td>{escape(info.definition)}</td></tr>"
         for info in map(glossary.describe, every_metric)
     )
-    parts = [f"<table><tr><th>metric</th><th>name</th><th>better</th><th>definition</th></tr>{described}</table>",
-             _note(METRICS_NOTE)]
-    if any(not info.definition for info in map(glossary.describe, every_metric)):
-        parts.append(_note("A metric without a definition: its results folder records none (no metric_info in its "
-                           "config.json: written by an older unlearnkit); `unlearnkit metrics` describes every metric."))
+    # Results first; the definitions follow them, folded (a reader hovers a column header for one definition).
+    parts = [_note(METRICS_NOTE)]
     references = reference_summaries(runs)
     for split in splits:
         split_groups = [group for group in groups if group.split == split]
@@ -150,6 +147,11 @@ def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], spl
         parts.append(_metric_table(split_groups, references.get(split, {}), LEADERBOARD_METRICS, glossary))
         parts.append("<details><summary>All metrics</summary>"
                      f"{_metric_table(split_groups, references.get(split, {}), every_metric, glossary)}</details>")
+    parts.append(f"<details><summary>Definitions of the {len(every_metric)} metrics</summary><table><tr><th>metric</th>"
+                 f"<th>name</th><th>better</th><th>definition</th></tr>{described}</table></details>")
+    if any(not info.definition for info in map(glossary.describe, every_metric)):
+        parts.append(_note("A metric without a definition: its results folder records none (no metric_info in its "
+                           "config.json: written by an older unlearnkit); `unlearnkit metrics` describes every metric."))
     return "".join(parts)
 
 
@@ -259,14 +261,20 @@ def _examples_section(groups: Sequence[RunGroup]) -> str:
             before = (run.target_per_sample or {}).get(split) or []
             if not after:
                 continue
+            # The target's answer to the same question (rows are matched by question, not by position).
+            before_by_question = {str(row.get("question")): row.get("generation", "") for row in before if isinstance(row, dict)}
             rows = []
-            for index, sample in enumerate(after[:EXAMPLES_PER_SPLIT]):
-                target = before[index].get("generation", "") if index < len(before) else "(not recorded)"
-                rows.append(f"<tr><td>{escape(str(sample.get('question', '')))}</td><td>{escape(str(sample.get('answer', '')))}</td>"
-                            f'<td class="generation">{escape(str(target))}</td>'
+            for sample in after[:EXAMPLES_PER_SPLIT]:
+                question = str(sample.get("question", ""))
+                target = f'<td class="generation">{escape(str(before_by_question.get(question, "")))}</td>' if before else ""
+                rows.append(f"<tr><td>{escape(question)}</td><td>{escape(str(sample.get('answer', '')))}</td>{target}"
                             f'<td class="generation">{escape(str(sample.get("generation", "")))}</td></tr>')
+            header = "<th>target (before)</th><th>unlearned (after)</th>" if before else "<th>generation</th>"
             parts.append(f"<p><b>{split} set</b></p><table><tr><th>question</th><th>reference answer</th>"
-                         f"<th>target (before)</th><th>unlearned (after)</th></tr>{''.join(rows)}</table>")
+                         f"{header}</tr>{''.join(rows)}</table>")
+            if not before and group.method is not None:
+                parts.append(_note("The target's answers are not in this report: add the results folder of an `unlearnkit eval` "
+                                   f"of {run.config.get('model', 'the model it started from')} on the same data to see them here."))
     return "".join(parts)
 
 

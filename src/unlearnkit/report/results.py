@@ -116,7 +116,26 @@ def load_runs(paths: Sequence[Path]) -> list[RunResults]:
     """Load every run behind ``paths`` and check that they were measured on one benchmark."""
     runs = [load_run(folder) for folder in expand_folders(paths)]
     check_compatible(runs)
+    attach_targets(runs)
     return runs
+
+
+def attach_targets(runs: Sequence[RunResults]) -> None:
+    """Give an ``unlearn`` run the per-sample results of an ``eval`` folder of the model it started from, when the report has one.
+
+    A demo folder holds its target's results itself; an unlearn folder does not, so its
+    example generations would otherwise have no "before" to compare with.
+    """
+    evaluations = {_resolved(run.config.get("model")): run for run in runs if run.command == "eval" and run.config.get("model")}
+    for run in runs:
+        if run.command == "unlearn" and run.target_per_sample is None:
+            target = evaluations.get(_resolved(run.config.get("model")))
+            if target is not None:
+                run.target_per_sample = target.per_sample
+
+
+def _resolved(path: Any) -> str:
+    return str(Path(str(path)).expanduser().resolve()) if path else ""
 
 
 def check_compatible(runs: Sequence[RunResults]) -> None:
@@ -182,19 +201,30 @@ def benchmark_identity(config: dict[str, Any], per_sample: dict[str, Any]) -> st
     """A name for the data, target and oracles a run was measured on.
 
     Built-in benchmark runs are named by their cache folder (``builtin-`` + the
-    hash of the benchmark's configuration), found in ``cache`` or in the model's
-    path; runs on other data by a digest of their forget questions.
+    hash of the benchmark's configuration): the ``cache`` a demo or ``eval
+    --benchmark`` records, or the cache holding the model when the forget data was
+    a built-in split. Runs on other data are named by a digest of the forget
+    questions and answers they were scored on (in any order), whatever command
+    wrote the folder: a target's or oracle's ``eval`` folder compares with the
+    ``unlearn`` runs on the same forget data, and never with runs on other data.
     """
-    for candidate in (config.get("cache"), config.get("model")):
-        for part in Path(str(candidate or "")).parts:
+    builtin_split = _is_split_name(config.get("forget")) or _is_split_name(config.get("forget_split"))
+    for candidate, applies in ((config.get("cache"), True), (config.get("model"), builtin_split)):
+        for part in Path(str(candidate or "")).parts if applies else ():
             if _BUILTIN_FOLDER.fullmatch(part):
                 return part
-    digest = (config.get("sha256") or {}).get("forget_rows")
-    if not digest:
-        rows = per_sample.get("forget") or (per_sample.get("unlearned") or {}).get("forget") or []
-        questions = [row.get("question") for row in rows if isinstance(row, dict)]
-        digest = hashlib.sha256(json.dumps(questions).encode()).hexdigest()
+    rows = per_sample.get("forget") or (per_sample.get("unlearned") or {}).get("forget") or []
+    pairs = sorted({(str(row.get("question")), str(row.get("answer"))) for row in rows if isinstance(row, dict)})
+    if pairs:
+        digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode("utf-8")).hexdigest()
+    else:
+        digest = (config.get("sha256") or {}).get("forget_rows") or "unknown"
     return f"forget data {digest[:12]}"
+
+
+def _is_split_name(source: Any) -> bool:
+    """Whether a recorded ``--forget`` source is a bare built-in split name (``forget10``), not a file or a dataset name."""
+    return isinstance(source, str) and bool(re.fullmatch(r"[A-Za-z_]+[0-9]*", source))
 
 
 def _split_name(config: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit import distributed
+from unlearnkit.data.checks import split_findings, warn
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.qa import TRUTH_RATIO_FIELDS, has_fields
 from unlearnkit.descriptions import config_descriptions
@@ -118,6 +119,7 @@ def resolve_eval(
                                   "--world-facts), or --privleak-texts FORGET HOLDOUT alone.")
         choices = {name: resolve_data(data[name], name) for name in EVAL_DATA_OPTIONS if name in data}
         splits = {name: choice.rows for name, choice in choices.items()}
+        warn(split_findings(splits, {name: choice.source for name, choice in choices.items()}))
         eval_config = with_caps(eval_config, {name: choice.max_new_tokens for name, choice in choices.items()})
         reference = load_oracle_reference(oracle_reference)
         chosen = resolve_model(model, prompt_format)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit import distributed
+from unlearnkit.data.checks import split_findings, warn
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.descriptions import config_descriptions
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
@@ -73,6 +74,11 @@ def resolve_unlearn(
         retain = builtin.default_retain(forget_split)
     forget_data = resolve_data(forget, "forget", builtin)
     retain_data = resolve_data(retain, "retain", builtin, required=None) if retain else None
+    # The forget/retain overlap is refused or warned about by --on-overlap; the truth-ratio wording is warned about here.
+    given = {"forget": forget_data, **({"retain": retain_data} if retain_data else {})}
+    warn([finding for finding in split_findings({name: choice.rows for name, choice in given.items()},
+                                                {name: choice.source for name, choice in given.items()})
+          if finding.check != "forget_retain_overlap"])
     evaluation, oracle_summary = None, None
     if evaluate_after:
         if forget_split:
