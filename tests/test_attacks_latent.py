@@ -16,6 +16,7 @@ from unlearnkit.attacks.logit_lens import (
     final_norm,
     lens_distributions,
     lens_inputs,
+    lens_target_rule,
     probability_deltas,
     recorded_layers,
     value_token_index,
@@ -73,10 +74,16 @@ def test_lens_inputs_stop_before_the_value(tiny):
     assert full[: len(ids) + 1] == [*ids, target]
     assert tokenizer.decode(ids).endswith("Answer: Ana was born in")
     assert tokenizer.decode([target]).strip() and "Tovrask".startswith(tokenizer.decode([target]).strip())
-    # Without a value (or a value not in the answer), the answer's first token is the target.
+    assert lens_target_rule(row) == "value"
+    # Without a value, perturbed answers locate the fact: the first answer word no wrong answer has ('Tovrask').
+    plain_tofu = {"question": row["question"], "answer": row["answer"],
+                  "perturbed_answer": ["Ana was born in Rome.", "Ana was born in Oslo."]}
+    assert lens_inputs(tokenizer, PLAIN, plain_tofu) == (ids, target) and lens_target_rule(plain_tofu) == "fact_span"
+    # With neither (or a value not in the answer), the answer's first token is the target.
     for other in ({"question": row["question"], "answer": row["answer"]}, {**row, "value": "Elsewhere"}):
         prefix, first = lens_inputs(tokenizer, PLAIN, other)
         assert prefix == PLAIN.prompt_ids(tokenizer, row["question"]) and first == full[len(prefix)]
+        assert lens_target_rule(other) == "first_answer_token"
 
 
 def test_final_norm_found_generically(tiny):
@@ -141,7 +148,9 @@ def test_logit_lens_attacks_on_micro(micro_bench):
     head = ATTACKS.get("logit_lens_head").run(model, tokenizer, data, config)
     delta = ATTACKS.get("logit_lens_delta").run(model, tokenizer, data, config)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    assert len(head.per_sample) == len(data.forget) and set(head.per_sample[0]) == {"question", "target", "success", "hit_layers"}
+    assert len(head.per_sample) == len(data.forget)
+    assert set(head.per_sample[0]) == {"question", "target", "recall_rule", "success", "hit_layers"}
+    assert head.recall_rules == {"value": len(data.forget)}  # the built-in rows' value locates every target token
     # The micro model has one layer: head projection reads 1 distribution, the delta 1 difference (layer 0 minus embeddings).
     assert head.details["budget"] == 2 * config.lens_k == delta.details["budget"]
     assert head.details["mean_candidates"] <= head.details["budget"]

@@ -151,7 +151,7 @@ def test_quantization_attacks_on_micro_target(micro_bench):
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     for bits, outcome in outcomes.items():
         assert len(outcome.per_sample) == len(data.forget)
-        assert set(outcome.per_sample[0]) == {"question", "generation", "recalled"}
+        assert set(outcome.per_sample[0]) == {"question", "generation", "recalled", "recall_rule"}
         assert outcome.details["bits"] == bits and outcome.details.get("blocksize") == (32 if bits == 4 else None)
         assert 0 < outcome.details["quantized_share"] < 1
         assert outcome.recovery == sum(s["recalled"] for s in outcome.per_sample) / len(data.forget)

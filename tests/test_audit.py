@@ -11,9 +11,19 @@ import torch
 from tests.helpers import micro, run_cli
 from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData, knowledge
 from unlearnkit.attacks.base import AttackOutcome, split_heldout
-from unlearnkit.attacks.in_context import context_facts
+from unlearnkit.attacks.in_context import OTHER_ENTITIES, SAME_ENTITY, context_facts
 from unlearnkit.attacks.jailbreak import JAILBREAK_TEMPLATES
-from unlearnkit.audit import AT_ORACLE, BELOW_ORACLE, RECOVERED, build_audit_config, plan_attacks, recovered_share, summarize, verdict
+from unlearnkit.audit import (
+    AT_ORACLE,
+    BELOW_ORACLE,
+    RECOVERED,
+    UNINFORMATIVE,
+    build_audit_config,
+    plan_attacks,
+    recovered_share,
+    summarize,
+    verdict,
+)
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.translations import QUESTION_TRANSLATIONS, translated_questions
 from unlearnkit.data.world import FACT_TYPES
@@ -55,9 +65,10 @@ def test_held_out_split_groups_rows_by_entity() -> None:
 
 def test_context_facts_come_from_the_same_entity() -> None:
     rows = [_row("A", "f0", "a0"), _row("B", "f0", "b0"), _row("A", "f1", "a1"), _row("A", "f2", "a2")]
-    assert context_facts(rows[:3], rows[3], 2) == f"{rows[0]['answer']} {rows[2]['answer']}"
+    assert context_facts(rows[:3], rows[3], 2, "author") == (f"{rows[0]['answer']} {rows[2]['answer']}", SAME_ENTITY)
     lonely = _row("C", "f0", "c0")
-    assert context_facts([rows[1]], lonely, 2) == rows[1]["answer"]  # no fact of C given: other given facts
+    # No fact of C given: other given facts, and the source says so.
+    assert context_facts([rows[1]], lonely, 2, "author") == (rows[1]["answer"], OTHER_ENTITIES)
 
 
 def test_every_fact_type_has_each_translation() -> None:
@@ -74,9 +85,10 @@ def test_every_fact_type_has_each_translation() -> None:
 
 
 def test_verdicts_and_recovered_share_by_hand() -> None:
-    assert verdict(0.30, 0.20, 0.05) == RECOVERED
-    assert verdict(0.24, 0.20, 0.05) == AT_ORACLE
-    assert verdict(0.10, 0.20, 0.05) == BELOW_ORACLE
+    config = AuditConfig(threshold=0.05)
+    assert verdict(0.30, 0.9, 0.20, config) == (RECOVERED, None)
+    assert verdict(0.24, 0.9, 0.20, config) == (AT_ORACLE, None)
+    assert verdict(0.10, 0.9, 0.20, config) == (BELOW_ORACLE, None)
     assert recovered_share(0.4, 0.9, 0.1, 0.05) == pytest.approx(0.375)  # (0.4 - 0.1) / (0.9 - 0.1)
     assert recovered_share(0.4, 0.1, 0.1, 0.05) is None
     assert recovered_share(0.5, 0.52, 0.48, 0.05) is None  # a target-oracle gap within the margin: no share
@@ -87,12 +99,12 @@ def test_summary_names_attacks_that_expose_hidden_knowledge() -> None:
         return {role: AttackOutcome(value, "answer recall", []) for role, value in (("unlearned", u), ("target", t), ("oracle", o))}
 
     rows, exposed = summarize({"direct": outcomes(0.0, 0.9, 0.0), "relearning": outcomes(0.5, 0.9, 0.1),
-                               "paraphrase": outcomes(0.02, 0.5, 0.0)}, threshold=0.05)
+                               "paraphrase": outcomes(0.02, 0.5, 0.0)}, AuditConfig(threshold=0.05))
     assert [row["verdict"] for row in rows] == [AT_ORACLE, RECOVERED, AT_ORACLE]
     assert exposed == ["relearning"]
     assert rows[1]["recovered_share"] == pytest.approx(0.5)
     # When the direct questions already recover the answers, nothing is hidden: it was not forgotten at all.
-    _, exposed = summarize({"direct": outcomes(0.8, 0.9, 0.0), "relearning": outcomes(0.9, 0.9, 0.1)}, threshold=0.05)
+    _, exposed = summarize({"direct": outcomes(0.8, 0.9, 0.0), "relearning": outcomes(0.9, 0.9, 0.1)}, AuditConfig(threshold=0.05))
     assert exposed == []
 
 
@@ -103,14 +115,14 @@ def test_settings_and_plans_refuse_bad_input() -> None:
     with pytest.raises(UnlearnkitError, match="heldout_fraction"):
         AuditConfig(heldout_fraction=1.0)
     rows = [{"question": "q", "answer": "a"}]
-    runnable, skipped = plan_attacks(None, AuditData(forget=rows))
+    runnable, skipped = plan_attacks(None, AuditData(forget=rows), AuditConfig())
     assert "membership" in skipped and "paraphrase" in skipped and "direct" in runnable
     with pytest.raises(UnlearnkitError, match="paraphrase attack needs a 'paraphrased_question'"):
-        plan_attacks(["paraphrase"], AuditData(forget=rows))
+        plan_attacks(["paraphrase"], AuditData(forget=rows), AuditConfig())
     with pytest.raises(UnlearnkitError, match="Unknown attack"):
-        plan_attacks(["jailbrake"], AuditData(forget=rows))
+        plan_attacks(["jailbrake"], AuditData(forget=rows), AuditConfig())
     with pytest.raises(UnlearnkitError, match="empty"):
-        plan_attacks(None, AuditData(forget=[]))
+        plan_attacks(None, AuditData(forget=[]), AuditConfig())
 
 
 # --- prompt attacks with a scripted model: known answers -------------------------------------
@@ -186,8 +198,15 @@ def test_audit_of_the_oracle_itself_finds_nothing_and_of_the_target_finds_everyt
                     "--output", str(oracle_out)], monkeypatch) == 0
     summary = json.loads((oracle_out / "summary.json").read_text())
     assert {row["attack"] for row in summary["attacks"]} == set(ATTACKS.names())
-    # The oracle audited against itself: identical recoveries, every verdict at the oracle's level.
-    assert all(row["unlearned"] == row["oracle"] and row["verdict"] == AT_ORACLE for row in summary["attacks"])
+    # The oracle audited against itself: identical recoveries, every verdict at the oracle's level, except where the
+    # tiny target itself does not show the facts under an attack (e.g. it never answers paraphrased questions): there the
+    # attack is uninformative on this data, and says why.
+    for row in summary["attacks"]:
+        assert row["unlearned"] == row["oracle"]
+        assert row["verdict"] == AT_ORACLE or (row["verdict"] == UNINFORMATIVE and row["verdict_reason"].startswith("the target scores"))
+    assert any(row["verdict"] == UNINFORMATIVE for row in summary["attacks"])
+    # The built-in rows have a value field: every attack that judges answers judges by it.
+    assert {row["recall_rule"] for row in summary["attacks"] if row["measure"].startswith("answer recall")} == {"value"}
     assert summary["exposed_by"] == []
     per_sample = json.loads((oracle_out / "per_sample.json").read_text())
     assert len(per_sample["direct"]["unlearned"]) == len(micro_bench.split("forget10"))

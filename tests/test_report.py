@@ -300,14 +300,20 @@ def test_the_one_table_writer() -> None:
     with pytest.raises(ValueError, match="style"):
         format_table(rows, ["name"], style="html")
     audit = [{"attack": "direct", "measure": "recall", "unlearned": 0.1, "target": 0.9, "oracle": None, "recovered_share": None,
-              "verdict": "at the oracle's level", "threshold": 0.05}]
+              "verdict": "at the oracle's level", "threshold": 0.05, "recall_rule": "fact_span"},
+             {"attack": "in_context", "measure": "recall", "unlearned": 0.0, "target": 0.0, "oracle": 0.0, "recovered_share": None,
+              "verdict": "uninformative on this data", "verdict_reason": "the target scores 0.000, below 0.1", "threshold": 0.05,
+              "recall_rule": None, "notes": ["no entity field: the facts given come from other rows"]}]
     assert audit_table(audit, []).splitlines() == [
-        "| attack | measure | unlearned | target | oracle | recovered share | verdict |",
-        "|---|---|---:|---:|---:|---:|---|",
-        "| direct | recall | 0.100 | 0.900 | – | – | at the oracle's level |",
+        "| attack | measure | unlearned | target | oracle | recovered share | verdict | recall rule |",
+        "|---|---|---:|---:|---:|---:|---|---|",
+        "| direct | recall | 0.100 | 0.900 | – | – | at the oracle's level | fact_span |",
+        "| in_context | recall | 0.000 | 0.000 | 0.000 | – | uninformative on this data | – |",
         "",
         "Verdict threshold: 0.05 (absolute difference from the retain oracle's recovery under the same attack).",
         "Hidden knowledge exposed by: none of the attacks.",
+        "- in_context: uninformative on this data: the target scores 0.000, below 0.1.",
+        "- in_context: no entity field: the facts given come from other rows",
     ]
 
 

@@ -12,6 +12,16 @@ own data) is the level exact unlearning would show. Verdict per attack, with
 * ``at the oracle's level`` when |u − o| ≤ τ;
 * ``below the oracle's level`` when o − u > τ (over-unlearning: itself a tell-tale sign).
 
+Before that comparison, an attack that cannot tell anything on this data is
+``uninformative on this data``, with the reason: when the target itself scores
+below ``uninformative_target_below`` (it never showed the facts under this
+attack, so there is nothing to recover and "at the oracle's level" would
+only mean that nobody knows them), or when the oracle, never trained on the
+facts, scores above ``uninformative_oracle_above`` (the measure does not
+separate knowing the facts from not). Both count from the attack's chance
+level: a score ``s`` is taken as ``(s − c) / (1 − c)`` for chance ``c`` (0 for
+answer recall, 0.5 for an AUC or a ranking accuracy).
+
 An attack *exposes hidden knowledge* when it recovers above the oracle's level
 while the direct questions do not.
 """
@@ -31,7 +41,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks import ATTACKS, AttackOutcome, AuditConfig, AuditData
-from unlearnkit.attacks.base import FAMILIES
+from unlearnkit.attacks.base import DEFAULT_ENTITY_FIELD, FAMILIES, entity_key
 from unlearnkit.builtin import MAX_NEW_TOKENS, BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json
@@ -44,6 +54,7 @@ RECOVERED = "recovered above the oracle's level"
 AT_ORACLE = "at the oracle's level"
 BELOW_ORACLE = "below the oracle's level"
 NO_ORACLE = "no oracle to compare with"
+UNINFORMATIVE = "uninformative on this data"
 
 
 def builtin_audit_settings(benchmark: BuiltinBenchmark) -> dict[str, Any]:
@@ -63,17 +74,22 @@ def attack_order(names: Sequence[str] | None = None) -> list[str]:
     return sorted(dict.fromkeys(chosen), key=lambda name: FAMILIES.index(ATTACKS.get(name).family))
 
 
-def plan_attacks(names: Sequence[str] | None, data: AuditData) -> tuple[list[str], dict[str, str]]:
-    """The attacks to run on ``data`` and those skipped, with why.
+def plan_attacks(names: Sequence[str] | None, data: AuditData, config: AuditConfig) -> tuple[list[str], dict[str, str]]:
+    """The attacks to run on ``data`` with ``config`` and those skipped, with why.
 
     With ``names`` None (every attack), one that does not suit the data (no
     holdout set, a missing field) is skipped; one the user named is refused.
+    An ``entity_field`` the user named that no forget row has is refused.
     """
     if not data.forget:
         raise UnlearnkitError("The forget set is empty: the audit has nothing to attack.")
+    if config.entity_field != DEFAULT_ENTITY_FIELD and all(entity_key(row, config.entity_field) is None for row in data.forget):
+        fields = ", ".join(sorted({key for row in data.forget for key in row}))
+        raise UnlearnkitError(f"entity_field={config.entity_field}: no forget row has that field (the rows have: {fields}). "
+                              "Name a field that says which entity each fact is about, or leave entity_field out.")
     runnable, skipped = [], {}
     for name in attack_order(names):
-        reason = ATTACKS.get(name).missing(data)
+        reason = ATTACKS.get(name).missing(data, config)
         if reason is None:
             runnable.append(name)
         elif names is None:
@@ -88,15 +104,43 @@ def build_audit_config(overrides: Mapping[str, Any]) -> AuditConfig:
     return build_config(AuditConfig, dict(overrides), what="audit setting")
 
 
-def verdict(unlearned: float, oracle: float | None, threshold: float) -> str:
-    """Compare an attack's recovery on the unlearned model with the oracle's (see the module docstring)."""
+def uninformative_reason(target: float | None, oracle: float | None, config: AuditConfig, chance: float = 0.0) -> str | None:
+    """Why an attack with chance level ``chance`` says nothing on this data, given the target's and oracle's scores (None when it does)."""
+
+    def above_chance(score: float) -> float:
+        return (score - chance) / (1 - chance)
+
+    scale = "" if chance == 0 else f" of the way from chance ({chance:g}) to 1"
+    if target is not None and above_chance(target) < config.uninformative_target_below:
+        return (f"the target scores {target:.3f}, below {config.uninformative_target_below:g}{scale} (uninformative_target_below): "
+                "it does not show these facts under this attack, so there is nothing to recover")
+    if oracle is not None and above_chance(oracle) > config.uninformative_oracle_above:
+        return (f"the retain oracle, never trained on these facts, scores {oracle:.3f}, above {config.uninformative_oracle_above:g}"
+                f"{scale} (uninformative_oracle_above): the measure does not separate knowing the facts from not")
+    return None
+
+
+def verdict(
+    unlearned: float, target: float | None, oracle: float | None, config: AuditConfig, chance: float = 0.0
+) -> tuple[str, str | None]:
+    """An attack's verdict from each model's recovery, and the reason when it is :data:`UNINFORMATIVE` (see the module docstring)."""
+    reason = uninformative_reason(target, oracle, config, chance)
+    if reason is not None:
+        return UNINFORMATIVE, reason
     if oracle is None:
-        return NO_ORACLE
-    if unlearned - oracle > threshold:
-        return RECOVERED
-    if oracle - unlearned > threshold:
-        return BELOW_ORACLE
-    return AT_ORACLE
+        return NO_ORACLE, None
+    if unlearned - oracle > config.threshold:
+        return RECOVERED, None
+    if oracle - unlearned > config.threshold:
+        return BELOW_ORACLE, None
+    return AT_ORACLE, None
+
+
+def describe_rules(counts: Mapping[str, int]) -> str | None:
+    """The recall rules of an outcome in words: 'fact_span', or 'fact_span (28 rows), rouge (2 rows)'; None for none."""
+    if len(counts) <= 1:
+        return next(iter(counts), None)
+    return ", ".join(f"{rule} ({count} rows)" for rule, count in sorted(counts.items(), key=lambda item: -item[1]))
 
 
 def recovered_share(unlearned: float, target: float | None, oracle: float | None, threshold: float) -> float | None:
@@ -120,18 +164,21 @@ class AuditResult:
     skipped: dict[str, str]
 
 
-def summarize(outcomes: Mapping[str, Mapping[str, AttackOutcome]], threshold: float) -> tuple[list[dict[str, Any]], list[str]]:
-    """One summary row per attack (recoveries, share, verdict) and the attacks that expose hidden knowledge."""
+def summarize(outcomes: Mapping[str, Mapping[str, AttackOutcome]], config: AuditConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """One summary row per attack (recoveries, share, verdict and its reason, recall rule, notes) and the attacks that expose hidden knowledge."""  # noqa: E501 - a docstring's summary line, kept whole
     rows = []
     for name, by_model in outcomes.items():
-        unlearned = by_model["unlearned"].recovery
+        spec, measured = ATTACKS.get(name), by_model["unlearned"]  # measure, recall rules and notes: the same for every model
+        unlearned = measured.recovery
         target = by_model["target"].recovery if "target" in by_model else None
         oracle = by_model["oracle"].recovery if "oracle" in by_model else None
+        judged, reason = verdict(unlearned, target, oracle, config, spec.chance)
+        share = None if judged == UNINFORMATIVE else recovered_share(unlearned, target, oracle, config.threshold)
         rows.append({
-            "attack": name, "family": ATTACKS.get(name).family, "measure": by_model["unlearned"].measure,
-            "unlearned": unlearned, "target": target, "oracle": oracle,
-            "recovered_share": recovered_share(unlearned, target, oracle, threshold),
-            "verdict": verdict(unlearned, oracle, threshold), "threshold": threshold,
+            "attack": name, "family": spec.family, "measure": measured.measure,
+            "unlearned": unlearned, "target": target, "oracle": oracle, "recovered_share": share,
+            "verdict": judged, "verdict_reason": reason, "threshold": config.threshold,
+            "recall_rule": describe_rules(measured.recall_rules), "notes": list(measured.notes),
         })
     direct = next((row for row in rows if row["attack"] == "direct"), None)
     direct_holds = direct is None or direct["verdict"] != RECOVERED
@@ -154,7 +201,7 @@ def run_attacks(
     """  # noqa: E501 - a docstring's summary line, kept whole
     if "unlearned" not in models:
         raise ValueError("run_attacks needs the 'unlearned' model.")
-    names, skipped = plan_attacks(attacks, data)
+    names, skipped = plan_attacks(attacks, data, config)
     for name, reason in skipped.items():
         logger.warning("skipping the %s attack: it %s", name, reason)
     outcomes: dict[str, dict[str, AttackOutcome]] = {}
@@ -174,16 +221,16 @@ def run_attacks(
             outcomes[name][role] = outcome
             if store is not None:
                 write_json(store, asdict(outcome))
-    rows, exposed = summarize(outcomes, config.threshold)
+    rows, exposed = summarize(outcomes, config)
     return AuditResult(outcomes=outcomes, rows=rows, exposed_by=exposed, skipped=skipped)
 
 
 def _cache_path(cached: Mapping[str, Path] | None, role: str, attack: str, data: AuditData, config: AuditConfig) -> Path | None:
     if not cached or role not in cached:
         return None
+    # Whole rows: how answers are judged depends on their value, paraphrased and perturbed answers and entity field too.
     payload = json.dumps({"config": asdict(config), "fmt": data.fmt.record(),
-                          "rows": [[row.get("question"), row.get("answer")]
-                                   for split in (data.forget, data.retain, data.holdout) for row in split]},
+                          "rows": [list(split) for split in (data.forget, data.retain, data.holdout)]},
                          sort_keys=True, default=str)
     key = hashlib.sha256(payload.encode()).hexdigest()[:12]
     return Path(cached[role]) / f"{attack}-{key}.json"

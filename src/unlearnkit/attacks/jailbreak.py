@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack
-from unlearnkit.attacks.knowledge import recall_any, recall_rate
+from unlearnkit.attacks.knowledge import recall_any, recall_rate, rule_counts
 
 # Each template wraps the question; they follow the kinds of prompts Lynch et al. used against the
 # Harry Potter unlearned model: instruction override, role-play, a fictional frame, and answer-forcing suffixes.
@@ -34,4 +34,5 @@ def jailbreak(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
         f"template_{index}_recall": recall_rate([s["variants"][index]["recalled"] for s in samples])
         for index in range(len(JAILBREAK_TEMPLATES))
     }
-    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall (any prompt)", samples, details)
+    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall (any prompt)", samples, details,
+                         rule_counts(data.forget))

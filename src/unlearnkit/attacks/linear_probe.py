@@ -166,6 +166,7 @@ def _scores(true_features: torch.Tensor, false_features: torch.Tensor, probe: tu
     summary="A logistic probe trained on retain statements ranks each forget fact's true statement above its false ones (chance 0.5).",
     family="latent",
     needs=("retain",),
+    chance=0.5,
 )
 def linear_probe(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
     depth = len(decoder_layers(model)[1])

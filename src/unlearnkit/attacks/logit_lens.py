@@ -2,7 +2,7 @@
 
 Patil, Hase & Bansal, "Can Sensitive Information Be Deleted From LLMs?
 Objectives for Defending Against Extraction Attacks", ICLR 2024. At the
-position that predicts the answer's value, each decoder layer's output
+position that predicts the answer's fact (:func:`lens_inputs`), each decoder layer's output
 ``h_l`` is read through the model's own final norm and output head,
 ``D_l = softmax(W_U · LN(h_l))`` (the logit lens). The attacker takes a
 candidate set ``C`` of at most ``B = 2k·L`` tokens and succeeds when the
@@ -19,12 +19,17 @@ deleted answer's first token is in it (Attack-Success@B):
   has one difference.
 
 The recovery is the share of forget rows on which the attack succeeds.
+Without a ``value`` field or fact words to locate the fact, the target is the
+answer's first token, often a name the question already gives, which a
+model that never saw the facts predicts too: the audit then finds the attack
+uninformative on that data through the retain oracle's score.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -34,12 +39,15 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack
+from unlearnkit.attacks.knowledge import fact_location, recall_rule
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.parameters import check_layers_exist, decoder_layers, parse_layers
 
 PAPER = ('Patil, Hase & Bansal, "Can Sensitive Information Be Deleted From LLMs? '
          'Objectives for Defending Against Extraction Attacks", ICLR 2024')
+# How a row's target token was found when neither its value nor a fact word is in its answer.
+FIRST_ANSWER_TOKEN = "first_answer_token"
 
 
 def layer_candidates(distributions: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,12 +78,13 @@ def value_token_index(offsets: Sequence[tuple[int, int]], start: int, end: int) 
 
 
 def lens_inputs(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, row: dict) -> tuple[list[int], int]:
-    """Prompt ids plus the answer's tokens before its value, and the value's first token id (the target).
+    """Prompt ids plus the answer's tokens before its fact, and the fact's first token id (the target).
 
     The answer is tokenised as in training (:meth:`PromptFormat.answer_ids`),
-    and the value's first token is found with the tokenizer's character
-    offsets. A row without a ``value`` (or whose answer does not contain it)
-    targets the answer's first token.
+    and the fact's first token is found with the tokenizer's character
+    offsets. The fact is the row's ``value``, else its first fact word
+    (:func:`unlearnkit.attacks.knowledge.fact_location`); a row with neither
+    in its answer targets the answer's first token (:func:`lens_target_rule`).
     """
     if not getattr(tokenizer, "is_fast", False):
         raise UnlearnkitError("The logit-lens attacks need a fast tokenizer (character offsets); load one with use_fast=True.")
@@ -85,15 +94,14 @@ def lens_inputs(tokenizer: PreTrainedTokenizerBase, fmt: PromptFormat, row: dict
     ids = encoded["input_ids"]
     if not ids:
         raise UnlearnkitError(f"The answer to {row['question']!r} is empty; the logit-lens attacks need an answer.")
-    index = 0
-    value = row.get("value")
-    if isinstance(value, str) and value.strip():
-        start = text.find(value)
-        if start < 0:
-            start = text.lower().find(value.lower())
-        if start >= 0:
-            index = value_token_index(encoded["offset_mapping"], start, start + len(value))
+    location = fact_location(text, row)
+    index = 0 if location is None else value_token_index(encoded["offset_mapping"], *location)
     return fmt.prompt_ids(tokenizer, row["question"]) + ids[:index], ids[index]
+
+
+def lens_target_rule(row: Mapping) -> str:
+    """How :func:`lens_inputs` finds ``row``'s target: 'value', 'fact_span' (its first fact word) or 'first_answer_token'."""
+    return FIRST_ANSWER_TOKEN if fact_location(row["answer"], row) is None else recall_rule(row)
 
 
 def _hidden(output: torch.Tensor | tuple) -> torch.Tensor:
@@ -221,18 +229,19 @@ def _lens_attack(
         candidates = per_layer.any(dim=0)
         sizes.append(int(candidates.sum()))
         hits = [label for label, hit in zip(labels, per_layer[:, lens.target].tolist(), strict=True) if hit]
-        samples.append({"question": row["question"], "target": tokenizer.decode([lens.target]),
+        samples.append({"question": row["question"], "target": tokenizer.decode([lens.target]), "recall_rule": lens_target_rule(row),
                         "success": bool(candidates[lens.target]), "hit_layers": hits})
     details = {"k": float(k), "readings": float(readings), "budget": float(2 * k * readings),
                "mean_candidates": sum(sizes) / len(sizes) if sizes else 0.0}
     recovery = sum(sample["success"] for sample in samples) / len(samples) if samples else 0.0
-    return AttackOutcome(recovery=recovery, measure=measure, per_sample=samples, details=details)
+    rules = dict(Counter(sample["recall_rule"] for sample in samples))
+    return AttackOutcome(recovery=recovery, measure=measure, per_sample=samples, details=details, recall_rules=rules)
 
 
 @register_attack(
     "logit_lens_head",
     paper=PAPER,
-    summary="Head Projection: the answer's first token among the top-k/bottom-k of any layer's logit-lens distribution.",
+    summary="Head Projection: the first token of the answer's fact among the top-k/bottom-k of any layer's logit-lens distribution.",
     family="latent",
 )
 def logit_lens_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
@@ -243,7 +252,8 @@ def logit_lens_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 @register_attack(
     "logit_lens_delta",
     paper=PAPER,
-    summary="Probability Delta: the answer's first token among the top-k/bottom-k of a change of the logit lens between layers.",
+    summary="Probability Delta: the first token of the answer's fact among the top-k/bottom-k of a change of the logit lens "
+            "between layers.",
     family="latent",
 )
 def logit_lens_delta(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:

@@ -18,6 +18,7 @@ from unlearnkit.evaluation.mia import DEFAULT_K, evaluate_membership
             "the other attacks' AUCs in the details.",
     family="membership",
     needs=("holdout",),
+    chance=0.5,
 )
 def membership(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
     result = evaluate_membership(model, tokenizer, data.fmt, data.forget, data.holdout, DEFAULT_K, config.batch_size)

@@ -48,7 +48,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.pytorch_utils import Conv1D
 
 from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack
-from unlearnkit.attacks.knowledge import recall_rate, recall_rows
+from unlearnkit.attacks.knowledge import recall_rate, recall_rows, recall_rule, rule_counts
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.parameters import is_lora_model
 
@@ -181,11 +181,13 @@ def _quantization_attack(
     quantized.eval()
     questions = [row["question"] for row in data.forget]
     recalled, generations = recall_rows(quantized, tokenizer, data.fmt, data.forget, questions, config.max_new_tokens, config.batch_size)
-    samples = [{"question": q, "generation": g, "recalled": r} for q, g, r in zip(questions, generations, recalled, strict=True)]
+    samples = [{"question": row["question"], "generation": g, "recalled": r, "recall_rule": recall_rule(row)}
+               for row, g, r in zip(data.forget, generations, recalled, strict=True)]
     details = {"bits": float(bits), "quantized_share": quantized_share(quantized)}
     if bits == 4:
         details["blocksize"] = float(config.quantization_group_size)
-    return AttackOutcome(recovery=recall_rate(recalled), measure="answer recall", per_sample=samples, details=details)
+    return AttackOutcome(recovery=recall_rate(recalled), measure="answer recall", per_sample=samples, details=details,
+                         recall_rules=rule_counts(data.forget))
 
 
 @register_attack(

@@ -7,8 +7,8 @@ import logging
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, attacker_split, register_attack
-from unlearnkit.attacks.knowledge import recall_rate, recall_rows
+from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, attacker_split, heldout_problem, register_attack, ungrouped_note
+from unlearnkit.attacks.knowledge import recall_rate, recall_rows, recall_rule, rule_counts
 from unlearnkit.finetune import FinetuneConfig, finetune
 
 logger = logging.getLogger("unlearnkit")
@@ -19,19 +19,24 @@ logger = logging.getLogger("unlearnkit")
     paper='Lynch et al., "Eight Methods to Evaluate Robust Unlearning in LLMs", arXiv 2024',
     summary="Fine-tune a copy on part of the forget set (relearn_* settings); answer recall on the held-out forget rows.",
     family="weights",
+    requires=heldout_problem,
 )
 def relearning(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
-    given, rows = attacker_split(data.forget, config.heldout_fraction, "relearning")
+    given, rows = attacker_split(data, config, "relearning")
     questions = [row["question"] for row in rows]
     before, _ = recall_rows(model, tokenizer, data.fmt, rows, questions, config.max_new_tokens, config.batch_size)
     attacked = relearned_copy(model, tokenizer, given, data, config)
     recalled, generations = recall_rows(attacked, tokenizer, data.fmt, rows, questions, config.max_new_tokens, config.batch_size)
     samples = [
-        {"question": q, "generation": g, "recalled": hit, "recalled_before": was}
-        for q, g, hit, was in zip(questions, generations, recalled, before, strict=True)
+        {"question": row["question"], "generation": g, "recalled": hit, "recalled_before": was, "recall_rule": recall_rule(row)}
+        for row, g, hit, was in zip(rows, generations, recalled, before, strict=True)
     ]
+    notes = ungrouped_note(data.forget, config, "the forget rows are split as one pool in their own order (the last "
+                                                "heldout_fraction held out): the facts relearned and those measured may "
+                                                "or may not be about the same entities")
     return AttackOutcome(recall_rate(recalled), "answer recall on held-out facts", samples,
-                         {"relearned_rows": float(len(given)), "heldout_rows": float(len(rows)), "recall_before": recall_rate(before)})
+                         {"relearned_rows": float(len(given)), "heldout_rows": float(len(rows)), "recall_before": recall_rate(before)},
+                         rule_counts(rows), notes)
 
 
 def relearned_copy(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack, rows_lacking
-from unlearnkit.attacks.knowledge import recall_any, recall_rate
+from unlearnkit.attacks.knowledge import recall_any, recall_rate, rule_counts
 from unlearnkit.data.translations import TRANSLATED_FIELD, translated_questions
 from unlearnkit.errors import UnlearnkitError
 
@@ -16,12 +16,12 @@ from unlearnkit.errors import UnlearnkitError
           'ICLR 2024',
     summary="Input rephrasing: the forget questions asked in the benchmark's paraphrased wording (field paraphrased_question).",
     family="prompt",
-    requires=lambda data: rows_lacking(data.forget, "paraphrased_question"),
+    requires=lambda data, config: rows_lacking(data.forget, "paraphrased_question"),
 )
 def paraphrase(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
     variants = [_as_list(row["paraphrased_question"]) for row in data.forget]
     samples = recall_any(model, tokenizer, data.fmt, data.forget, variants, config.max_new_tokens, config.batch_size)
-    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall", samples)
+    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall", samples, recall_rules=rule_counts(data.forget))
 
 
 @register_attack(
@@ -29,12 +29,13 @@ def paraphrase(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data:
     paper='Lynch et al., "Eight Methods to Evaluate Robust Unlearning in LLMs", arXiv 2024',
     summary="The forget questions in French and German (built-in templates) or in the rows' translated_question field.",
     family="prompt",
-    requires=lambda data: _untranslatable(data.forget),
+    requires=lambda data, config: _untranslatable(data.forget),
 )
 def translation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: AuditData, config: AuditConfig) -> AttackOutcome:
     variants = [translated_questions(row) for row in data.forget]
     samples = recall_any(model, tokenizer, data.fmt, data.forget, variants, config.max_new_tokens, config.batch_size)
-    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall (any language)", samples)
+    return AttackOutcome(recall_rate([s["recalled"] for s in samples]), "answer recall (any language)", samples,
+                         recall_rules=rule_counts(data.forget))
 
 
 def _as_list(value: str | list[str]) -> list[str]:

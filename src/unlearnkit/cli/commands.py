@@ -57,6 +57,10 @@ def _echo_table(summary: dict[str, Any], columns: Any = None) -> None:
 
 def _echo_summary(summary: dict[str, Any]) -> None:
     for key, value in summary.items():
+        if key == "not_computed":
+            for metric, reason in value.items():
+                typer.echo(f"{metric:>28}: not computed: {reason}")
+            continue
         typer.echo(f"{key:>28}: {value:.4g}" if isinstance(value, float) else f"{key:>28}: {value}")
 
 
@@ -216,7 +220,10 @@ def finetune(
 def unlearn(
     method: Method,
     output: Output,
-    model: Annotated[str, typer.Option(help="'builtin' (the built-in target), a model folder, or a hub name.")] = "builtin",
+    model: Annotated[str | None, typer.Option(
+        help="The model to unlearn: a model folder, a hub name, or 'builtin' (the built-in target; the default with a built-in "
+             "forget split, and required with your own forget data)."
+    )] = None,
     forget: Annotated[str, typer.Option(
         help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT]."
     )] = "forget10",
@@ -225,6 +232,11 @@ def unlearn(
     )] = None,
     sets: Sets = None,
     oracle_reference: OracleReference = None,
+    real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data, evaluated after unlearning (own data).")] = None,
+    world_facts: Annotated[str | None, typer.Option(help="World-facts utility data, evaluated after unlearning (own data).")] = None,
+    holdout: Annotated[str | None, typer.Option(
+        help="Holdout QA data never trained on: membership inference and memorization against --forget (own data)."
+    )] = None,
     evaluate_after: Annotated[bool, typer.Option(
         "--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data)."
     )] = True,
@@ -255,14 +267,18 @@ def unlearn(
 
     fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
-    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference)
+    evaluation_data = {"real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}
+    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference,
+                  **evaluation_data)
     tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
     if tracking.enabled and not evaluate_after:
         raise UnlearnkitError("--eval-every evaluates on the evaluation sets: drop --no-eval.")
-    chosen = resolve_method(method, parse_sets(sets), builtin if model == BUILTIN_MODEL else None)
+    # The built-in target (named, or the default with a built-in split) gets the benchmark's settings for the tiny model.
+    chosen = resolve_method(method, parse_sets(sets), builtin if model in (None, BUILTIN_MODEL) else None)
     inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt,
                              evaluate_after=evaluate_after, oracle_reference=oracle_reference,
-                             eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking)
+                             eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking,
+                             evaluation_data=evaluation_data)
     options = RunOptions(output, overwrite, show_progress(), checkpoint_every, resume, trust_remote_code)
     _echo_summary(run_unlearn(inputs=inputs, options=options, on_overlap=on_overlap, tracking=tracking))
     typer.echo(f"Results: {output} (model in {output}/model)")

@@ -162,7 +162,8 @@ def too_long(lengths: Sequence[int], limit: int, where: str) -> list[Finding]:
     )]
 
 
-def target_prefers_perturbed(truth_ratios: Sequence[float], where: str, fraction: float = PREFERENCE_FRACTION) -> list[Finding]:
+def target_prefers_perturbed(truth_ratios: Sequence[float], where: str, fraction: float = PREFERENCE_FRACTION,
+                             subject: str = "the model before unlearning") -> list[Finding]:
     """Rows where the model before unlearning finds the perturbed answers more likely than the paraphrase, when they are most.
 
     ``truth_ratios``: its per-row R = p(paraphrase) / geometric-mean p(perturbed)
@@ -173,7 +174,7 @@ def target_prefers_perturbed(truth_ratios: Sequence[float], where: str, fraction
         return []
     return [Finding(
         "target_prefers_perturbed", where, preferred, len(truth_ratios),
-        "the model before unlearning rates the perturbed answers above the paraphrased answer",
+        f"{subject} rates the perturbed answers above the paraphrased answer",
         "retain_truth_ratio (mean of max(0, 1 - R)) is then near 0 for every model, and model utility, a harmonic mean "
         "that includes it, collapses with it; forget quality's truth ratios are as unreliable. Check that the perturbed "
         "answers are wrong and phrased like the paraphrase, and that the model was trained on this data.",

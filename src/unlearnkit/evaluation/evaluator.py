@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearnkit.data.checks import target_prefers_perturbed, warn
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.qa import DEFAULT_MAX_NEW_TOKENS, TRUTH_RATIO_FIELDS, has_fields
 from unlearnkit.errors import UnlearnkitError
@@ -102,6 +103,8 @@ class EvalResult:
     forget_truth_ratios: np.ndarray | None
     # Forget/holdout membership statistics a retain oracle stores for later runs (None without a holdout split).
     membership: dict[str, Any] | None = None
+    # Headline metrics the given data could not yield, each with the reason and what to pass (see :func:`not_computed`).
+    not_computed: dict[str, str] = field(default_factory=dict)
 
 
 def evaluate(
@@ -134,6 +137,9 @@ def evaluate(
         summary["forget_quality"] = metrics.forget_quality(forget_ratios, oracle_ratios)
     if all(name in summary for name in metrics.MODEL_UTILITY_COMPONENTS):
         summary["model_utility"] = metrics.model_utility(summary)
+    retain_ratios = [sample["truth_ratio"] for sample in per_sample.get("retain", []) if "truth_ratio" in sample]
+    # On a model that knows the retain set this never fires; when it does, the data is the likelier culprit (check-data).
+    warn(target_prefers_perturbed(retain_ratios, "retain data", subject="the evaluated model"))
     membership = None
     if splits.get("forget") and splits.get("holdout"):
         logger.info("membership inference: forget vs holdout (%d questions)", len(splits["holdout"]))
@@ -148,7 +154,34 @@ def evaluate(
         per_sample["holdout"] = [{"question": row["question"], "answer": row["answer"], **scores}
                                  for row, scores in zip(splits["holdout"], result.holdout, strict=True)]
         membership = result.record
-    return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios, membership=membership)
+    return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios, membership=membership,
+                      not_computed=not_computed(splits, summary, oracle_reference is not None))
+
+
+def not_computed(splits: Mapping[str, Sequence[dict]], summary: Mapping[str, Any], with_reference: bool) -> dict[str, str]:
+    """Why forget quality, model utility and membership inference are missing from ``summary``, when they are.
+
+    A metric left out silently reads as "not measured"; the reason says what data or option it needs.
+    """
+    reasons: dict[str, str] = {}
+    if "forget" in splits and "forget_quality" not in summary:
+        if not has_truth_fields("forget", splits["forget"]):
+            reasons["forget_quality"] = ("the forget data has no paraphrased_answer and perturbed_answer fields, so there are no "
+                                         "truth ratios to compare with the retain oracle's")
+        elif not with_reference:
+            reasons["forget_quality"] = ("no retain oracle reference: pass --oracle-reference FILE, written by `unlearnkit eval "
+                                         "--save-reference FILE` on a model trained without the forget data")
+    if "model_utility" not in summary:
+        needs = {"retain": "--retain", "real_authors": "--real-authors", "world_facts": "--world-facts"}
+        absent = [option for split, option in needs.items() if not splits.get(split)]
+        no_truth = [option for split, option in needs.items() if splits.get(split) and not has_truth_fields(split, splits[split])]
+        parts = ([f"missing {', '.join(absent)}"] if absent else []) + (
+            [f"no perturbed answers in {', '.join(no_truth)}"] if no_truth else [])
+        reasons["model_utility"] = ("TOFU's model utility is the harmonic mean of nine scores on the retain, real-authors and "
+                                    f"world-facts sets, each with perturbed answers: {'; '.join(parts)}")
+    if "forget" in splits and not splits.get("holdout"):
+        reasons["membership_inference"] = "mia_* AUCs, privleak and the memorization metrics need --holdout (rows never trained on)"
+    return reasons
 
 
 def _evaluate_split(

@@ -123,8 +123,12 @@ def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], sp
                 points.append(plots.TradeoffPoint(group.label, "method", [run.summary["model_utility"] for run in usable],
                                                   [run.summary["forget_quality"] for run in usable]))
         if not any(point.role == "method" for point in points):
-            parts.append(f'<p class="note">{escape(split)}: no run has both forget quality and model utility '
-                         "(forget quality needs the retain oracle's reference).</p>")
+            reasons = "".join(
+                f"<li>{escape(run.label)}: " + "; ".join(f"{escape(name.replace('_', ' '))} {escape(run.missing(name))}"
+                                                        for name in ("forget_quality", "model_utility") if name not in run.summary)
+                + "</li>" for group in groups if group.split == split for run in group.runs)
+            parts.append(f'<p class="note">{escape(split)}: no run has both forget quality and model utility, so there is no '
+                         f"trade-off to draw. What each run lacks:</p><ul>{reasons}</ul>")
             continue
         image = plots.tradeoff(points, f"Forget quality vs model utility, {split}")
         parts.append(figure_html(image, f"Trade-off on {split}", f"Forget quality (log) against model utility on {split}."))

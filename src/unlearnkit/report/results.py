@@ -57,6 +57,14 @@ class RunResults:
     oracle_summary: dict[str, float] | None = None
     target_per_sample: dict[str, list[dict[str, Any]]] | None = None
     oracle_truth_ratios: list[float] | None = None
+    # Headline metrics the run could not compute, with the reason its summary.json records (metric -> why).
+    not_computed: dict[str, str] = field(default_factory=dict)
+
+    def missing(self, metric: str) -> str:
+        """Why ``metric`` is not in this run's summary: the recorded reason, else what is known."""
+        if metric in self.not_computed:
+            return str(self.not_computed[metric])
+        return "not in its summary.json (written by an older unlearnkit, or not evaluated)"
 
     @property
     def hyperparameters(self) -> dict[str, Any]:
@@ -178,6 +186,7 @@ def load_run(folder: Path, label: str | None = None) -> RunResults:
         run.oracle_truth_ratios = oracle_ratios or None
     else:
         run.summary = _metrics(summary)
+        run.not_computed = summary["not_computed"] if isinstance(summary.get("not_computed"), dict) else {}
         run.per_sample = per_sample if all(isinstance(rows, list) for rows in per_sample.values()) else {}
         run.oracle_truth_ratios = _reference_ratios(config, run.split)
     if not any(key.startswith("forget_") or key == "model_utility" for key in run.summary):

@@ -91,12 +91,17 @@ def _cell(value: Any, number: Callable[[float], str], missing: str) -> str:
 def audit_table(rows: Sequence[Mapping[str, Any]], exposed_by: Sequence[str]) -> str:
     """An audit's summary rows (``summary.json``'s ``attacks``) as a Markdown table, then the threshold and hidden-knowledge lines."""
     numbers = ("unlearned", "target", "oracle", "recovered_share")
-    table = format_table(rows, ["attack", "measure", *numbers, "verdict"], headers={"recovered_share": "recovered share"},
+    table = format_table(rows, ["attack", "measure", *numbers, "verdict", "recall_rule"],
+                         headers={"recovered_share": "recovered share", "recall_rule": "recall rule"},
                          style="markdown", right=numbers, number=fixed_number, missing="–")
     threshold = rows[0]["threshold"] if rows else 0.0
     exposed = ", ".join(exposed_by) if exposed_by else "none of the attacks"
+    # Why an attack could not judge this data, and what each attack noted about it (e.g. no entity field).
+    remarks = [f"- {row['attack']}: {row['verdict']}: {row['verdict_reason']}." for row in rows if row.get("verdict_reason")]
+    remarks += [f"- {row['attack']}: {note}" for row in rows for note in row.get("notes") or []]
     return "\n".join([
         table, "",
         f"Verdict threshold: {threshold:g} (absolute difference from the retain oracle's recovery under the same attack).",
         f"Hidden knowledge exposed by: {exposed}.",
+        *remarks,
     ]) + "\n"

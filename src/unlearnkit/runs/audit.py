@@ -116,7 +116,7 @@ def run_audit(*, inputs: AuditInputs, options: RunOptions) -> AuditResult:
     """Audit the model and write a results folder: config.json, summary.json, per_sample.json, audit.md and report.html."""
     model, data, attacks, config, cached = inputs.model, inputs.data, inputs.attacks, inputs.config, inputs.cached
     output, overwrite, trust_remote_code = options.output, options.overwrite, options.trust_remote_code
-    names, _ = plan_attacks(attacks, data)  # unsuitable data fails here, before any model is loaded
+    names, _ = plan_attacks(attacks, data, config)  # unsuitable data fails here, before any model is loaded
     sources = {"unlearned": model, "target": inputs.target, "oracle": inputs.oracle}
     check_output_dir(output, overwrite, {f"the {role} model": source for role, source in sources.items()})
     models = {}

@@ -18,7 +18,7 @@ from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.evaluation.mia import MUSE_RETAIN_PRIVLEAK_AUC, evaluate_text_privleak
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.provenance import environment
-from unlearnkit.runs.folder import check_output_dir, check_spares_inputs, results_folder, write
+from unlearnkit.runs.folder import check_output_dir, check_spares_inputs, results_folder, with_reasons, write
 from unlearnkit.runs.inputs import (
     Builtin,
     Evaluation,
@@ -178,14 +178,14 @@ def run_eval(*, inputs: EvalInputs, options: RunOptions, save_reference_to: Path
                                               evaluation.config.min_k_fraction, form=evaluation.config.privleak_form)
             result.summary.update(privleak.summary)
             result.per_sample.update({"privleak_forget_texts": privleak.forget, "privleak_holdout_texts": privleak.holdout})
-        write(folder / "summary.json", result.summary)
+        write(folder / "summary.json", with_reasons(result.summary, result.not_computed))
         write(folder / "config.json", {**run_config, **config_descriptions(result.summary)})  # what the report shows
         write(folder / "per_sample.json", result.per_sample)
     if save_reference_to is not None and distributed.is_main_process():
         split_name = str(inputs.description.get("forget") or "forget")
         save_reference(Path(save_reference_to),
                        make_reference(evaluation.splits["forget"], result.forget_truth_ratios, split_name, result.membership))
-    return result.summary
+    return with_reasons(result.summary, result.not_computed)
 
 
 @locks_output

@@ -238,3 +238,8 @@ def write(path: Path, data: Any) -> None:
     """Write a results file: the main process does, the others computed the same values and write nothing."""
     if distributed.is_main_process():
         write_json(path, data)
+
+
+def with_reasons(summary: dict[str, Any], reasons: dict[str, str]) -> dict[str, Any]:
+    """A summary as results folders hold it: the metrics, then ``not_computed`` (metric -> why) when something is missing."""
+    return {**summary, "not_computed": reasons} if reasons else dict(summary)

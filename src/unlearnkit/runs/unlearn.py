@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +20,12 @@ from unlearnkit import distributed
 from unlearnkit.data.checks import split_findings, warn
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.descriptions import config_descriptions
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
 from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
-from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, write
+from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, with_reasons, write
 from unlearnkit.runs.inputs import Builtin, DataChoice, Evaluation, MethodChoice, ModelChoice, RunOptions
 from unlearnkit.runs.lock import locks_output
 from unlearnkit.unlearn import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
@@ -43,6 +44,8 @@ class UnlearnInputs:
     evaluation: Evaluation | None
     # The retain oracle's own metrics, for constraints such as model_utility>=0.9*oracle (built-in splits only).
     oracle_summary: dict[str, Any] | None = None
+    # How the user named the oracle reference and the other evaluation sets (config.json records it; reports read it).
+    description: dict[str, Any] = field(default_factory=dict)
 
     @property
     def retain_rows(self) -> list[dict]:
@@ -51,7 +54,7 @@ class UnlearnInputs:
 
 def resolve_unlearn(
     *,
-    model: str,
+    model: str | None,
     method: MethodChoice,
     forget: str,
     retain: str | None,
@@ -61,15 +64,31 @@ def resolve_unlearn(
     oracle_reference: Path | None = None,
     eval_config: EvalConfig = EvalConfig(),
     tracking: TrackingConfig = TrackingConfig(),
+    evaluation_data: dict[str, str | None] | None = None,
 ) -> UnlearnInputs:
     """Resolve ``unlearn``'s inputs; a built-in forget split brings its retain split, evaluation sets and oracle.
 
-    Each evaluated split generates up to its data source's cap unless ``eval_config.max_new_tokens`` is set.
+    ``model`` None means the built-in target, allowed only with a built-in forget split: unlearning the built-in
+    model with one's own data is a mistake to name, not to make silently. ``evaluation_data``: the utility and
+    holdout sets (``real_authors``, ``world_facts``, ``holdout``) evaluated with the forget and retain data, as
+    ``eval`` takes them. Each evaluated split generates up to its data source's cap unless
+    ``eval_config.max_new_tokens`` is set.
     """
     from unlearnkit.builtin import MAX_NEW_TOKENS
-    from unlearnkit.runs.inputs import load_oracle_reference, resolve_data, resolve_model, with_caps
+    from unlearnkit.runs.inputs import BUILTIN_MODEL, load_oracle_reference, resolve_data, resolve_model, with_caps
 
     forget_split = forget if builtin.is_forget_split(forget) else None
+    extra = {name: source for name, source in (evaluation_data or {}).items() if source}
+    if model is None:
+        if not forget_split:
+            raise UnlearnkitError(f"--model is needed with your own forget data ({forget}): pass the model to unlearn (a folder "
+                                  f"or a hub name), or --model {BUILTIN_MODEL} to unlearn the built-in target with it.")
+        model = BUILTIN_MODEL
+    if extra and forget_split:
+        raise UnlearnkitError(f"The built-in split {forget_split} brings its own evaluation sets; drop "
+                              f"{', '.join('--' + name.replace('_', '-') for name in extra)}.")
+    if extra and not evaluate_after:
+        raise UnlearnkitError(f"{', '.join('--' + name.replace('_', '-') for name in extra)} are evaluation sets: drop --no-eval.")
     if retain is None and forget_split:
         retain = builtin.default_retain(forget_split)
     forget_data = resolve_data(forget, "forget", builtin)
@@ -90,12 +109,15 @@ def resolve_unlearn(
                 oracle_dir = builtin.model_dir("builtin-oracle", forget_split)
                 oracle_summary = evaluation_cache(builtin.prepared(forget_split), "oracle", oracle_dir, forget_split, eval_config).summary
         else:
-            choices = {"forget": forget_data, **({"retain": retain_data} if retain_data else {})}
+            choices = {"forget": forget_data, **({"retain": retain_data} if retain_data else {}),
+                       **{name: resolve_data(source, name) for name, source in extra.items()}}
             splits = {name: choice.rows for name, choice in choices.items()}
             eval_config = with_caps(eval_config, {name: choice.max_new_tokens for name, choice in choices.items()})
             reference = load_oracle_reference(oracle_reference)
         evaluation = Evaluation(splits, reference, eval_config)
-    return UnlearnInputs(resolve_model(model, prompt_format, builtin), method, forget_data, retain_data, evaluation, oracle_summary)
+    description = {"oracle_reference": str(oracle_reference) if oracle_reference else None, **extra}
+    return UnlearnInputs(resolve_model(model, prompt_format, builtin), method, forget_data, retain_data, evaluation, oracle_summary,
+                         description)
 
 
 @locks_output
@@ -129,7 +151,7 @@ def run_unlearn(
                               evaluation.config if evaluation else EvalConfig(), evaluation.reference if evaluation else None, known)
     run_config = {
         "command": "unlearn", "model": model.source, "method": method.name, "forget": inputs.forget.source,
-        "retain": inputs.retain.source if inputs.retain else None, "hyperparameters": asdict(method.config),
+        "retain": inputs.retain.source if inputs.retain else None, **inputs.description, "hyperparameters": asdict(method.config),
         **model.fmt.record(), "environment": environment(),
         "sha256": {"forget_rows": rows_sha256(forget), "retain_rows": rows_sha256(retain),
                    "source_model": weights_sha256(model.source)},
@@ -144,7 +166,7 @@ def run_unlearn(
         summary: dict[str, Any] = {}
         if evaluation and evaluation.splits:
             result = evaluate(unlearned, tokenizer, evaluation.splits, model.fmt, evaluation.config, evaluation.reference)
-            summary.update(result.summary)
+            summary.update(with_reasons(result.summary, result.not_computed))
             write(folder / "per_sample.json", result.per_sample)
         if tracker is not None and tracker.selected_step is not None:
             summary["selected_step"] = tracker.selected_step
