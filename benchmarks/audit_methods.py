@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from compare_methods import run_folder, run_methods
-from unlearnkit.audit import RECOVERED, attack_order, build_audit_config, builtin_audit_settings
+from unlearnkit.audit import RECOVERED, UNINFORMATIVE, attack_order, build_audit_config, builtin_audit_settings
 from unlearnkit.methods import METHODS
 from unlearnkit.runs.audit import resolve_audit, run_audit
 from unlearnkit.runs.inputs import Builtin, RunOptions
@@ -56,6 +56,7 @@ def collect(output: Path, methods: list[str]) -> tuple[list[str], list[dict]]:
             "family": METHODS.get(method).family,
             "recovery": {name: row["unlearned"] for name, row in by_attack.items()},
             "recovered": [name for name, row in by_attack.items() if row["verdict"] == RECOVERED],
+            "uninformative": {name: row.get("verdict_reason") or "" for name, row in by_attack.items() if row["verdict"] == UNINFORMATIVE},
             "exposed_by": summary["exposed_by"],
             # Attacks measured on held-out rows report the recall of those same rows before the attack.
             "before": {name: by_role["unlearned"].get("recall_before", by_attack["direct"]["unlearned"])
@@ -76,14 +77,18 @@ def markdown(attacks: list[str], rows: list[dict], threshold: float, command: st
         "[methods.md](methods.md)); each unlearned model was then attacked with every attack of `unlearnkit attacks`.",
         "Cells give the recovery under each attack (answer recall for the question attacks, Min-K% AUC for `membership`,",
         "exact memorization for `extraction`, probe ranking accuracy for `linear_probe`, Attack-Success@2k·L for the logit lens).",
-        f"**Bold**: recovered above the retain oracle's level by more than {threshold:g}. The last column lists the attacks that",
-        "bring back knowledge the direct questions no longer show: the method hides rather than forgets.",
+        f"**Bold**: recovered above the retain oracle's level by more than {threshold:g}. *Italic*: the attack is uninformative on",
+        "this data (the target near chance or the oracle near one under it: listed below the table). The last column lists",
+        "the attacks that bring back knowledge the direct questions no longer show: the method hides rather than forgets.",
         "",
         "| model | " + " | ".join(attacks) + " | hidden knowledge exposed by |",
         "|---|" + "---:|" * len(attacks) + "---|",
     ]
+    # The verdict "uninformative" depends on the target and the oracle alone, so it is the same for every method.
+    uninformative = next((row["uninformative"] for row in rows if "uninformative" in row), {})
     for row in rows:
-        cells = [f"**{row['recovery'][name]:.3f}**" if name in row["recovered"] else f"{row['recovery'][name]:.3f}" for name in attacks]
+        cells = [f"**{row['recovery'][name]:.3f}**" if name in row["recovered"]
+                 else f"*{row['recovery'][name]:.3f}*" if name in uninformative else f"{row['recovery'][name]:.3f}" for name in attacks]
         if row["model"] in ("target", "oracle"):
             exposed = "–"
         elif "direct" in row["recovered"]:
@@ -92,6 +97,9 @@ def markdown(attacks: list[str], rows: list[dict], threshold: float, command: st
             exposed = ", ".join(row["exposed_by"]) or "none"
         lines.append(f"| {row['model']} | " + " | ".join(cells) + f" | {exposed} |")
     methods = [row for row in rows if row["model"] not in ("target", "oracle")]
+    if uninformative:
+        lines += ["", "Uninformative on this data (no verdict; never counted as exposing hidden knowledge):", ""]
+        lines += [f"* `{name}`: {reason}" for name, reason in uninformative.items()]
     forgotten = [row for row in methods if "direct" not in row["recovered"]]
     lines += ["", f"{len(forgotten)} of {len(methods)} methods bring the direct answer recall to the oracle's level"
               + (f" ({', '.join(row['model'] for row in forgotten)})" if forgotten else "")

@@ -38,7 +38,7 @@ def test_check_data_names_rows_and_effects_and_writes_nothing(tmp_path: Path, mo
     before = folder_hash(tmp_path)
     assert run_cli(["check-data", str(forget), "--retain", str(retain)], monkeypatch) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert f"[perturbed_follow_answer] data data ({forget}): perturbed answers share more wording with the answer" in out
+    assert f"[perturbed_follow_answer] data ({forget}): perturbed answers share more wording with the answer" in out
     assert "(1 of 3 rows: 2)" in out and "measures wording, not facts" in out
     assert "[duplicate_question]" in out and "(1 of 3 rows: 3)" in out
     assert "[forget_retain_overlap]" in out and "(1 of 3 rows: 1)" in out
@@ -62,7 +62,7 @@ def test_check_data_with_the_model_finds_long_rows_and_a_preference_for_wrong_an
     found = {finding["check"]: finding for finding in report["findings"]}
     assert found["target_prefers_perturbed"]["total"] == 12 and len(found["target_prefers_perturbed"]["rows"]) > 6
     assert found["too_long"]["rows"] == list(range(1, 13))  # every prompt + answer is longer than 8 tokens
-    assert report["checked"] == {f"data data ({bad})": 12}
+    assert report["checked"] == {f"data ({bad})": 12}
 
 
 def test_check_data_refuses_bad_input(tmp_path: Path, monkeypatch, capsys) -> None:

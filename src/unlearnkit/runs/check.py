@@ -94,4 +94,4 @@ def _check_with_model(
 
 
 def _where(choice: DataChoice) -> str:
-    return f"{choice.role} data ({choice.source})"
+    return f"{'' if choice.role == 'data' else choice.role + ' '}data ({choice.source})"
