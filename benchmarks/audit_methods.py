@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from compare_methods import run_folder, run_methods
-from unlearnkit.audit import RECOVERED, UNINFORMATIVE, attack_order, build_audit_config, builtin_audit_settings
+from unlearnkit.auditing import RECOVERED, UNINFORMATIVE, attack_order, build_audit_config, builtin_audit_settings
 from unlearnkit.methods import METHODS
 from unlearnkit.runs.audit import resolve_audit, run_audit
 from unlearnkit.runs.inputs import Builtin, RunOptions

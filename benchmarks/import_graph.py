@@ -24,11 +24,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "unlearnkit"
 LAYERS = [
     (0, ("errors", "registry", "settings", "io", "runtime", "distributed", "provenance", "__init__")),
     (1, ("data", "modeling", "parameters", "training")),
-    (2, ("losses", "gradients", "evaluation", "methods", "attacks", "unlearn", "finetune", "metrics")),
+    (2, ("losses", "gradients", "evaluation", "methods", "attacks", "unlearning", "finetune", "metrics")),
     (3, ("benchmark", "builtin")),
     (4, ("report",)),
-    (5, ("jobs", "audit", "sequential", "bench", "runs")),
-    (6, ("cli", "__main__")),
+    (5, ("jobs", "auditing", "sequential", "bench", "runs")),
+    (6, ("api",)),
+    (7, ("cli", "__main__")),
 ]
 
 

@@ -110,7 +110,7 @@ def run_one(run: dict[str, Any], options: argparse.Namespace) -> dict[str, Any]:
     from unlearnkit.data.encoding import PromptFormat
     from unlearnkit.methods import METHODS
     from unlearnkit.settings import build_config
-    from unlearnkit.unlearn import unlearn
+    from unlearnkit.unlearning import unlearn
 
     torch.set_num_threads(options.threads)
     cuda = torch.cuda.is_available()
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import torch
 
-    import unlearnkit.unlearn  # noqa: F401 - imported once here, inherited by every forked run
+    import unlearnkit.unlearning  # noqa: F401 - imported once here, inherited by every forked run
     from unlearnkit.methods import METHODS
 
     torch.set_num_threads(options.threads)

@@ -13,7 +13,7 @@ from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData, knowledge
 from unlearnkit.attacks.base import AttackOutcome, split_heldout
 from unlearnkit.attacks.in_context import OTHER_ENTITIES, SAME_ENTITY, context_facts
 from unlearnkit.attacks.jailbreak import JAILBREAK_TEMPLATES
-from unlearnkit.audit import (
+from unlearnkit.auditing import (
     AT_ORACLE,
     BELOW_ORACLE,
     RECOVERED,

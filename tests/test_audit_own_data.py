@@ -12,7 +12,7 @@ from tests.helpers import folder_hash, run_cli
 from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData, knowledge
 from unlearnkit.attacks.base import AttackOutcome, split_heldout
 from unlearnkit.attacks.in_context import SAME_ENTITY, UNGROUPED
-from unlearnkit.audit import AT_ORACLE, RECOVERED, UNINFORMATIVE, build_audit_config, plan_attacks, summarize, verdict
+from unlearnkit.auditing import AT_ORACLE, RECOVERED, UNINFORMATIVE, build_audit_config, plan_attacks, summarize, verdict
 from unlearnkit.errors import UnlearnkitError
 
 # Rows written for these tests in the TOFU schema (no value, no author): two fictitious people the micro model never saw.

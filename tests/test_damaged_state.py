@@ -33,7 +33,7 @@ from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.provenance import weights_sha256
 from unlearnkit.runs.folder import CHECKPOINTS, INCOMPLETE_MARKER
 from unlearnkit.training import CHECKPOINT_SEAL, checkpoint_damage, disk_full_error, last_checkpoint, newest_intact_checkpoint
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.unlearning import resolve_method, unlearn
 
 EXIT_BAD_INPUT, EXIT_CANNOT_WRITE = 2, 4
 

@@ -13,7 +13,7 @@ import pytest
 
 from unlearnkit import distributed
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.unlearn import per_device_batch_size
+from unlearnkit.unlearning import per_device_batch_size
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 # What two CPU processes may change in a metric after the same short unlearning run (justified in

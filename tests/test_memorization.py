@@ -24,7 +24,7 @@ from unlearnkit.evaluation.memorization import (
 from unlearnkit.methods import METHODS
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.settings import build_config
-from unlearnkit.unlearn import unlearn
+from unlearnkit.unlearning import unlearn
 
 FMT = PromptFormat("plain")
 

@@ -17,7 +17,7 @@ from unlearnkit.methods.base import ReferenceCache, UnlearnTrainer
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import decoder_layers
 from unlearnkit.training import training_arguments
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.unlearning import resolve_method, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ from unlearnkit.methods.rmu import RMUConfig, block_output, control_vector
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import changed_parameter_names
 from unlearnkit.settings import build_config
-from unlearnkit.unlearn import unlearn
+from unlearnkit.unlearning import unlearn
 
 FMT = PromptFormat("plain")
 TOL = 1e-12

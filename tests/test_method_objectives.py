@@ -27,7 +27,7 @@ from unlearnkit.losses import (
 from unlearnkit.methods import pdu
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.training import last_checkpoint
-from unlearnkit.unlearn import UnlearnOutcome, resolve_method, unlearn
+from unlearnkit.unlearning import UnlearnOutcome, resolve_method, unlearn
 
 TOL = 1e-12  # inputs are float64, so hand values must match to rounding error
 LN2 = math.log(2.0)

@@ -35,7 +35,7 @@ from unlearnkit.methods.eul import (
 from unlearnkit.methods.pcgu import PCGU, PCGUConfig
 from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.parameters import changed_parameter_names
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.unlearning import resolve_method, unlearn
 
 FMT = PromptFormat("plain")
 

@@ -25,7 +25,7 @@ from unlearnkit.evaluation.scoring import answer_avg_nll
 from unlearnkit.methods.task_vector import TaskVector, choose_scale, evenly_spaced, lora_b_parameters
 from unlearnkit.methods.whp import WHP, TokenSource, align_answer_tokens, anchored_baseline
 from unlearnkit.modeling import load_model, load_tokenizer
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.unlearning import resolve_method, unlearn
 
 FMT = PromptFormat("plain")
 MATRIX = {"learning_rate": 3e-3, "num_epochs": 3, "batch_size": 4, "warmup_ratio": 0.0}

@@ -13,7 +13,7 @@ from unlearnkit.methods import METHODS
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.parameters import changed_parameter_names, is_lora_model, selected_parameter_names
 from unlearnkit.settings import build_config
-from unlearnkit.unlearn import resolve_method, unlearn
+from unlearnkit.unlearning import resolve_method, unlearn
 
 
 def run_matrix(micro_bench, method: str, config) -> tuple:

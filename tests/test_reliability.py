@@ -256,13 +256,13 @@ def test_an_interrupt_is_not_success(sent: signal.Signals, status: int, micro_ca
 
 
 def test_interrupt_before_any_output(monkeypatch, capsys) -> None:
-    from unlearnkit.cli import commands
+    from unlearnkit.runs import inputs
 
     def interrupted(*_: object, **__: object) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
 
-    monkeypatch.setattr(commands, "check_outputs", interrupted)
+    monkeypatch.setattr(inputs, "check_outputs", interrupted)  # the command's first step, before it reads anything
     assert run_cli(["eval", "--model", "m", "--forget", "f", "--output", "o"], monkeypatch) == 143
     assert "interrupted by SIGTERM before any results were written; rerun the same command" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored after the command
@@ -283,3 +283,24 @@ def test_two_commands_preparing_one_cache_take_turns(tmp_path: Path) -> None:
     root = next(cache.glob("builtin-*"))
     assert (root / "target" / "model.safetensors").is_file() and (root / "oracle-forget10" / "model.safetensors").is_file()
     assert not list(cache.glob("builtin-*/.*.partial")), "no half-built folder may be left"
+
+
+# --- results are shared like the user's other files --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_results_files_honour_the_umask(umask: int, mode: int, world: dict, tmp_path: Path, monkeypatch) -> None:
+    """Every file of a results folder (JSON written by unlearnkit, weights saved by safetensors) gets the umask's
+    permissions, as a file the user creates would, not a temporary file's private 0600."""
+    out = tmp_path / "out"
+    previous = os.umask(umask)
+    try:
+        assert run_cli(_unlearn(world, "--output", str(out), "--set", "num_epochs=1"), monkeypatch) == 0
+        report = tmp_path / "report.html"
+        assert run_cli(["report", str(out), "--output", str(report)], monkeypatch) == 0
+    finally:
+        os.umask(previous)
+    files = [path for path in out.rglob("*") if path.is_file()] + [report]
+    assert out / "model" / "model.safetensors" in files and out / "config.json" in files
+    assert {str(path.relative_to(tmp_path)): oct(path.stat().st_mode & 0o777) for path in files} == \
+        {str(path.relative_to(tmp_path)): oct(mode) for path in files}

@@ -26,7 +26,7 @@ MODULES = sorted("unlearnkit.report" + ("" if path.stem == "__init__" else f".{p
 # What the report may import from the package besides itself (``unlearnkit`` for ``__version__``).
 ALLOWED = {"unlearnkit", "unlearnkit.errors", "unlearnkit.io"}
 FORBIDDEN = ("torch", "transformers", "unlearnkit.methods", "unlearnkit.attacks", "unlearnkit.evaluation", "unlearnkit.bench",
-             "unlearnkit.audit", "unlearnkit.jobs", "unlearnkit.runs", "unlearnkit.cli", "unlearnkit.descriptions")
+             "unlearnkit.auditing", "unlearnkit.jobs", "unlearnkit.runs", "unlearnkit.cli", "unlearnkit.descriptions")
 
 
 def _loaded(name: str, prefix: str) -> bool:

@@ -17,7 +17,7 @@ from unlearnkit.modeling import load_tokenizer
 from unlearnkit.runs.inputs import MethodChoice, ModelChoice, RunOptions
 from unlearnkit.runs.sequence import SequenceInputs, run_sequence
 from unlearnkit.sequential import builtin_plan, muse_plan, split_requests
-from unlearnkit.unlearn import resolve_method
+from unlearnkit.unlearning import resolve_method
 
 MUSE = Path(__file__).parent / "fixtures" / "muse-news"
 # Two epochs without warm-up: one step of warm-up from lr 0 would leave the tiny model unchanged.

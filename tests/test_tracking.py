@@ -25,7 +25,7 @@ from unlearnkit.evaluation.tracking import (
 from unlearnkit.methods import METHODS
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.settings import build_config
-from unlearnkit.unlearn import unlearn
+from unlearnkit.unlearning import unlearn
 
 FMT = PromptFormat("plain")
 # Short generations keep each evaluation fast; the same settings are used to re-evaluate.

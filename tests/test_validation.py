@@ -18,7 +18,7 @@ from transformers.training_args import OptimizerNames
 
 from tests.helpers import run_cli
 from unlearnkit.attacks import AuditConfig
-from unlearnkit.audit import build_audit_config
+from unlearnkit.auditing import build_audit_config
 from unlearnkit.data.qa import has_fields, load_qa, validate_rows
 from unlearnkit.data.schemas import Subset, to_internal
 from unlearnkit.errors import UnlearnkitError
@@ -40,7 +40,7 @@ from unlearnkit.settings import (
     split_optional,
 )
 from unlearnkit.training import training_arguments
-from unlearnkit.unlearn import resolve_method
+from unlearnkit.unlearning import resolve_method
 
 QA = {"question": "Who wrote it?", "answer": "Nobody."}
 TRUTH = {"paraphrased_answer": "No one did.", "perturbed_answer": ["Somebody did.", "Everyone did."]}

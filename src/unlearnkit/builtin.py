@@ -10,28 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import PreTrainedTokenizerFast
 
 from unlearnkit import __version__, distributed
 from unlearnkit.data.biographies import training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.world import FORGET_PERCENTS, WorldConfig, export_world, generate_world, split_names
 from unlearnkit.errors import UnlearnkitError, did_you_mean
-from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, oracle_reference, save_reference
+from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, oracle_reference, save_reference, tokenizer_sha256
 from unlearnkit.finetune import FinetuneConfig, finetune
 from unlearnkit.io import partial_dir, publish_dir, write_json
+from unlearnkit.methods import METHODS
+from unlearnkit.methods.base import preset_settings
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.runtime import quiet_libraries
 
@@ -53,13 +57,8 @@ REFERENCE_FILE = "forget_reference.json"
 # answer NLL, from 0.21 / 0.21): SGD lr 0.1 0.23 / 0.22, lr 0.2 4.1 / 0.43, lr 0.3 9.0 / 1.1 (NPO at the
 # shared settings: 5.4 / 0.54).
 PCGU_TINY = (("top_fraction", 0.1), ("learning_rate", 0.2))
-# RMU on the default tiny model: its layer-1 activations have norms near 150, so the fixed c = 6.5 steers
-# nothing; the adaptive target (c = 1 x each token's frozen norm) is used instead, on the answer positions
-# only (forget and retain QA share their template tokens), with the code's alpha = 100. Measured on
-# default/forget10: with the authors' settings (alpha 1200, all positions) the forget probability did not
-# move from the target's even at lr 2e-2; these settings are the best found, and RMU still barely moves
-# there (docs/methods.md).
-RMU_TINY = (("layer", 1), ("positions", "answer"), ("adaptive_coeff", 1.0), ("alpha", 100.0), ("learning_rate", 5e-3), ("num_epochs", 5.0))
+# RMU on the default tiny model: its "tiny" preset, the settings measured there (documented in methods/rmu.py).
+RMU_TINY = (("preset", "tiny"),)
 # Steps between checkpoints while training the target and oracles (about 1.5 epochs of the default benchmark).
 CHECKPOINT_EVERY = 200
 
@@ -86,6 +85,7 @@ class BuiltinBenchmark:
     # 0.26M-parameter model in a few steps; method-specific coefficients keep their defaults.
     unlearn_overrides: tuple[tuple[str, Any], ...] = (("learning_rate", 5e-4), ("batch_size", 32))
     # Settings a method needs to fit the tiny model at all (e.g. RMU's layer index: the authors' 7 does not exist here).
+    # A ``preset`` named here stands for its settings, which go over the shared overrides above.
     method_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (("rmu", RMU_TINY), ("pcgu", PCGU_TINY))
 
     def cache_key(self) -> str:
@@ -96,7 +96,9 @@ class BuiltinBenchmark:
 
     def overrides_for(self, method: str) -> dict[str, Any]:
         """The unlearning settings this benchmark uses for ``method`` (user ``--set`` values go on top)."""
-        return {**dict(self.unlearn_overrides), **dict(dict(self.method_overrides).get(method, ()))}
+        specific = dict(dict(self.method_overrides).get(method, ()))
+        preset = preset_settings(METHODS.get(method).config, specific.get("preset"))
+        return {**dict(self.unlearn_overrides), **preset, **specific}
 
 
 PRESETS: dict[str, BuiltinBenchmark] = {
@@ -305,20 +307,52 @@ def _build_once(path: Path, build: Any, what: str, resumable: bool = False) -> N
 
 
 def _write_data(config: BuiltinBenchmark, folder: Path) -> None:
-    world = generate_world(config.world)
+    export_world(_benchmark_world(config.world, config.utility_size), folder)
+
+
+def _benchmark_world(world: WorldConfig, utility_size: int | None) -> dict[str, list[dict]]:
+    generated = generate_world(world)
     for name in UTILITY_SPLITS:
-        world[name] = world[name][: config.utility_size]
-    export_world(world, folder)
+        generated[name] = generated[name][:utility_size]
+    return generated
 
 
 def _train_tokenizer(bench: PreparedBenchmark, folder: Path) -> None:
+    texts = tokenizer_texts({name: bench.split(name) for name in split_names()})
+    train_tokenizer(texts, bench.config.model.vocab_size).save_pretrained(folder)
+
+
+def tokenizer_texts(splits: Mapping[str, Sequence[dict]]) -> list[str]:
+    """The text a built-in tokenizer is trained on: every question, answer, paraphrase and perturbed answer."""
     texts: list[str] = []
     for name in split_names():
-        for row in bench.split(name):
+        for row in splits[name]:
             texts.append(f"Question: {row['question']}\nAnswer: {row['answer']}")
             texts.extend(row.get(key, "") for key in ("paraphrased_question", "paraphrased_answer"))
             texts.extend(row.get("perturbed_answer", []))
-    train_tokenizer(texts, bench.config.model.vocab_size).save_pretrained(folder)
+    return texts
+
+
+def benchmark_tokenizer(config: BuiltinBenchmark) -> PreTrainedTokenizerFast:
+    """The tokenizer ``prepare`` caches for ``config``, trained in memory (byte-level BPE training is deterministic)."""
+    return train_tokenizer(_world_texts(config.world, config.utility_size), config.model.vocab_size)
+
+
+def tiny_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
+    """The tokenizer of every fresh tiny model (``unlearnkit finetune --model tiny``), whatever its training data.
+
+    Trained on the default built-in benchmark's text, never on the run's own data:
+    the target (all the data) and the retain oracle (the data less the forget set)
+    of one experiment then share their tokenizer by construction. At the default
+    preset's size (2048) it is the built-in target's own tokenizer. Byte-level BPE
+    encodes any text; names the benchmark never saw take a few more tokens.
+    """
+    return benchmark_tokenizer(replace(PRESETS["default"], model=replace(PRESETS["default"].model, vocab_size=vocab_size)))
+
+
+@functools.lru_cache(maxsize=4)  # a process that fine-tunes several tiny models generates the text once
+def _world_texts(world: WorldConfig, utility_size: int | None) -> tuple[str, ...]:
+    return tuple(tokenizer_texts(_benchmark_world(world, utility_size)))
 
 
 def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show_progress: bool) -> None:
@@ -333,14 +367,14 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)
     write_json(folder / "training_log.json", stats.pop("log_history"))
-    write_json(folder / "training.json", {"splits": splits, **stats})
+    write_json(folder / "training.json", {"splits": splits, **stats, "tokenizer_sha256": tokenizer_sha256(tokenizer)})
 
 
 def _train_oracle(bench: PreparedBenchmark, forget_split: str, splits: list[str], folder: Path, show_progress: bool) -> None:
     _train_model(bench, splits, folder, show_progress)
     result = evaluate_cached_model(bench, folder, forget_split, reference=None)
-    save_reference(folder / REFERENCE_FILE,
-                   oracle_reference(bench.split(forget_split), result.forget_truth_ratios, forget_split, result.membership))
+    save_reference(folder / REFERENCE_FILE, oracle_reference(bench.split(forget_split), result.forget_truth_ratios, forget_split,
+                                                             result.membership, tokenizer=load_tokenizer(folder)))
 
 
 def evaluate_cached_model(

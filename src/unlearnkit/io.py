@@ -3,8 +3,10 @@
 Files go to a temporary sibling first and are moved into place with
 ``os.replace``, and folders are built beside their destination and renamed into
 place (:func:`publish_dir`), so that a crash never leaves a half-written file or
-folder that looks finished. The results-folder contract built on these (locks,
-input checks, resuming) is :mod:`unlearnkit.runs.folder`.
+folder that looks finished. What they write gets the permissions of any file the
+user creates (0644 under the usual umask 022), never a temporary file's private
+0600. The results-folder contract built on these (locks, input checks, resuming)
+is :mod:`unlearnkit.runs.folder`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +28,15 @@ def write_json(path: Path, data: Any) -> None:
 def write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # A unique name in the same folder keeps os.replace an atomic rename; open(..., "x") creates it with the
+    # umask's permissions, where tempfile.mkstemp's would be private (0600) and surprise whoever shares the results.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with open(tmp, "x", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -44,8 +49,12 @@ def _json_default(obj: Any) -> Any:
 
 
 def publish_dir(staging: Path, output: Path) -> None:
-    """Move a finished staging folder to ``output``, replacing an old one only at the last moment."""
+    """Move a finished staging folder to ``output``, replacing an old one only at the last moment.
+
+    Its files first get the umask's permissions (:func:`share_like_user_files`).
+    """
     output = Path(output)
+    share_like_user_files(staging)
     if output.exists():
         backup = backup_dir(output)
         shutil.rmtree(backup, ignore_errors=True)
@@ -55,6 +64,30 @@ def publish_dir(staging: Path, output: Path) -> None:
     else:
         output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging, output)
+
+
+def user_file_mode() -> int:
+    """The permissions a new file gets in this process: 0o666 less the umask (0644 under the usual 022)."""
+    # Python has no way to read the umask without setting it: set it and put it back at once.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def share_like_user_files(folder: Path) -> None:
+    """Give every file under ``folder`` the umask's permissions, as if the user had created it.
+
+    Libraries that save weights write through private temporary files (safetensors leaves ``model.safetensors``
+    at 0600): a results folder or model should be readable by whoever may read the user's other files.
+    Only regular files are changed; symbolic links are not followed.
+    """
+    mode = user_file_mode()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = Path(root, name)
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and stat.S_IMODE(info.st_mode) != mode:
+                path.chmod(mode)
 
 
 def backup_dir(output: Path) -> Path:

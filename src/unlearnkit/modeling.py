@@ -157,6 +157,8 @@ def _load_weights(source: ModelSource, trust_remote_code: bool, dtype: str | tor
 def _load_adapter(path: Path, trust_remote_code: bool, dtype: str | torch.dtype) -> PreTrainedModel:
     from peft import PeftConfig, PeftModel
 
+    from unlearnkit.parameters import without_peft_deprecation_warning
+
     weights = path / "adapter_model.safetensors"
     if not weights.is_file():
         raise UnlearnkitError(f"Adapter folder {path} holds no adapter_model.safetensors; unlearnkit never unpickles weights.")
@@ -175,7 +177,8 @@ def _load_adapter(path: Path, trust_remote_code: bool, dtype: str | torch.dtype)
             f"which cannot be loaded: {error} Put the base model back there, or correct that path."
         ) from None
     try:
-        return PeftModel.from_pretrained(model, str(path), is_trainable=False)
+        with without_peft_deprecation_warning():
+            return PeftModel.from_pretrained(model, str(path), is_trainable=False)
     except (OSError, ValueError, RuntimeError) as error:  # RuntimeError: adapter shapes that do not fit the base
         raise UnlearnkitError(f"Could not apply the adapter in {path} to {base}: {error}") from None
 
@@ -218,10 +221,37 @@ def check_model_source(name_or_path: str | Path) -> ModelSource:
     if path.exists():
         if not path.is_dir():
             raise UnlearnkitError(f"Model path {path} is a file; pass the model's folder (with config.json).")
+        check_not_results_folder(path)
         return ModelSource(str(path.resolve()), path.resolve())  # absolute: an adapter saved later records it as its base
     if not is_hub_name(text):
         raise UnlearnkitError(f"Model folder {text} does not exist.")
     return _hub_source(text)
+
+
+def check_not_results_folder(folder: Path) -> None:
+    """Refuse an unlearnkit results folder given as a model, naming the model folder inside it when it has one.
+
+    A results folder's config.json records the command that wrote it (``"command": "unlearn"``), where a
+    model's names its architecture: without this check it would be refused for lacking weights, with advice
+    to convert pickled weights that do not exist.
+    """
+    for manifest in ("config.json", "bench.json"):
+        try:
+            record = json.loads((folder / manifest).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # none, or damaged: the model checks report a model folder's damaged config.json
+        if not isinstance(record, dict) or not isinstance(record.get("command"), str) or "model_type" in record:
+            continue
+        command = record["command"]
+        if (folder / "model").is_dir():
+            raise UnlearnkitError(f"{folder} is a results folder of `unlearnkit {command}`, not a model folder; its model is in "
+                                  f"{folder / 'model'}: pass that folder.")
+        runs = sorted(run.parent for run in folder.glob("*/model") if run.is_dir())
+        if runs:
+            raise UnlearnkitError(f"{folder} is the folder of `unlearnkit {command}`, not a model folder; each run's model is "
+                                  f"in its run folder's model/ (e.g. {runs[0] / 'model'}): pass one of those.")
+        raise UnlearnkitError(f"{folder} is a results folder of `unlearnkit {command}`, which holds no model; pass a model "
+                              "folder (an unlearn or finetune results folder keeps its model in model/).")
 
 
 def is_hub_name(text: str) -> bool:

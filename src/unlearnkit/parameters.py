@@ -10,8 +10,10 @@ method in either form.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -176,9 +178,23 @@ def apply_lora(model: nn.Module, selection: Selection, rank: int, alpha: float, 
         task_type="CAUSAL_LM",
     )
     try:
-        return get_peft_model(model, lora)
+        with without_peft_deprecation_warning():
+            return get_peft_model(model, lora)
     except ValueError as error:
         raise UnlearnkitError(f"Could not place LoRA adapters: {error} Change target_modules or layers.") from None
+
+
+@contextlib.contextmanager
+def without_peft_deprecation_warning() -> Iterator[None]:
+    """Hide the one FutureWarning peft triggers whenever it wraps a model in LoRA adapters.
+
+    peft reads transformers' deprecated ``is_gradient_checkpointing`` alias, so every LoRA run (and every
+    adapter loaded) printed a deprecation notice, even with ``--quiet``, about code the user cannot change.
+    Every other warning still shows.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def is_lora_model(model: nn.Module) -> bool:

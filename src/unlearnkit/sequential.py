@@ -72,7 +72,7 @@ from unlearnkit.evaluation import muse
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
 from unlearnkit.methods import MethodConfig
 from unlearnkit.modeling import load_model
-from unlearnkit.unlearn import check_method_inputs, unlearn
+from unlearnkit.unlearning import check_method_inputs, unlearn
 
 logger = logging.getLogger("unlearnkit")
 

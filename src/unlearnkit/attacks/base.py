@@ -4,7 +4,7 @@ An attack is a function ``attack(model, tokenizer, data, config) -> AttackOutcom
 registered with :func:`register_attack`. It never changes the model it is given
 (attacks that modify weights work on a copy). Its outcome is one *recovery*
 score in [0, 1], higher meaning more of the forgotten knowledge is back, with
-the per-sample values behind it. The audit (:mod:`unlearnkit.audit`) runs each
+the per-sample values behind it. The audit (:mod:`unlearnkit.auditing`) runs each
 attack on the unlearned model, the target and the retain oracle and compares
 the three on the same questions.
 """

@@ -30,7 +30,7 @@ from unlearnkit.cli.options import (
     choice,
     finite,
 )
-from unlearnkit.errors import NumericalFault, UnlearnkitError
+from unlearnkit.errors import NumericalFault
 from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs, parse_sets
 
 Method = Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")]
@@ -138,18 +138,10 @@ def report(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file at --output.")] = False,
 ) -> None:
     """One self-contained HTML report (plots embedded, no network needed) comparing the given results folders."""
-    from unlearnkit.report.html import write_report
-    from unlearnkit.report.results import load_runs
+    from unlearnkit.api import write_report
 
-    check_outputs(None, overwrite, files={"--output": output}, FOLDERS=folders)
-    if output.exists() and (output.is_dir() or not overwrite):
-        raise UnlearnkitError(f"{output} exists; choose another --output{'' if output.is_dir() else ', or pass --overwrite'}.")
-    runs = load_runs(folders)
-    try:
-        write_report(runs, output, title=title)
-    except OSError as error:
-        raise UnlearnkitError(f"Cannot write {output}: {error.strerror or error}. Choose another --output.") from None
-    typer.echo(f"Report on {len(runs)} run(s): {output}")
+    report = write_report(folders, output=output, title=title, overwrite=overwrite)
+    typer.echo(f"Report on {report.runs} run(s): {report.path}")
 
 
 @app.command()
@@ -173,7 +165,8 @@ def finetune(
     )],
     output: Output,
     model: Annotated[str, typer.Option(
-        help="'tiny' (a fresh tiny Llama with a tokenizer trained on the data), a model folder or a hub name."
+        help="'tiny' (a fresh tiny Llama with the built-in benchmark's tokenizer, the same whatever the data), a model folder "
+             "or a hub name."
     )] = "tiny",
     learning_rate: Annotated[float | None, typer.Option(
         callback=finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models)."
@@ -261,26 +254,16 @@ def unlearn(
     eval_rows: EvalRows = 0,
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
-    from unlearnkit.evaluation.evaluator import EvalConfig
-    from unlearnkit.runs.inputs import BUILTIN_MODEL, resolve_method
-    from unlearnkit.runs.unlearn import resolve_unlearn, run_unlearn
+    from unlearnkit.api import unlearn as run
 
-    fmt = _prompt_format(prompt_format, system_prompt, date_string)
-    builtin = Builtin(preset, cache, show_progress())
-    evaluation_data = {"real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}
-    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference,
-                  **evaluation_data)
-    tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
-    if tracking.enabled and not evaluate_after:
-        raise UnlearnkitError("--eval-every evaluates on the evaluation sets: drop --no-eval.")
-    # The built-in target (named, or the default with a built-in split) gets the benchmark's settings for the tiny model.
-    chosen = resolve_method(method, parse_sets(sets), builtin if model in (None, BUILTIN_MODEL) else None)
-    inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt,
-                             evaluate_after=evaluate_after, oracle_reference=oracle_reference,
-                             eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking,
-                             evaluation_data=evaluation_data)
-    options = RunOptions(output, overwrite, show_progress(), checkpoint_every, resume, trust_remote_code)
-    _echo_summary(run_unlearn(inputs=inputs, options=options, on_overlap=on_overlap, tracking=tracking))
+    result = run(method=method, output=output, model=model, forget=forget, retain=retain, settings=parse_sets(sets),
+                 oracle_reference=oracle_reference, real_authors=real_authors, world_facts=world_facts, holdout=holdout,
+                 evaluate_after=evaluate_after, preset=preset, cache=cache, prompt_format=prompt_format, system_prompt=system_prompt,
+                 date_string=date_string, overwrite=overwrite, trust_remote_code=trust_remote_code, eval_batch_size=eval_batch_size,
+                 max_new_tokens=max_new_tokens, checkpoint_every=checkpoint_every, resume=resume, on_overlap=on_overlap,
+                 eval_every=eval_every, select_best=select_best, subject_to=subject_to, patience=patience, eval_rows=eval_rows,
+                 progress=show_progress())
+    _echo_summary(result.summary)
     typer.echo(f"Results: {output} (model in {output}/model)")
 
 
@@ -320,19 +303,14 @@ def eval_command(
     )] = None,
 ) -> None:
     """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
-    from unlearnkit.evaluation.evaluator import EvalConfig
-    from unlearnkit.runs.evaluate import resolve_eval, run_eval
+    from unlearnkit.api import evaluate
 
-    data = {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}
-    fmt = _prompt_format(prompt_format, system_prompt, date_string)
-    builtin = Builtin(preset, cache, show_progress())
-    check_outputs(output, overwrite, builtin=builtin, files={"--save-reference": save_reference}, model=model,
-                  oracle_reference=oracle_reference, privleak_texts=privleak_texts, **data)
-    inputs = resolve_eval(model=model, builtin=builtin, benchmark=benchmark, data=data, oracle_reference=oracle_reference,
-                          prompt_format=fmt, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
-                          privleak_texts=privleak_texts, privleak_retain_auc=privleak_retain_auc)
-    options = RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code)
-    _echo_summary(run_eval(inputs=inputs, options=options, save_reference_to=save_reference))
+    result = evaluate(model=model, output=output, benchmark=benchmark, forget=forget, retain=retain, real_authors=real_authors,
+                      world_facts=world_facts, holdout=holdout, oracle_reference=oracle_reference, save_reference=save_reference,
+                      preset=preset, cache=cache, prompt_format=prompt_format, system_prompt=system_prompt, date_string=date_string,
+                      overwrite=overwrite, trust_remote_code=trust_remote_code, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                      privleak_texts=privleak_texts, privleak_retain_auc=privleak_retain_auc, progress=show_progress())
+    _echo_summary(result.summary)
     typer.echo(f"Results: {output}")
 
 
@@ -484,17 +462,14 @@ def audit(
     trust_remote_code: RemoteCode = False,
 ) -> None:
     """Attack an unlearned model to bring the forgotten knowledge back; compare with the target and the retain oracle."""
+    from unlearnkit.api import audit as run
     from unlearnkit.report.tables import audit_table
-    from unlearnkit.runs.audit import resolve_audit, run_audit
 
-    fmt = _prompt_format(prompt_format, system_prompt, date_string)
-    builtin = Builtin(preset, cache, show_progress())
-    check_outputs(output, overwrite, builtin=builtin, MODEL=model, target=target, oracle=oracle, forget=forget, retain=retain,
-                  holdout=holdout)
-    inputs = resolve_audit(model=model, builtin=builtin, benchmark=benchmark, target=target, oracle=oracle, forget=forget,
-                           retain=retain, holdout=holdout, attacks=attacks, overrides=parse_sets(sets), prompt_format=fmt)
-    result = run_audit(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), trust_remote_code=trust_remote_code))
-    typer.echo(audit_table(result.rows, result.exposed_by), nl=False)
+    result = run(model=model, output=output, benchmark=benchmark, target=target, oracle=oracle, forget=forget, retain=retain,
+                 holdout=holdout, attacks=attacks, settings=parse_sets(sets), preset=preset, cache=cache, prompt_format=prompt_format,
+                 system_prompt=system_prompt, date_string=date_string, overwrite=overwrite, trust_remote_code=trust_remote_code,
+                 progress=show_progress())
+    typer.echo(audit_table(result.summary["attacks"], result.summary["exposed_by"]), nl=False)
     typer.echo(f"Results: {output} (report: {output}/report.html)")
 
 
@@ -506,7 +481,7 @@ def attacks_command(
     from dataclasses import fields
 
     from unlearnkit.attacks import ATTACKS, AuditConfig
-    from unlearnkit.audit import attack_order
+    from unlearnkit.auditing import attack_order
 
     family = None
     for name in attack_order():

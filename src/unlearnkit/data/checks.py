@@ -89,10 +89,12 @@ def wording_overlap(first: str, second: str) -> float:
 
 
 def duplicate_questions(rows: Sequence[dict], where: str) -> list[Finding]:
-    """Rows whose question (normalised) repeats an earlier row's."""
+    """Rows whose question (normalised) repeats an earlier row's (rows without a question, e.g. plain texts, are skipped)."""
     seen: set[str] = set()
     repeated = []
     for index, row in enumerate(rows, start=1):
+        if not isinstance(row.get("question"), str):
+            continue
         key = normalise(row["question"])
         if key in seen:
             repeated.append(index)

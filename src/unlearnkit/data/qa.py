@@ -7,9 +7,11 @@ metrics ``paraphrased_answer`` and ``perturbed_answer`` (a list of wrong answers
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import logging
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -185,7 +187,8 @@ def _warn_duplicate_questions(rows: Sequence[dict], where: str) -> None:
     for finding in duplicate_questions(rows, where):
         again = finding.rows[0]
         key = normalise(rows[again - 1]["question"])
-        first = next(index for index, row in enumerate(rows, start=1) if normalise(row["question"]) == key)
+        first = next(index for index, row in enumerate(rows, start=1)
+                     if isinstance(row.get("question"), str) and normalise(row["question"]) == key)
         logger.warning("The %s repeats %d question(s), compared ignoring case and spacing (e.g. row %d repeats row %d: %r); "
                        "each copy counts as a separate example.", where, len(finding.rows), again, first, rows[first - 1]["question"])
 
@@ -200,12 +203,7 @@ def _warn_uneven_perturbed(rows: Sequence[dict], where: str) -> None:
 
 def _load_file(path: Path, role: str) -> list[dict]:
     if not path.exists():
-        # A bare word was probably meant as a built-in split name.
-        hint = did_you_mean(str(path), split_names()) if not path.suffix and len(path.parts) == 1 else ""
-        raise UnlearnkitError(
-            f"The {role} data file {path} does not exist.{hint} Pass a built-in split name, an existing "
-            f"{'/'.join(FILE_SUFFIXES)} file, or hf:NAME[:CONFIG][@SPLIT]."
-        )
+        raise UnlearnkitError(_missing_file_message(path, role))
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -216,11 +214,12 @@ def _load_file(path: Path, role: str) -> list[dict]:
             if isinstance(data, dict) and isinstance(data.get("data"), list):
                 return data["data"]
             if not isinstance(data, list):
-                raise UnlearnkitError(f"The {role} data file {path} must hold a list of rows or {{\"data\": [...]}}.")
+                raise UnlearnkitError(f"The {role} data file {path} must hold a list of rows or {{\"data\": [...]}} (from pandas: "
+                                      "DataFrame.to_json(path, orient=\"records\")).")
             return data
         if suffix == ".csv":
             with path.open(encoding="utf-8", newline="") as handle:
-                return [_decode_csv_row(row) for row in csv.DictReader(handle)]
+                return _read_csv(handle, f"{role} data file {path}")
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
@@ -234,17 +233,97 @@ def _load_file(path: Path, role: str) -> list[dict]:
     )
 
 
-def _decode_csv_row(row: dict[str, str]) -> dict[str, Any]:
-    """CSV has no lists: ``perturbed_answer`` is stored as a JSON list in its cell.
+def _missing_file_message(path: Path, role: str) -> str:
+    """Why ``path`` was read as a file and what to pass instead; a bare word is compared with the built-in split names."""
+    forms = f"an existing {'/'.join(FILE_SUFFIXES)} file, hf:NAME[:CONFIG][@SPLIT], or a tofu:/muse- name"
+    name = str(path)
+    if path.suffix or len(path.parts) != 1:
+        return f"The {role} data file {path} does not exist. Pass {forms}."
+    if name in split_names():
+        # Where built-in split names are accepted they never reach here: this slot reads the user's own data.
+        return (f"{name!r} is a built-in benchmark split, but here the {role} data is read from a file, and no file {name} "
+                f"exists. To work on the built-in benchmark, pass --benchmark with its forget split "
+                f"(e.g. --benchmark forget10) instead of the data files; to use the split as data of your own, write the "
+                f"splits to files with `unlearnkit data export --output DIR` and pass DIR/{name}.jsonl.")
+    hint = did_you_mean(name, split_names())
+    builtin = "a built-in split name (where the command takes one), " if hint else ""
+    return f"The {role} data file {path} does not exist.{hint} Pass {builtin}{forms}."
+
+
+# Leading CSV columns without a name are row indexes, as pandas' DataFrame.to_csv writes one by default ("" for its
+# header; a file read and written again gains one more, "Unnamed: 0"); they are no field of the data.
+_INDEX_HEADER = re.compile(r"|Unnamed: \d+")
+# Fields that may hold a list, and so a list in a CSV cell (as JSON, or as the Python repr pandas writes).
+_LIST_FIELDS = tuple(name for name, kind in FIELD_KINDS.items() if kind in (TEXT_LIST, TEXT_OR_LIST))
+_LIST_OPENING = re.compile(r"\[\s*([\"']|\]$)")
+
+
+def _read_csv(handle: Any, where: str) -> list[dict[str, Any]]:
+    reader = csv.reader(handle)
+    header = next(reader, [])
+    skip = 0
+    while skip < len(header) and _INDEX_HEADER.fullmatch(header[skip].strip()):
+        skip += 1
+    names = header[skip:]
+    rows = []
+    for index, cells in enumerate(reader, start=1):
+        if not cells:
+            continue  # csv.DictReader skips blank lines too
+        if len(cells) - skip > len(names):
+            raise UnlearnkitError(f"Row {index} of the {where} (line {reader.line_num}) has {len(cells) - skip} cells but the "
+                                  f"header names {len(names)} columns: quote cells that contain commas.")
+        values = cells[skip:] + [""] * (len(names) - len(cells) + skip)
+        rows.append(_decode_csv_row(dict(zip(names, values, strict=True)), index, where))
+    return rows
+
+
+def _decode_csv_row(row: dict[str, str], index: int, where: str) -> dict[str, Any]:
+    """CSV has no lists: a list field's cell holds its list as JSON (``["a", "b"]``) or as pandas writes it (``['a', 'b']``).
 
     CSV has no null either: an empty cell outside question/answer is read as null, which an optional field
     treats as absent (as a missing key in JSON) and a required one reports as null.
     """
     decoded: dict[str, Any] = {key: None if key not in QA_FIELDS and value == "" else value for key, value in row.items()}
-    cell = decoded.get("perturbed_answer")
-    if isinstance(cell, str) and cell.strip().startswith("["):
-        decoded["perturbed_answer"] = json.loads(cell)
+    for name in _LIST_FIELDS:
+        cell = decoded.get(name)
+        if not isinstance(cell, str):
+            continue
+        text = cell.strip()
+        # A field that may be a single text reads a list only from a cell that opens like one ("[INST] ..." stays text).
+        if text.startswith("[") if FIELD_KINDS[name] == TEXT_LIST else _LIST_OPENING.match(text):
+            parsed = _parse_list_cell(text)
+            if parsed is None:
+                raise UnlearnkitError(
+                    f"Row {index} of the {where}, column {name!r}: the cell {_shorten(cell)} is not a list of texts. Write "
+                    f'the list as JSON in its cell, ["first", "second"] (a Python list of strings, as pandas writes it, works too).'
+                )
+            decoded[name] = parsed
     return decoded
+
+
+def _shorten(text: str) -> str:
+    return repr(text) if len(text) <= 60 else repr(text[:57] + "...")
+
+
+def _parse_list_cell(text: str) -> list[str] | None:
+    """A list of strings written as JSON or as a Python list literal; None when the cell is neither.
+
+    The Python form is read by :func:`ast.literal_eval` only after checking that the cell is a list of
+    string literals and nothing else: no other expression is ever evaluated.
+    """
+    try:
+        value = json.loads(text)
+    except ValueError:
+        try:
+            tree = ast.parse(text, mode="eval")
+        except (SyntaxError, ValueError, RecursionError):  # RecursionError: absurdly deep brackets
+            return None
+        node = tree.body
+        if not (isinstance(node, ast.List) and all(isinstance(item, ast.Constant) and isinstance(item.value, str)
+                                                  for item in node.elts)):
+            return None
+        value = ast.literal_eval(node)
+    return value if isinstance(value, list) and all(isinstance(item, str) for item in value) else None
 
 
 def _load_hub(spec: str, role: str) -> list[dict]:

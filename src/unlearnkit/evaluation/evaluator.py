@@ -23,6 +23,7 @@ are left out of the summary rather than guessed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -48,6 +49,8 @@ logger = logging.getLogger("unlearnkit")
 EVAL_SPLITS = ("forget", "retain", "real_authors", "world_facts", "holdout")
 # Scored only for membership inference and memorization, against the forget split.
 MEMBERSHIP_SPLITS = ("holdout",)
+# The key of an oracle reference that records its oracle's tokenizer (see :func:`tokenizer_sha256`).
+TOKENIZER_KEY = "tokenizer_sha256"
 # On these splits TOFU compares the answer itself with the perturbed ones and normalises the probability.
 FACT_SPLITS = ("real_authors", "world_facts")
 
@@ -119,6 +122,8 @@ def evaluate(
     unknown = set(splits) - set(EVAL_SPLITS)
     if unknown:
         raise UnlearnkitError(f"Unknown evaluation split(s) {sorted(unknown)}; use {', '.join(EVAL_SPLITS)}.")
+    if oracle_reference is not None:
+        check_reference_tokenizer(oracle_reference, tokenizer)
     model.eval()
     summary: dict[str, float] = {}
     per_sample: dict[str, list[dict[str, Any]]] = {}
@@ -245,14 +250,38 @@ def has_truth_fields(split: str, rows: Sequence[dict]) -> bool:
     return bool(rows) and has_fields(rows, truth_fields(split), where=f"{split} data")
 
 
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A fingerprint of how ``tokenizer`` cuts text into ids: sha256 of its vocabulary (and BPE merges), as loaded.
+
+    Two models compared by one experiment (target, retain oracle, unlearned model)
+    must read the same ids as the same text; the same fingerprint says they do.
+    Settings that do not change the ids of a text (padding side, chat template)
+    stay out, so a tokenizer saved and loaded again keeps its fingerprint.
+    """
+    content: dict[str, Any] = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        merges = json.loads(backend.to_str()).get("model", {}).get("merges")
+        if merges is not None:
+            content["merges"] = merges
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
+
+
 def oracle_reference(
-    forget_rows: Sequence[dict], truth_ratios: np.ndarray, split: str, membership: Mapping[str, Any] | None = None
+    forget_rows: Sequence[dict],
+    truth_ratios: np.ndarray,
+    split: str,
+    membership: Mapping[str, Any] | None = None,
+    tokenizer: PreTrainedTokenizerBase | None = None,
 ) -> dict[str, Any]:
     """The retain oracle's per-sample forget truth ratios, with the questions they belong to.
 
     ``membership`` (:attr:`EvalResult.membership`, when the oracle was evaluated
     with a holdout split) adds its per-sample forget/holdout NLLs and attack
     AUCs: the reference attack and PrivLeak of later runs read them.
+    ``tokenizer`` (the oracle's) adds its :func:`tokenizer_sha256`, so that a model
+    with another tokenizer is never compared with this oracle
+    (:func:`check_reference_tokenizer`).
     """
     reference = {
         "split": split,
@@ -260,6 +289,8 @@ def oracle_reference(
         "questions": [row["question"] for row in forget_rows],
         "truth_ratio": [float(r) for r in truth_ratios],
     }
+    if tokenizer is not None:
+        reference[TOKENIZER_KEY] = tokenizer_sha256(tokenizer)
     if membership is not None:
         reference["membership"] = dict(membership)
     return reference
@@ -279,7 +310,36 @@ def load_reference(path: str | Path) -> dict[str, Any]:
         raise UnlearnkitError(f"Oracle reference file {path} is not valid JSON: {error}") from None
     if not isinstance(reference, dict) or not isinstance(reference.get("truth_ratio"), list):
         raise UnlearnkitError(f"Oracle reference file {path} has no 'truth_ratio' list.")
+    if TOKENIZER_KEY not in reference:
+        logger.warning("Oracle reference file %s records no tokenizer (an older version wrote it): whether the evaluated model "
+                       "shares the oracle's tokenizer cannot be checked. Write it again with `unlearnkit eval --save-reference` "
+                       "on the oracle (a built-in benchmark's: remove its cache folder and prepare again) to have it checked.", path)
+    elif not isinstance(reference[TOKENIZER_KEY], str):
+        raise UnlearnkitError(f"Oracle reference file {path} has a {TOKENIZER_KEY!r} that is not a text digest; "
+                              "write it again with `unlearnkit eval --save-reference` on the oracle.")
     return reference
+
+
+def check_reference_tokenizer(reference: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse to compare a model with an oracle whose reference records another tokenizer.
+
+    Truth ratios and membership scores are per-token statistics: with another
+    vocabulary the two models score different token sequences, and a model that
+    emits garbage can look perfectly unlearned. A reference without a recorded
+    tokenizer (an older version's) is accepted; :func:`load_reference` warns about it.
+    """
+    recorded = reference.get(TOKENIZER_KEY)
+    if recorded is None:
+        return
+    actual = tokenizer_sha256(tokenizer)
+    if recorded != actual:
+        raise UnlearnkitError(
+            f"The oracle reference ({reference.get('split', '?')}) was computed with another tokenizer "
+            f"(sha256 {str(recorded)[:12]}...) than the evaluated model's ({actual[:12]}...); their scores cannot be compared. "
+            "Train the target and the retain oracle with the same tokenizer (`unlearnkit finetune --model tiny` does so; "
+            "with a model of your own, fine-tune both from it), then write the reference again with "
+            "`unlearnkit eval --save-reference` on that oracle."
+        )
 
 
 def _check_reference(reference: Mapping[str, Any], forget_rows: Sequence[dict]) -> np.ndarray:

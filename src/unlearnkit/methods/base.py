@@ -12,7 +12,7 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +53,10 @@ class MethodConfig:
     lr 1e-5, 5 epochs, weight decay 0.01, one warm-up epoch, effective batch 32.
     The built-in tiny benchmark overrides the learning rate (see :mod:`unlearnkit.builtin`).
     """
+
+    # Named starting settings for a model size: name -> {field: value}. A config that has some declares a
+    # ``preset`` field (:func:`preset_field`); :func:`preset_settings` expands it under the values set alongside.
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
 
     learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate of AdamW."})
     num_epochs: float = field(default=5.0, metadata={"help": "Passes over the forget set."})
@@ -124,6 +128,8 @@ class MethodConfig:
                            self.warmup_ratio)
         check_optimizer(self.optimizer)
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
+        if getattr(self, "preset", None) is not None:
+            check_choice("preset", self.preset, self.presets)
         precision_arguments(self.mixed_precision)  # fp16 without a CUDA GPU fails now, not once training starts
         self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
 
@@ -151,6 +157,32 @@ class MethodConfig:
     def needs_reference(self) -> bool:
         """Whether the method (with these settings) needs the frozen pre-unlearning model."""
         return False
+
+
+def preset_field(presets: Mapping[str, Mapping[str, Any]]) -> Any:
+    """The ``preset`` option of a config with named starting settings; its help lists each preset's values.
+
+    The field records the choice; :func:`preset_settings` (called by ``unlearnkit.unlearning.resolve_method``,
+    which ``--set`` goes through) supplies the values, so that a value set alongside the preset can win.
+    """
+    listing = "; ".join(f"{name}: {', '.join(f'{key}={value}' for key, value in values.items())}" for name, values in presets.items())
+    return field(
+        default=None,
+        metadata={"help": f"Named starting settings, each measured on a model size; a value set alongside wins ({listing}). "
+                          "None: the defaults above."},
+    )
+
+
+def preset_settings(config_cls: type[MethodConfig], name: Any) -> dict[str, Any]:
+    """The settings that preset ``name`` of ``config_cls`` stands for; ``{}`` for None or 'none'.
+
+    A config without presets returns ``{}`` too: building it with a ``preset`` then fails as an unknown setting.
+    """
+    if name is None or not config_cls.presets or (isinstance(name, str) and name.strip().lower() == "none"):
+        return {}
+    name = str(name).strip()
+    check_choice("preset", name, config_cls.presets)
+    return dict(config_cls.presets[name])
 
 
 def cache_reference_field() -> Any:

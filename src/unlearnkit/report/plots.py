@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from matplotlib.axis import Axis
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatterSciNotation, MaxNLocator, NullFormatter, NullLocator
 
 DPI = 100
 # Forget quality is a p-value drawn on a log axis; a value that underflowed to 0 is drawn at this floor.
@@ -53,6 +55,7 @@ def tradeoff(points: Sequence[TradeoffPoint], title: str) -> bytes:
         seeds = f" ({len(utility)} seeds)" if len(utility) > 1 else ""
         axes.errorbar([x], [y], xerr=x_err, yerr=y_err, capsize=3, label=f"{point.label}{seeds}", zorder=3, **style)
     axes.set_yscale("log")
+    _readable_log_axis(axes.yaxis)
     axes.set_xlabel("model utility (higher is better)")
     axes.set_ylabel("forget quality, log scale (higher is better)")
     axes.set_title(title)
@@ -74,6 +77,7 @@ def truth_ratio_ecdf(curves: Mapping[str, Sequence[float]], title: str) -> bytes
         axes.step(np.concatenate([[ratios[0]], ratios]), np.concatenate([[0.0], fractions]), where="post",
                   label=f"{name} (n={ratios.size})", **styles.get(name, {"color": "#1f77b4", "linewidth": 2.0}))
     axes.set_xscale("log")
+    _readable_log_axis(axes.xaxis)
     axes.set_xlabel("truth ratio R = p(paraphrased) / p(perturbed), log scale")
     axes.set_ylabel("fraction of forget questions")
     axes.set_ylim(0, 1.02)
@@ -93,6 +97,7 @@ def training_curves(steps: Sequence[Mapping[str, float]], terms: Sequence[str], 
         # Markers keep a run of one or two logged steps visible; long runs read better as lines.
         axes.plot(xs, ys, marker="o" if len(xs) <= 20 else None, markersize=4, label=term,
                   linewidth=2.2 if term == "loss" else 1.4)
+    _whole_steps(axes.xaxis)
     axes.set_xlabel("optimiser step")
     axes.set_ylabel("value")
     axes.set_title(title, fontsize=10)
@@ -121,10 +126,12 @@ def eval_curves(curve: Sequence[Mapping], title: str, selected_step: int | None 
         right.plot(steps, [max(value, QUALITY_FLOOR) if isinstance(value, (int, float)) else np.nan for value in quality],
                    color="black", linestyle=":", marker="s", markersize=3, label="forget_quality (right, log)")
         right.set_yscale("log")
+        _readable_log_axis(right.yaxis)
         right.set_ylabel("forget quality, log scale")
         right.legend(fontsize=8, loc="lower right")
     if selected_step is not None:
         axes.axvline(selected_step, color="grey", linestyle="--", linewidth=1)
+    _whole_steps(axes.xaxis)
     axes.set_xlabel("optimiser step")
     axes.set_ylabel("value")
     axes.set_title(title, fontsize=10)
@@ -150,6 +157,43 @@ def recovery_bars(attacks: Sequence[str], recoveries: Mapping[str, Sequence[floa
     axes.grid(True, axis="y", alpha=0.3)
     axes.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     return _png(figure)
+
+
+def _whole_steps(axis: Axis) -> None:
+    """Optimiser steps are whole numbers: no tick at step 1.25."""
+    axis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
+
+
+# Most decades a wide log axis labels; beyond, every second, fifth, ... decade is labelled.
+MAX_LOG_TICKS = 6
+
+
+def _readable_log_axis(axis: Axis) -> None:
+    """Ticks on a log axis whose labels never overlap, whatever range the data span.
+
+    matplotlib labels the minor ticks (2x10^-1, 3x10^-1, ...) of an axis spanning one or two decades, and on
+    a narrower one every 0.1x10^k; those labels overlapped. Here a range of more than two decades is labelled
+    at (every few) decades, 10^k; up to two decades at 1, 2 and 5 times a power of ten; a narrower one at a
+    few evenly spaced round numbers. Call it after plotting, when the view limits are known.
+    """
+    low, high = sorted(axis.get_view_interval())
+    decades = math.log10(high) - math.log10(low)
+    axis.set_minor_formatter(NullFormatter())
+    if decades > 2:
+        stride = next((step for step in (1, 2, 5, 10, 20, 25, 50, 100) if decades / step <= MAX_LOG_TICKS), 200)
+        first, last = math.ceil(math.log10(low) / stride) * stride, math.floor(math.log10(high))
+        # 10^-308 is about the smallest normal float; the quality floor (1e-300) sits above it.
+        axis.set_major_locator(FixedLocator([10.0 ** exponent for exponent in range(max(first, -300), last + 1, stride)]))
+        axis.set_major_formatter(LogFormatterSciNotation())
+        axis.set_minor_locator(NullLocator())
+        return
+    round_values = [mantissa * 10.0 ** exponent for exponent in range(math.floor(math.log10(low)), math.ceil(math.log10(high)) + 1)
+                    for mantissa in (1, 2, 5)]
+    ticks = [value for value in round_values if low <= value <= high]
+    if len(ticks) < 3:
+        ticks = [value for value in MaxNLocator(nbins=4).tick_values(low, high) if low <= value <= high and value > 0]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
 
 
 def _palette(count: int) -> list[str]:

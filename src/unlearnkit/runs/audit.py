@@ -10,7 +10,7 @@ from typing import Any
 from transformers import PreTrainedModel
 
 from unlearnkit.attacks import AuditConfig, AuditData
-from unlearnkit.audit import AuditResult, attack_order, build_audit_config, builtin_audit_settings, merged, plan_attacks, run_attacks
+from unlearnkit.auditing import AuditResult, attack_order, build_audit_config, builtin_audit_settings, merged, plan_attacks, run_attacks
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.descriptions import attack_descriptions
 from unlearnkit.errors import UnlearnkitError

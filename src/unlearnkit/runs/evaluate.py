@@ -13,7 +13,7 @@ from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.qa import TRUTH_RATIO_FIELDS, has_fields
 from unlearnkit.descriptions import config_descriptions
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference, save_reference
+from unlearnkit.evaluation.evaluator import EvalConfig, check_reference_tokenizer, evaluate, load_reference, save_reference
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.evaluation.mia import MUSE_RETAIN_PRIVLEAK_AUC, evaluate_text_privleak
 from unlearnkit.modeling import load_model, load_tokenizer
@@ -166,6 +166,8 @@ def run_eval(*, inputs: EvalInputs, options: RunOptions, save_reference_to: Path
     network = load_model(model.source, options.trust_remote_code)
     tokenizer = load_tokenizer(model.source, options.trust_remote_code)
     model.fmt.check(tokenizer)  # an impossible prompt format fails here, before any output exists
+    if evaluation.reference is not None:
+        check_reference_tokenizer(evaluation.reference, tokenizer)  # another tokenizer's truth ratios are not comparable
     with results_folder(options.output, options.overwrite) as folder:
         run_config = {"command": "eval", "model": model.source, **inputs.description, **model.fmt.record(),
                       "eval": asdict(evaluation.config), "max_new_tokens": evaluation.config.caps(evaluation.splits),
@@ -184,7 +186,8 @@ def run_eval(*, inputs: EvalInputs, options: RunOptions, save_reference_to: Path
     if save_reference_to is not None and distributed.is_main_process():
         split_name = str(inputs.description.get("forget") or "forget")
         save_reference(Path(save_reference_to),
-                       make_reference(evaluation.splits["forget"], result.forget_truth_ratios, split_name, result.membership))
+                       make_reference(evaluation.splits["forget"], result.forget_truth_ratios, split_name, result.membership,
+                                      tokenizer=tokenizer))
     return with_reasons(result.summary, result.not_computed)
 
 

@@ -1,4 +1,13 @@
-"""``finetune``: fine-tune a model (or a fresh tiny one) on QA data; how targets and retain oracles are made."""
+"""``finetune``: fine-tune a model (or a fresh tiny one) on QA data; how targets and retain oracles are made.
+
+The target and the retain oracle of one experiment must share their tokenizer:
+their truth ratios and membership scores are compared token by token. A fresh
+tiny model therefore never gets a tokenizer trained on its own data (the target's
+and the oracle's data differ) but always the one of :func:`unlearnkit.builtin.tiny_tokenizer`;
+a model of one's own keeps its tokenizer. Every run records its tokenizer's
+fingerprint (``config.json``, ``sha256.tokenizer``), which the oracle reference
+written from the oracle also carries.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +15,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from unlearnkit import distributed
-from unlearnkit.builtin import PROMPT_FORMAT
+from unlearnkit.builtin import PROMPT_FORMAT, tiny_tokenizer
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.evaluation.evaluator import tokenizer_sha256
 from unlearnkit.finetune import FinetuneConfig, finetune
-from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
+from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, write
 from unlearnkit.runs.inputs import DataChoice, RunOptions
@@ -21,7 +31,10 @@ TINY = "tiny"
 
 @dataclass(frozen=True)
 class FinetuneInputs:
-    """``model``: a folder or hub name, or ``tiny`` (a fresh tiny Llama of size ``tiny_config``, plain prompts)."""
+    """``model``: a folder or hub name, or ``tiny`` (a fresh tiny Llama of size ``tiny_config``, plain prompts).
+
+    A fresh tiny model's tokenizer depends on ``tiny_config.vocab_size`` alone, never on ``data``.
+    """
 
     model: str
     data: list[DataChoice] = field(repr=False)
@@ -46,8 +59,7 @@ def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: Run
                               "--prompt-format, --system-prompt and --date-string, or fine-tune a model of your own.")
     if model == TINY:
         tiny = inputs.tiny_config or TinyModelConfig()
-        texts = [f"Question: {row['question']}\nAnswer: {row['answer']}" for row in rows]
-        tokenizer = train_tokenizer(texts, tiny.vocab_size)
+        tokenizer = tiny_tokenizer(tiny.vocab_size)
         network = build_tiny_model(tiny, tokenizer, seed=config.seed)
         fmt = PROMPT_FORMAT  # a fresh tiny model is asked like the built-in ones: it has no chat template
     else:
@@ -58,7 +70,8 @@ def run_finetune(*, inputs: FinetuneInputs, config: FinetuneConfig, options: Run
     run_config = {
         "command": "finetune", "model": model, "data": [source.source for source in inputs.data], "training": asdict(config),
         "tiny_model": asdict(inputs.tiny_config or TinyModelConfig()) if model == TINY else None, **fmt.record(),
-        "environment": environment(), "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model)},
+        "environment": environment(),
+        "sha256": {"training_rows": rows_sha256(rows), "source_model": weights_sha256(model), "tokenizer": tokenizer_sha256(tokenizer)},
     }
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
         write(folder / "config.json", run_config)

@@ -129,10 +129,10 @@ def parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
 
 def resolve_method(name: str, overrides: Mapping[str, Any], builtin: Builtin | None = None) -> MethodChoice:
     """Look the method up and build its config; on the built-in model its tiny-model settings go under ``overrides``."""
-    from unlearnkit.unlearn import resolve_method as build_method_config
+    from unlearnkit.unlearning import resolve_method as build_method_config
 
-    merged = {**(builtin.config.overrides_for(name) if builtin is not None else {}), **dict(overrides)}
-    return MethodChoice(name, build_method_config(name, merged))
+    defaults = builtin.config.overrides_for(name) if builtin is not None else None
+    return MethodChoice(name, build_method_config(name, overrides, defaults=defaults))
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from unlearnkit.runs.folder import check_output_dir, results_folder, write
 from unlearnkit.runs.inputs import Builtin, MethodChoice, ModelChoice, RunOptions, resolve_model
 from unlearnkit.runs.lock import locks_output
 from unlearnkit.sequential import MODES, SequencePlan, builtin_plan, muse_plan, run_plan
-from unlearnkit.unlearn import check_method_inputs
+from unlearnkit.unlearning import check_method_inputs
 
 # The columns the command prints, where a stage reports them.
 SEQUENCE_COLUMNS = ("forget_quality", "model_utility", "forget_probability", "forget_rouge_l", "verbmem_forget",

@@ -21,14 +21,14 @@ from unlearnkit.data.checks import split_findings, warn
 from unlearnkit.data.encoding import PromptFormat, check_fits_context
 from unlearnkit.descriptions import config_descriptions
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, evaluate, load_reference
+from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, check_reference_tokenizer, evaluate, load_reference
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
 from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, with_reasons, write
 from unlearnkit.runs.inputs import Builtin, DataChoice, Evaluation, MethodChoice, ModelChoice, RunOptions
 from unlearnkit.runs.lock import locks_output
-from unlearnkit.unlearn import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
+from unlearnkit.unlearning import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -139,6 +139,8 @@ def run_unlearn(
     network = load_model(model.source, options.trust_remote_code)
     tokenizer = load_tokenizer(model.source, options.trust_remote_code)
     model.fmt.check(tokenizer)  # an impossible prompt format fails here, before any output exists
+    if inputs.evaluation is not None and inputs.evaluation.reference is not None:
+        check_reference_tokenizer(inputs.evaluation.reference, tokenizer)  # refused before training, not after it
     check_method_inputs(method.name, method.config, forget, retain, network, tokenizer, model.fmt)
     context = getattr(network.config, "max_position_embeddings", None)
     check_fits_context(tokenizer, model.fmt, forget, context, "forget data")

@@ -1,0 +1,334 @@
+"""The Python API: load data, unlearn, evaluate, audit and report from a script, as the command line does.
+
+Each function takes keyword arguments named after the command's options (``--oracle-reference`` is
+``oracle_reference=``), resolves them with the same resolvers, checks them the same way before
+anything is written, and calls the same runner, so it writes the same results folder. Bad input
+raises :class:`unlearnkit.errors.UnlearnkitError` (the command line's exit status 2) before anything
+is written; its message names the command-line option, whose keyword is the same name with
+underscores. ``import unlearnkit`` stays light: torch and the runners load on the first call.
+
+    import unlearnkit
+
+    rows = unlearnkit.load_data("my_forget.jsonl", role="forget")
+    run = unlearnkit.unlearn(method="npo", model="models/target", forget="my_forget.jsonl",
+                             retain="my_retain.jsonl", output="runs/npo", settings={"num_epochs": 5})
+    print(run.summary["forget_truth_ratio"], run.folder / "model")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from unlearnkit.errors import UnlearnkitError
+
+PathLike = str | Path
+
+
+@dataclass(frozen=True)
+class Results:
+    """What a run wrote: its results folder, and the summary it saved there as ``summary.json``."""
+
+    folder: Path
+    summary: dict[str, Any]
+
+
+def load_data(
+    source: PathLike,
+    *,
+    role: str = "data",
+    required: Sequence[str] = ("question", "answer"),
+    preset: str = "default",
+    cache: PathLike | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """QA rows from a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, ``hf:NAME[:CONFIG][@SPLIT]``, a ``tofu:``/``muse-``
+    name or a built-in split name (of ``preset``), validated row by row as every command validates its data.
+
+    ``role`` (e.g. "forget") names the data in messages; ``required`` are the fields every row must hold.
+    """
+    from unlearnkit.runs.inputs import Builtin, resolve_data
+
+    _check_text(role=role)
+    if isinstance(required, str) or not all(isinstance(name, str) for name in required):
+        raise UnlearnkitError(f"required must be a list of field names, e.g. ('question', 'answer'); got {required!r}.")
+    source = _as_source(source, "source")
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    return resolve_data(source, role, builtin, required=tuple(required)).rows
+
+
+def unlearn(
+    *,
+    method: str,
+    output: PathLike,
+    model: PathLike | None = None,
+    forget: PathLike = "forget10",
+    retain: PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
+    evaluate_after: bool = True,
+    oracle_reference: PathLike | None = None,
+    real_authors: PathLike | None = None,
+    world_facts: PathLike | None = None,
+    holdout: PathLike | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    eval_batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    checkpoint_every: int = 50,
+    resume: bool = False,
+    on_overlap: str = "refuse",
+    eval_every: int = 0,
+    select_best: str | None = None,
+    subject_to: str | None = None,
+    patience: int = 0,
+    eval_rows: int = 0,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit unlearn``: unlearn ``forget`` from ``model`` with ``method`` and write the results folder ``output``.
+
+    ``model``: a model folder, a hub name or "builtin" (the built-in target, the default with a built-in forget split;
+    own forget data needs the model named). ``settings`` are the method's hyperparameters (``--set KEY=VALUE``), e.g.
+    ``{"learning_rate": 1e-5, "num_epochs": 5}``; ``unlearnkit methods -v`` lists them. ``real_authors``, ``world_facts``
+    and ``holdout`` are evaluated with the forget and retain data, as ``evaluate`` takes them. ``evaluate_after=False``
+    is ``--no-eval``. The summary is empty without evaluation.
+    """
+    from unlearnkit.evaluation.evaluator import EvalConfig
+    from unlearnkit.evaluation.tracking import TrackingConfig
+    from unlearnkit.runs.inputs import BUILTIN_MODEL, Builtin, RunOptions, check_outputs, resolve_method
+    from unlearnkit.runs.unlearn import resolve_unlearn, run_unlearn
+
+    _check_text(method=method)
+    _check_counts(checkpoint_every=checkpoint_every)
+    model, forget = _optional_source(model, "model"), _as_source(forget, "forget")
+    output, retain, oracle_reference = _path(output), _optional_source(retain, "retain"), _optional_path(oracle_reference)
+    evaluation_data = {name: _optional_source(value, name)
+                       for name, value in {"real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}.items()}
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference,
+                  **evaluation_data)
+    tracking = TrackingConfig(every=eval_every, select_best=select_best, subject_to=subject_to, patience=patience, max_rows=eval_rows)
+    if tracking.enabled and not evaluate_after:
+        raise UnlearnkitError("--eval-every (eval_every) evaluates on the evaluation sets during training: drop --no-eval "
+                              "(evaluate_after=False).")
+    # The built-in target (named, or the default with a built-in split) gets the benchmark's settings for the tiny model.
+    chosen = resolve_method(method, _settings(settings), builtin if model in (None, BUILTIN_MODEL) else None)
+    inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt,
+                             evaluate_after=evaluate_after, oracle_reference=oracle_reference,
+                             eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking,
+                             evaluation_data=evaluation_data)
+    _log_into_results_folders()
+    run_unlearn(inputs=inputs, options=RunOptions(output, overwrite, progress, checkpoint_every, resume, trust_remote_code),
+                on_overlap=on_overlap, tracking=tracking)
+    return _results(output)
+
+
+def evaluate(
+    *,
+    model: PathLike,
+    output: PathLike,
+    benchmark: str | None = None,
+    forget: PathLike | None = None,
+    retain: PathLike | None = None,
+    real_authors: PathLike | None = None,
+    world_facts: PathLike | None = None,
+    holdout: PathLike | None = None,
+    oracle_reference: PathLike | None = None,
+    save_reference: PathLike | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    privleak_texts: tuple[str, str] | None = None,
+    privleak_retain_auc: float | None = None,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit eval``: TOFU-style metrics, forget quality against a retain oracle's reference, model utility.
+
+    Evaluates on the built-in sets of ``benchmark`` (a forget split, e.g. "forget10"), or on the given data:
+    ``forget`` at least, with ``retain``, ``real_authors``, ``world_facts`` and ``holdout`` for the metrics that need them.
+    ``save_reference`` also writes this model's per-sample forget truth ratios, as a retain oracle's reference file.
+    """
+    from unlearnkit.evaluation.evaluator import EvalConfig
+    from unlearnkit.runs.evaluate import resolve_eval, run_eval
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+
+    model, output, save_reference = _as_source(model, "model"), _path(output), _optional_path(save_reference)
+    data = {name: _optional_source(value, name) for name, value in
+            {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}.items()}
+    oracle_reference = _optional_path(oracle_reference)
+    texts = tuple(privleak_texts) if privleak_texts is not None else None
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, files={"--save-reference": save_reference}, model=model,
+                  oracle_reference=oracle_reference, privleak_texts=texts, **data)
+    inputs = resolve_eval(model=model, builtin=builtin, benchmark=benchmark, data=data, oracle_reference=oracle_reference,
+                          prompt_format=fmt, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+                          privleak_texts=texts, privleak_retain_auc=privleak_retain_auc)
+    _log_into_results_folders()
+    run_eval(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code),
+             save_reference_to=save_reference)
+    return _results(output)
+
+
+def audit(
+    *,
+    model: PathLike,
+    output: PathLike,
+    benchmark: str | None = None,
+    target: PathLike | None = None,
+    oracle: PathLike | None = None,
+    forget: PathLike | None = None,
+    retain: PathLike | None = None,
+    holdout: PathLike | None = None,
+    attacks: str | Sequence[str] = "all",
+    settings: Mapping[str, Any] | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit audit``: attack the unlearned ``model`` (a model folder, or an unlearn results folder) to bring the
+    forgotten knowledge back, and compare with ``target`` (before unlearning) and ``oracle`` (the retain oracle).
+
+    ``attacks``: "all", or attack names (``unlearnkit attacks``); ``settings``: the audit's settings (``--set``,
+    ``unlearnkit attacks -v``). The summary holds ``attacks`` (one row per attack), ``exposed_by`` and ``skipped``.
+    """
+    from unlearnkit.runs.audit import resolve_audit, run_audit
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+
+    if not isinstance(attacks, str):
+        if not all(isinstance(name, str) for name in attacks):
+            raise UnlearnkitError(f"attacks must be 'all' or a list of attack names (see `unlearnkit attacks`); got {attacks!r}.")
+        attacks = ",".join(attacks)
+    model, output = _as_source(model, "model"), _path(output)
+    named = {name: _optional_source(value, name) for name, value in
+             {"target": target, "oracle": oracle, "forget": forget, "retain": retain, "holdout": holdout}.items()}
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, MODEL=model, **named)
+    inputs = resolve_audit(model=model, builtin=builtin, benchmark=benchmark, attacks=attacks, overrides=_settings(settings),
+                           prompt_format=fmt, **named)
+    _log_into_results_folders()
+    run_audit(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
+    return _results(output)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report written: its HTML file and how many runs it compares."""
+
+    path: Path
+    runs: int
+
+
+def write_report(
+    folders: PathLike | Sequence[PathLike],
+    *,
+    output: PathLike = "report.html",
+    title: str = "unlearnkit report",
+    overwrite: bool = False,
+) -> Report:
+    """``unlearnkit report``: one self-contained HTML file comparing results folders (a bench folder stands for its runs)."""
+    from unlearnkit.report.html import write_report as write_html
+    from unlearnkit.report.results import load_runs
+    from unlearnkit.runs.inputs import check_outputs
+
+    paths = [_path(folders)] if isinstance(folders, (str, Path)) else [_path(folder) for folder in folders]
+    if not paths:
+        raise UnlearnkitError("write_report needs at least one results folder.")
+    output = _path(output)
+    _check_text(title=title)
+    check_outputs(None, overwrite, files={"--output": output}, FOLDERS=paths)
+    if output.exists() and (output.is_dir() or not overwrite):
+        raise UnlearnkitError(f"{output} exists; choose another --output{'' if output.is_dir() else ', or pass --overwrite'}.")
+    runs = load_runs(paths)
+    try:
+        write_html(runs, output, title=title)
+    except OSError as error:
+        raise UnlearnkitError(f"Cannot write {output}: {error.strerror or error}. Choose another --output.") from None
+    return Report(output, len(runs))
+
+
+# --------------------------------------------------------------------------------------------- argument checks
+# The command line's option parser checks types; a script may pass anything, so the same refusals happen here.
+
+
+def _path(value: Any) -> Path:
+    if not isinstance(value, (str, Path)):
+        raise UnlearnkitError(f"Expected a path (a str or pathlib.Path), got {type(value).__name__} {value!r}.")
+    return Path(value)
+
+
+def _optional_path(value: Any) -> Path | None:
+    return None if value is None else _path(value)
+
+
+def _as_source(value: Any, name: str) -> str:
+    """A model or data source as the resolvers take it: a path, a hub or TOFU/MUSE name, or a built-in name."""
+    if not isinstance(value, (str, Path)) or not str(value).strip():
+        raise UnlearnkitError(f"{name} needs a path or a name (a str or pathlib.Path), got {value!r}.")
+    return str(value)
+
+
+def _optional_source(value: Any, name: str) -> str | None:
+    return None if value is None else _as_source(value, name)
+
+
+def _check_text(**values: Any) -> None:
+    for name, value in values.items():
+        if not isinstance(value, str) or not value.strip():
+            raise UnlearnkitError(f"{name} needs a non-empty str, got {value!r}.")
+
+
+def _check_counts(**values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UnlearnkitError(f"{name} must be a whole number, 0 or more; got {value!r}.")
+
+
+def _settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping) or not all(isinstance(key, str) for key in settings):
+        raise UnlearnkitError(f"settings must be a dict of setting names to values, e.g. {{'learning_rate': 1e-5}}; got {settings!r}.")
+    return dict(settings)
+
+
+def _prompt_format(style: str, system_prompt: str | None, date_string: str | None) -> Any:
+    from unlearnkit.data.encoding import PromptFormat
+
+    return PromptFormat(style, system_prompt, date_string)
+
+
+def _log_into_results_folders() -> None:
+    """Each results folder's log.txt receives unlearnkit's info messages, as under the command line.
+
+    Only a level left unset is raised to INFO: a script's own logging configuration stays as it is, and
+    with no handler configured Python still prints warnings and errors alone.
+    """
+    logger = logging.getLogger("unlearnkit")
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
+def _results(output: Path) -> Results:
+    return Results(output, json.loads((output / "summary.json").read_text(encoding="utf-8")))
