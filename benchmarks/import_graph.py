@@ -23,7 +23,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "unlearnkit"
 # Layer of a module, by the first prefix (of the dotted name below ``unlearnkit``) that matches.
 LAYERS = [
     (0, ("errors", "registry", "settings", "io", "runtime", "distributed", "provenance", "__init__")),
-    (1, ("data", "modeling", "parameters", "training")),
+    (1, ("data", "modeling", "pretrained", "parameters", "training")),
     (2, ("losses", "gradients", "evaluation", "methods", "attacks", "unlearning", "finetune", "metrics")),
     (3, ("benchmark", "builtin")),
     (4, ("report",)),

@@ -95,7 +95,8 @@ def unlearn(
 ) -> Results:
     """``unlearnkit unlearn``: unlearn ``forget`` from ``model`` with ``method`` and write the results folder ``output``.
 
-    ``model``: a model folder, a hub name or "builtin" (the built-in target, the default with a built-in forget split;
+    ``model``: a model folder, a pretrained model's name (``"smollm2-135m"``, converted on first use; ``unlearnkit models``),
+    a hub name or "builtin" (the built-in target, the default with a built-in forget split;
     own forget data needs the model named). ``settings`` are the method's hyperparameters (``--set KEY=VALUE``), e.g.
     ``{"learning_rate": 1e-5, "num_epochs": 5}``; ``unlearnkit methods -v`` lists them. ``real_authors``, ``world_facts``
     and ``holdout`` are evaluated with the forget and retain data, as ``evaluate`` takes them. ``evaluate_after=False``

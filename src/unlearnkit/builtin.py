@@ -37,7 +37,7 @@ from unlearnkit.io import partial_dir, publish_dir, write_json
 from unlearnkit.methods import METHODS
 from unlearnkit.methods.base import preset_settings
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
-from unlearnkit.runtime import quiet_libraries
+from unlearnkit.runtime import default_cache_dir, quiet_libraries
 
 logger = logging.getLogger("unlearnkit")
 # The tiny built-in models are trained and asked in plain "Question: ...\nAnswer:" prompts (they have no chat template).
@@ -122,11 +122,6 @@ def get_preset(name: str) -> BuiltinBenchmark:
     if name not in PRESETS:
         raise UnlearnkitError(f"Unknown benchmark preset {name!r}.{did_you_mean(name, PRESETS)} Available: {', '.join(PRESETS)}.")
     return PRESETS[name]
-
-
-def default_cache_dir() -> Path:
-    """``$UNLEARNKIT_CACHE``, else ``~/.cache/unlearnkit``."""
-    return Path(os.environ.get("UNLEARNKIT_CACHE") or Path.home() / ".cache" / "unlearnkit")
 
 
 class PreparedBenchmark:

@@ -1,4 +1,4 @@
-"""Models and tokenizers: the tiny built-in ones, and loading any causal LM by name or path."""
+"""Models and tokenizers: the tiny built-in ones, and loading any causal LM by name (pretrained or hub) or path."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from transformers import (
 )
 
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.pretrained import ensure_converted, is_pretrained_name, suggest_pretrained
 
 logger = logging.getLogger("unlearnkit")
 
@@ -211,20 +212,27 @@ class ModelSource:
 def check_model_source(name_or_path: str | Path) -> ModelSource:
     """Decide, before any loading, where ``name_or_path`` comes from; a name that can be neither fails at once.
 
-    A name that exists locally is a local folder. One that does not is a hub
-    name only in the hub's exact ``org/name`` form; anything else (``mymodel``,
-    ``runs/x/model``, ``./m``, names with spaces or backslashes) is a missing
-    folder, reported at once instead of after a minute of network retries.
+    A name that exists locally is a local folder. A pretrained model's name
+    (``smollm2-135m``, :mod:`unlearnkit.pretrained`) is its converted folder,
+    converted on first use. Any other name is a hub name only in the hub's
+    exact ``org/name`` form; anything else (``mymodel``, ``runs/x/model``,
+    ``./m``, names with spaces or backslashes) is a missing folder, reported at
+    once instead of after a minute of network retries (with the pretrained
+    name it may have meant).
     """
     text = str(name_or_path)
     path = Path(text).expanduser()
+    if not path.exists() and is_pretrained_name(text):
+        path = ensure_converted(text)  # converted once into the cache, checked on every use
     if path.exists():
         if not path.is_dir():
             raise UnlearnkitError(f"Model path {path} is a file; pass the model's folder (with config.json).")
         check_not_results_folder(path)
         return ModelSource(str(path.resolve()), path.resolve())  # absolute: an adapter saved later records it as its base
     if not is_hub_name(text):
-        raise UnlearnkitError(f"Model folder {text} does not exist.")
+        suggestion = suggest_pretrained(text)
+        raise UnlearnkitError(f"Model folder {text} does not exist." + (
+            f"{suggestion} (`unlearnkit models` lists the pretrained models usable by name)" if suggestion else ""))
     return _hub_source(text)
 
 

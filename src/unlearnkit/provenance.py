@@ -2,7 +2,8 @@
 
 Library versions, and SHA-256 digests of the input data (the rows as canonical
 JSON, whatever file format they came from) and of the model weights read and
-written (the ``.safetensors`` files of a model folder, in name order).
+written (the ``.safetensors`` files of a model folder, in name order), and a
+fingerprint of a tokenizer's vocabulary.
 """
 
 from __future__ import annotations
@@ -60,3 +61,20 @@ def weights_sha256(model: str | Path) -> str | None:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def tokenizer_sha256(tokenizer: Any) -> str:
+    """A fingerprint of how ``tokenizer`` cuts text into ids: sha256 of its vocabulary (and BPE merges), as loaded.
+
+    Two models compared by one experiment (target, retain oracle, unlearned model)
+    must read the same ids as the same text; the same fingerprint says they do.
+    Settings that do not change the ids of a text (padding side, chat template)
+    stay out, so a tokenizer saved and loaded again keeps its fingerprint.
+    """
+    content: dict[str, Any] = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))}
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        merges = json.loads(backend.to_str()).get("model", {}).get("merges")
+        if merges is not None:
+            content["merges"] = merges
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()

@@ -1,4 +1,4 @@
-"""Process-wide settings that every command applies first: the thread count.
+"""Process-wide settings that every command applies first: the thread count, and where the cache lives.
 
 Seeds are set by the Trainer (``TrainingArguments.seed``) and by model construction.
 """
@@ -7,8 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 import torch
+
+
+def default_cache_dir() -> Path:
+    """``$UNLEARNKIT_CACHE``, else ``~/.cache/unlearnkit``: the built-in benchmark and the converted pretrained models."""
+    return Path(os.environ.get("UNLEARNKIT_CACHE") or Path.home() / ".cache" / "unlearnkit")
 
 
 def default_threads() -> int:

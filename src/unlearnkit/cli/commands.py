@@ -165,8 +165,8 @@ def finetune(
     )],
     output: Output,
     model: Annotated[str, typer.Option(
-        help="'tiny' (a fresh tiny Llama with the built-in benchmark's tokenizer, the same whatever the data), a model folder "
-             "or a hub name."
+        help="'tiny' (a fresh tiny Llama with the built-in benchmark's tokenizer, the same whatever the data), a pretrained "
+             "model's name (see `unlearnkit models`), a model folder or a hub name."
     )] = "tiny",
     learning_rate: Annotated[float | None, typer.Option(
         callback=finite(above=0), help="Peak learning rate (default 1e-2 for 'tiny'; use ~1e-5 for large models)."
@@ -194,7 +194,7 @@ def finetune(
     """Fine-tune a model on QA data (how targets and retain oracles are made, for your own data too)."""
     from unlearnkit.finetune import FinetuneConfig
     from unlearnkit.runs.finetune import TINY, FinetuneInputs, run_finetune
-    from unlearnkit.runs.inputs import resolve_data
+    from unlearnkit.runs.inputs import model_source, resolve_data
 
     fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, cache, show_progress())
@@ -202,8 +202,9 @@ def finetune(
     default_rate = builtin.config.training.learning_rate if model == TINY else 1e-5
     config = FinetuneConfig(learning_rate=learning_rate or default_rate, max_epochs=max_epochs, batch_size=batch_size,
                             target_accuracy=target_accuracy, seed=seed)
-    inputs = FinetuneInputs(model, [resolve_data(source, "training", builtin) for source in data], fmt,
-                            builtin.config.model)
+    training_data = [resolve_data(source, "training", builtin) for source in data]
+    # The data is checked first; then a pretrained model's name becomes its folder (converted on first use), recorded and hashed.
+    inputs = FinetuneInputs(model if model == TINY else model_source(model), training_data, fmt, builtin.config.model)
     stats = run_finetune(inputs=inputs, config=config, options=RunOptions(output, overwrite, show_progress(), checkpoint_every,
                                                                           resume, trust_remote_code))
     typer.echo(f"{stats['epochs']} epochs, answer-token accuracy {stats['answer_accuracy']:.4f}; model in {output}/model")
@@ -214,8 +215,8 @@ def unlearn(
     method: Method,
     output: Output,
     model: Annotated[str | None, typer.Option(
-        help="The model to unlearn: a model folder, a hub name, or 'builtin' (the built-in target; the default with a built-in "
-             "forget split, and required with your own forget data)."
+        help="The model to unlearn: a model folder, a pretrained model's name (see `unlearnkit models`), a hub name, or 'builtin' "
+             "(the built-in target; the default with a built-in forget split, and required with your own forget data)."
     )] = None,
     forget: Annotated[str, typer.Option(
         help="Forget data: a built-in split, a JSON/JSONL/CSV/Parquet file, or hf:NAME[:CONFIG][@SPLIT]."
@@ -269,7 +270,8 @@ def unlearn(
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' / 'builtin-oracle' for the built-in ones).")],
+    model: Annotated[str, typer.Option(help="A model folder, a pretrained model's name or a hub name ('builtin-target' / "
+                                            "'builtin-oracle' for the built-in ones; see `unlearnkit models`).")],
     output: Output,
     benchmark: Annotated[str | None, typer.Option(
         help="Evaluate on the built-in benchmark's sets for this forget split (e.g. forget10)."
@@ -406,7 +408,8 @@ def sequence(
 
 @app.command()
 def general(
-    model: Annotated[str, typer.Option(help="A model folder or hub name ('builtin-target' for the built-in target).")],
+    model: Annotated[str, typer.Option(help="A model folder, a pretrained model's name or a hub name ('builtin-target' for the "
+                                            "built-in target; see `unlearnkit models`).")],
     tasks: Annotated[str, typer.Option(help="Comma-separated lm-eval tasks, e.g. mmlu,wmdp_bio,wmdp_cyber.")],
     output: Output,
     include_path: Annotated[Path | None, typer.Option(help="A folder of your own lm-eval task YAML files.")] = None,
@@ -441,7 +444,7 @@ def audit(
         help="Audit on the built-in benchmark for this forget split (e.g. forget10); the target and retain oracle come with it."
     )] = None,
     target: Annotated[str | None, typer.Option(
-        help="The model before unlearning (folder or hub name); built-in: the benchmark's target."
+        help="The model before unlearning (folder, pretrained model's name or hub name); built-in: the benchmark's target."
     )] = None,
     oracle: Annotated[str | None, typer.Option(
         help="The retain oracle, trained without the forget set; built-in: the benchmark's oracle."
@@ -518,6 +521,34 @@ def methods(
             typer.echo("")
     typer.echo("Every method takes the shared options (see -v), among them lora_rank for its LoRA form\n"
                "and target_modules / layers to choose the weights it may change.")
+
+
+@app.command()
+def models() -> None:
+    """List the built-in models and the pretrained ones (licence, size, installed or not), usable by name as --model."""
+    from unlearnkit.builtin import PRESETS
+    from unlearnkit.pretrained import describe
+    from unlearnkit.runs.inputs import BUILTIN_MODEL_HELP
+
+    tiny = PRESETS["default"].model
+    typer.echo("[built-in] tiny Llama models of the built-in benchmark (trained on first use, cached; plain prompts; "
+               f"preset default: {tiny.num_layers} layers, hidden size {tiny.hidden_size})")
+    for name, text in BUILTIN_MODEL_HELP.items():
+        typer.echo(f"{name}\n    {text}")
+    typer.echo("tiny (finetune only)\n    a fresh tiny Llama with the built-in benchmark's tokenizer\n")
+    typer.echo("[pretrained] real language models shipped as Python packages (GGUF), converted once into the cache, never "
+               "downloaded from a hub")
+    for row in describe():
+        opt_in = " (opt-in)" if row["opt_in"] else ""
+        typer.echo(f"{row['name']}: {row['title']}{opt_in}\n    {row['description']}\n    Licence: {row['licence']}; "
+                   f"{row['parameters'] / 1e6:.1f}M parameters; {row['fp32_bytes'] / 1e6:,.0f} MB converted (fp32)")
+        if not row["installed"]:
+            typer.echo(f"    Not installed: {row['pip']}")
+        elif row["folder"]:
+            typer.echo(f"    Installed; converted: {row['folder']}")
+        else:
+            typer.echo("    Installed; converted on first use (a minute or so)")
+    typer.echo("\nThe pretrained weights are dequantised from 4-bit GGUF copies: a real test bed, not the original releases.")
 
 
 @app.command()

@@ -23,7 +23,6 @@ are left out of the summary rather than guessed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from unlearnkit.evaluation import metrics
 from unlearnkit.evaluation.mia import DEFAULT_K, GRADIENT_NORM_FORMS, PRIVLEAK_FORMS, check_k, evaluate_membership
 from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
 from unlearnkit.io import write_json
+from unlearnkit.provenance import tokenizer_sha256
 from unlearnkit.settings import check_choice, check_field_types, check_value, require_at_least
 
 logger = logging.getLogger("unlearnkit")
@@ -248,23 +248,6 @@ def truth_fields(split: str) -> tuple[str, ...]:
 def has_truth_fields(split: str, rows: Sequence[dict]) -> bool:
     """Whether every row of ``split`` holds the truth-ratio fields; an error when only some rows do (never decided from part)."""
     return bool(rows) and has_fields(rows, truth_fields(split), where=f"{split} data")
-
-
-def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A fingerprint of how ``tokenizer`` cuts text into ids: sha256 of its vocabulary (and BPE merges), as loaded.
-
-    Two models compared by one experiment (target, retain oracle, unlearned model)
-    must read the same ids as the same text; the same fingerprint says they do.
-    Settings that do not change the ids of a text (padding side, chat template)
-    stay out, so a tokenizer saved and loaded again keeps its fingerprint.
-    """
-    content: dict[str, Any] = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda item: (item[1], item[0]))}
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        merges = json.loads(backend.to_str()).get("model", {}).get("merges")
-        if merges is not None:
-            content["merges"] = merges
-    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode("utf-8")).hexdigest()
 
 
 def oracle_reference(

@@ -8,7 +8,8 @@ anything is loaded or written, data before a model loads, the model after.
   prompt format, default retain split, evaluation sets, oracle reference);
 * :func:`resolve_method`: a method name and ``--set`` values -> :class:`MethodChoice`;
 * :func:`resolve_data`: a data source -> :class:`DataChoice` (rows read once, with its generation cap);
-* :func:`resolve_model`: a model name -> :class:`ModelChoice` (with its prompt format);
+* :func:`resolve_model`: a model name -> :class:`ModelChoice` (with its prompt format); a pretrained
+  model's name (:mod:`unlearnkit.pretrained`) becomes its converted folder, converted on first use;
 * :func:`check_outputs`: no output may destroy what the command reads.
 """
 
@@ -28,6 +29,14 @@ from unlearnkit.errors import UnlearnkitError
 BUILTIN_MODEL = "builtin"
 # Names of the built-in benchmark's own models, where a command accepts a model.
 BUILTIN_MODELS = ("builtin", "builtin-target", "builtin-oracle")
+# The inputs (as :func:`check_outputs` names them) that take a model, and so a pretrained model's name.
+MODEL_ROLES = ("--model", "MODEL", "--target", "--oracle", "--base")
+# What each built-in model name stands for (``unlearnkit models``).
+BUILTIN_MODEL_HELP = {
+    "builtin": "the built-in benchmark's target (as builtin-target); unlearn's default with a built-in forget split",
+    "builtin-target": "the built-in benchmark's target: a tiny Llama trained on every split, forget and retain",
+    "builtin-oracle": "the retain oracle of a forget split (--benchmark SPLIT): the same tiny Llama trained without that split",
+}
 
 
 class Builtin:
@@ -184,11 +193,28 @@ class ModelChoice:
 def resolve_model(
     name: str, prompt_format: PromptFormat = PromptFormat(), builtin: Builtin | None = None, forget_split: str | None = None
 ) -> ModelChoice:
-    """The built-in models by name (plain prompts, as they were trained); anything else with ``--prompt-format``."""
+    """The built-in models by name (plain prompts, as they were trained); anything else with ``--prompt-format``.
+
+    A pretrained model's name (``smollm2-135m``) stands for its converted folder in the cache: converted now
+    on first use, checked and reused after, so the run records and hashes that folder like any model folder.
+    """
     if name in BUILTIN_MODELS and builtin is not None:
         check_builtin_format(prompt_format, builtin)
         return ModelChoice(str(builtin.model_dir(name, forget_split)), name, builtin.prompt_format)
-    return ModelChoice(str(name), str(name), prompt_format)
+    return ModelChoice(model_source(name), str(name), prompt_format)
+
+
+def model_source(name: str) -> str:
+    """Where a model loads from: a pretrained model's converted folder (converting it on first use), else ``name`` itself.
+
+    A local folder of the same name wins, as it does everywhere a model is loaded.
+    """
+    from unlearnkit.pretrained import ensure_converted, is_pretrained_name
+
+    text = str(name)
+    if is_pretrained_name(text) and not Path(text).exists():
+        return str(ensure_converted(text))
+    return text
 
 
 def check_builtin_format(prompt_format: PromptFormat, builtin: Builtin) -> None:
@@ -257,11 +283,16 @@ def check_outputs(
 
 
 def local_inputs(role: str, value: Any) -> dict[str, Any]:
-    """The local paths behind one input: a file or folder, a TOFU/MUSE name's ``@DIR``, an adapter's base model."""
+    """The local paths behind one input: a file or folder, a TOFU/MUSE name's ``@DIR``, an adapter's base model, a
+    pretrained model's converted folder (its path known without converting; a missing package is refused here)."""
+    from unlearnkit.pretrained import converted_dir, is_pretrained_name
+
     if value is None:
         return {}
     text = str(value)
     found: dict[str, Any] = {role: text}
+    if role in MODEL_ROLES and is_pretrained_name(text) and not Path(text).exists():
+        found[role] = str(converted_dir(text))
     _, sep, rest = text.partition(":")
     if sep and "@" in rest and not Path(text).exists():
         found[role] = rest.rpartition("@")[2]  # tofu:forget10@DIR reads DIR
