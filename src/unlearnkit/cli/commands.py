@@ -14,6 +14,7 @@ from unlearnkit.cli.options import (
     DateString,
     EvalEvery,
     EvalRows,
+    Holdout,
     MaxNewTokens,
     OracleReference,
     Output,
@@ -21,12 +22,14 @@ from unlearnkit.cli.options import (
     Patience,
     Preset,
     PromptStyle,
+    RealAuthors,
     RemoteCode,
     Resume,
     SelectBest,
     Sets,
     SubjectTo,
     SystemPrompt,
+    WorldFacts,
     choice,
     finite,
 )
@@ -226,11 +229,9 @@ def unlearn(
     )] = None,
     sets: Sets = None,
     oracle_reference: OracleReference = None,
-    real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data, evaluated after unlearning (own data).")] = None,
-    world_facts: Annotated[str | None, typer.Option(help="World-facts utility data, evaluated after unlearning (own data).")] = None,
-    holdout: Annotated[str | None, typer.Option(
-        help="Holdout QA data never trained on: membership inference and memorization against --forget (own data)."
-    )] = None,
+    real_authors: RealAuthors = None,
+    world_facts: WorldFacts = None,
+    holdout: Holdout = None,
     evaluate_after: Annotated[bool, typer.Option(
         "--eval/--no-eval", help="Evaluate the unlearned model (built-in benchmark, or the given data)."
     )] = True,
@@ -278,11 +279,9 @@ def eval_command(
     )] = None,
     forget: Annotated[str | None, typer.Option(help="Forget QA data (file or hf:...).")] = None,
     retain: Annotated[str | None, typer.Option(help="Retain QA data.")] = None,
-    real_authors: Annotated[str | None, typer.Option(help="Real-authors utility data.")] = None,
-    world_facts: Annotated[str | None, typer.Option(help="World-facts utility data.")] = None,
-    holdout: Annotated[str | None, typer.Option(
-        help="Holdout QA data never trained on: membership inference and memorization against --forget."
-    )] = None,
+    real_authors: RealAuthors = None,
+    world_facts: WorldFacts = None,
+    holdout: Holdout = None,
     oracle_reference: OracleReference = None,
     save_reference: Annotated[Path | None, typer.Option(
         help="Write this model's per-sample forget truth ratios here, as a retain oracle's reference file."

@@ -90,3 +90,10 @@ SubjectTo = Annotated[str | None, typer.Option(
 )]
 Patience = Annotated[int, typer.Option(min=0, help="Stop training after K evaluations without a new best (0: never early).")]
 EvalRows = Annotated[int, typer.Option(min=0, help="Evaluate during training on at most N evenly spaced rows per set (0: all rows).")]
+
+# The evaluation sets eval and unlearn take besides --forget and --retain (own data; a built-in split brings its own).
+RealAuthors = Annotated[str | None, typer.Option(help="Real-authors utility data (model utility needs it, with perturbed answers).")]
+WorldFacts = Annotated[str | None, typer.Option(help="World-facts utility data (model utility needs it, with perturbed answers).")]
+Holdout = Annotated[str | None, typer.Option(
+    help="Holdout QA data never trained on: membership inference and memorization against --forget."
+)]

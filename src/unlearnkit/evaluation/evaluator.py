@@ -189,6 +189,19 @@ def not_computed(splits: Mapping[str, Sequence[dict]], summary: Mapping[str, Any
     return reasons
 
 
+def truth_ratio_pairs(rows: Sequence[dict], correct_field: str) -> list[tuple[str, str]]:
+    """The (question, answer) pairs a truth ratio scores: every row's ``correct_field`` answer, then the rows' first
+    perturbed answers, their second ones, ... (as many per row as the shortest list holds): (1 + K) * N pairs."""
+    num_perturbed = min(len(row["perturbed_answer"]) for row in rows)
+    pairs = [(row["question"], row[correct_field]) for row in rows]
+    return pairs + [(row["question"], row["perturbed_answer"][j]) for j in range(num_perturbed) for row in rows]
+
+
+def split_truth_ratio_nll(avg_nll: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The mean NLLs of :func:`truth_ratio_pairs` (for ``count`` rows) as the correct answers' ``(N,)`` and the perturbed ``(N, K)``."""
+    return avg_nll[:count], avg_nll[count:].reshape(-1, count).T  # laid out (K, N) -> (N, K)
+
+
 def _evaluate_split(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -202,10 +215,7 @@ def _evaluate_split(
     # One scoring call for the answer, the correct paraphrase and every perturbed answer.
     pairs = [(row["question"], row["answer"]) for row in rows]
     if with_truth:
-        correct_field = "answer" if split in FACT_SPLITS else "paraphrased_answer"
-        num_perturbed = min(len(row["perturbed_answer"]) for row in rows)
-        pairs += [(row["question"], row[correct_field]) for row in rows]
-        pairs += [(row["question"], row["perturbed_answer"][j]) for j in range(num_perturbed) for row in rows]
+        pairs += truth_ratio_pairs(rows, "answer" if split in FACT_SPLITS else "paraphrased_answer")
     avg_nll = answer_avg_nll(model, tokenizer, fmt, pairs, config.batch_size)
     count = len(rows)
     answer_nll = avg_nll[:count]
@@ -220,9 +230,7 @@ def _evaluate_split(
     summary = {f"{split}_rouge_l": float(np.mean(rouge))}
     ratios = None
     if with_truth:
-        correct_nll = avg_nll[count:2 * count]
-        # (K, N) as laid out above → (N, K)
-        perturbed_nll = avg_nll[2 * count:].reshape(num_perturbed, count).T
+        correct_nll, perturbed_nll = split_truth_ratio_nll(avg_nll[count:], count)
         ratios = metrics.truth_ratio(correct_nll, perturbed_nll)
         aggregate = metrics.forget_truth_ratio_score if split == "forget" else metrics.retain_truth_ratio_score
         summary[f"{split}_truth_ratio"] = float(aggregate(ratios))

@@ -66,6 +66,7 @@ def _check_with_model(
     builtin: Builtin | None, max_length: int, batch_size: int, trust_remote_code: bool,
 ) -> None:
     from unlearnkit.evaluation import metrics
+    from unlearnkit.evaluation.evaluator import split_truth_ratio_nll, truth_ratio_pairs
     from unlearnkit.evaluation.scoring import answer_avg_nll
     from unlearnkit.modeling import load_model, load_tokenizer
 
@@ -84,12 +85,9 @@ def _check_with_model(
         report.skipped["target_prefers_perturbed"] = "no paraphrased_answer/perturbed_answer fields"
         return
     rows = rows_for_preference.rows
-    count, perturbed = len(rows), min(len(row["perturbed_answer"]) for row in rows)
-    pairs = [(row["question"], row["paraphrased_answer"]) for row in rows]
-    pairs += [(row["question"], row["perturbed_answer"][j]) for j in range(perturbed) for row in rows]
     network.eval()
-    nll = answer_avg_nll(network, tokenizer, chosen.fmt, pairs, batch_size)
-    ratios = metrics.truth_ratio(nll[:count], nll[count:].reshape(perturbed, count).T)  # (K, N) laid out above -> (N, K)
+    nll = answer_avg_nll(network, tokenizer, chosen.fmt, truth_ratio_pairs(rows, "paraphrased_answer"), batch_size)
+    ratios = metrics.truth_ratio(*split_truth_ratio_nll(nll, len(rows)))
     report.findings += target_prefers_perturbed(ratios.tolist(), _where(rows_for_preference))
 
 
