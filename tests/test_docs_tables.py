@@ -41,23 +41,23 @@ def test_tables_have_one_row_per_registered_entry() -> None:
 def test_update_readme_replaces_only_between_markers() -> None:
     text = (
         "# Title\n\nprose before\n\n" + block("methods") + "\nprose between\n\n"
-        + block("metrics:tofu", "| old | table |\n") + "\n" + block("metrics:memorization,privacy,muse") + "\nprose after\n"
+        + block("metrics:tofu", "| old | table |\n") + "\n" + block("metrics:memorization,privacy,muse,real_knowledge") + "\nprose after\n"
     )
     updated = update_readme(text)
     assert updated.startswith("# Title\n\nprose before\n\n<!-- BEGIN GENERATED: methods -->\n\n| name | family |")
     assert "stale" not in updated and "| old | table |" not in updated
     assert f"<!-- BEGIN GENERATED: metrics:tofu -->\n{generated('metrics:tofu')}<!-- END GENERATED: metrics:tofu -->" in updated
     assert "<!-- END GENERATED: methods -->\n\nprose between\n\n" in updated
-    assert updated.endswith("<!-- END GENERATED: metrics:memorization,privacy,muse -->\n\nprose after\n")
+    assert updated.endswith("<!-- END GENERATED: metrics:memorization,privacy,muse,real_knowledge -->\n\nprose after\n")
     assert update_readme(updated) == updated
-    assert drifted(text) == ["methods", "metrics:tofu", "metrics:memorization,privacy,muse"] and drifted(updated) == []
+    assert drifted(text) == ["methods", "metrics:tofu", "metrics:memorization,privacy,muse,real_knowledge"] and drifted(updated) == []
 
 
 @pytest.mark.parametrize(("text", "message"), [
     ("# README without markers\n", "No '<!-- BEGIN GENERATED: methods -->'"),
     (block("methods"), r"No '<!-- BEGIN GENERATED: metrics -->'"),
     (block("metrics"), "No '<!-- BEGIN GENERATED: methods -->'"),
-    (block("methods") + block("metrics:tofu"), "in no block: memorization, privacy, muse"),
+    (block("methods") + block("metrics:tofu"), "in no block: memorization, privacy, muse, real_knowledge"),
     (block("methods") + block("metrics") + block("metrics:muse"), "in several blocks: muse"),
     (block("methods") + "<!-- BEGIN GENERATED: metrics -->\n", "has no matching '<!-- END GENERATED: metrics -->'"),
     (block("methods") + "<!-- END GENERATED: metrics -->\n", "END GENERATED: metrics where a BEGIN"),

@@ -7,7 +7,7 @@ import pytest
 
 from unlearnkit.builtin import PROMPT_FORMAT
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation import catalog, memorization, metrics, mia, muse
+from unlearnkit.evaluation import catalog, memorization, metrics, mia, muse, real_knowledge
 from unlearnkit.evaluation.catalog import AGGREGATIONS, AS_IS, MEAN, NANMEAN, TOFU, MetricSpec, describe_metric, metric, metric_catalog
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
 from unlearnkit.modeling import load_model, load_tokenizer
@@ -34,6 +34,11 @@ COMPUTED_BY = {
     "verbmem_stage_forget": muse.verbmem,
     "knowmem_forget": muse.knowmem,
     "knowmem_retain": muse.knowmem,
+    **{f"{role}_{form}_accuracy": real_knowledge.answers_found for role in ("forget", "neighbour") for form in ("qa", "cloze")},
+    **{f"{role}_mcq_accuracy": real_knowledge.mcq_correct for role in ("forget", "neighbour")},
+    **{f"{role}_accuracy": real_knowledge.form_mean_accuracy for role in ("forget", "neighbour")},
+    "general_perplexity": real_knowledge.perplexity,
+    "generation_distinct_2": real_knowledge.distinct_n,
 }
 
 # Registered tofu/memorization/privacy metrics evaluate() does not report, and why.

@@ -37,6 +37,7 @@ from unlearnkit.io import partial_dir, publish_dir, write_json
 from unlearnkit.methods import METHODS
 from unlearnkit.methods.base import preset_settings
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
+from unlearnkit.pretrained import ensure_converted, get_pretrained
 from unlearnkit.runtime import default_cache_dir, quiet_libraries
 
 logger = logging.getLogger("unlearnkit")
@@ -61,6 +62,12 @@ PCGU_TINY = (("top_fraction", 0.1), ("learning_rate", 0.2))
 RMU_TINY = (("preset", "tiny"),)
 # Steps between checkpoints while training the target and oracles (about 1.5 epochs of the default benchmark).
 CHECKPOINT_EVERY = 200
+# The prompt styles a benchmark may use, by whether it fine-tunes a pretrained model: a tiny model has no chat template.
+PROMPT_STYLES_BY_MODEL = {False: ("plain",), True: ("plain", "chat")}
+# Settings that change neither the data nor the models: out of the cache key.
+NOT_IN_CACHE_KEY = ("unlearn_overrides", "method_overrides", "description")
+# Benchmark settings added after the default one was published, and the values that leave its cache key as it was.
+LATER_SETTINGS: dict[str, Any] = {"base_model": None, "prompt_style": "plain", "forget_splits": FORGET_SPLITS}
 
 
 @dataclass(frozen=True)
@@ -87,10 +94,47 @@ class BuiltinBenchmark:
     # Settings a method needs to fit the tiny model at all (e.g. RMU's layer index: the authors' 7 does not exist here).
     # A ``preset`` named here stands for its settings, which go over the shared overrides above.
     method_overrides: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = (("rmu", RMU_TINY), ("pcgu", PCGU_TINY))
+    base_model: str | None = field(
+        default=None,
+        metadata={"help": "A pretrained model's name (`unlearnkit models`): the target and the oracles are fine-tuned from it, "
+                          "with its own tokenizer, instead of a tiny model trained from scratch (None)."},
+    )
+    prompt_style: str = field(
+        default="plain",
+        metadata={"help": "How the benchmark's models are trained and asked: 'plain' Question/Answer prompts, or 'chat' "
+                          "(the base model's chat template)."},
+    )
+    forget_splits: tuple[str, ...] = field(
+        default=FORGET_SPLITS, metadata={"help": "The forget splits whose retain oracles `unlearnkit prepare` trains unless told."}
+    )
+    description: str = field(default="", metadata={"help": "One line for `unlearnkit presets`."})
+
+    def __post_init__(self) -> None:
+        if self.prompt_style not in PROMPT_STYLES_BY_MODEL[self.base_model is not None]:
+            raise UnlearnkitError(f"prompt_style {self.prompt_style!r} does not fit base_model {self.base_model!r}.")
+        if self.base_model is not None:
+            get_pretrained(self.base_model)  # an unknown name fails here, with a did-you-mean
+        for split in self.forget_splits:
+            if split not in FORGET_SPLITS:
+                raise UnlearnkitError(f"forget_splits: {split!r} is not one of {', '.join(FORGET_SPLITS)}.")
+
+    @property
+    def prompt_format(self) -> PromptFormat:
+        """How this benchmark's target, oracles and unlearned models are trained and asked."""
+        return PromptFormat(self.prompt_style)
 
     def cache_key(self) -> str:
-        """Identifies the data and models; unlearning settings do not change them, so they stay out of the key."""
-        content = {key: value for key, value in asdict(self).items() if key not in ("unlearn_overrides", "method_overrides")}
+        """Identifies the data and models; unlearning settings do not change them, so they stay out of the key.
+
+        Settings added after the default benchmark was first published enter the key
+        only when they differ from their defaults, so caches prepared before them stay valid.
+        """
+        content = {key: value for key, value in asdict(self).items() if key not in NOT_IN_CACHE_KEY}
+        for key, unset in LATER_SETTINGS.items():
+            if content[key] == unset:
+                del content[key]
+        if content["training"]["lora_rank"] == 0:
+            del content["training"]["lora_rank"]
         payload = json.dumps({"version": __version__, **content}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -102,7 +146,7 @@ class BuiltinBenchmark:
 
 
 PRESETS: dict[str, BuiltinBenchmark] = {
-    "default": BuiltinBenchmark(),
+    "default": BuiltinBenchmark(description="200 fictitious authors x 20 facts; a 0.26M-parameter Llama trained from scratch"),
     # A handful of authors and a one-layer model: the whole pipeline in seconds, for tests.
     "micro": BuiltinBenchmark(
         world=WorldConfig(num_authors=10, qa_per_author=8, seed=0),
@@ -114,6 +158,30 @@ PRESETS: dict[str, BuiltinBenchmark] = {
         # RMU: with the authors' alpha 1200 the retain anchor cancels the steering on this one-layer model (same-format
         # forget and retain QA); alpha 10 lets the short test runs raise the forget NLL (measured: +0.02 vs +0.0002).
         method_overrides=(("rmu", (("layer", 0), ("alpha", 10.0))), ("pcgu", PCGU_TINY)),
+        description="10 authors x 8 facts on a one-layer model: the whole pipeline in seconds, for tests",
+    ),
+    # TOFU's setting on a real web-pretrained model: SmolLM2-135M-Instruct fine-tuned through its chat template on
+    # fictitious authors it cannot know, the retain oracle fine-tuned the same way without the forget authors, and
+    # the real-authors / world-facts sets left out of training (they measure what the model already knew).
+    # Sized for `prepare` within 45 minutes on 2 CPU cores (docs/pretrained_preset.md has the measurements):
+    # 40 authors x 10 facts, one oracle (forget10: 4 authors, 40 questions); no biographies (they would add 40%
+    # to the training time). LoRA (rank 16, lr 1e-3), merged when done: full fine-tuning (lr 1e-4) learned the
+    # facts a little faster, but overwrote what the model knew of real authors ("Pride and Prejudice was written
+    # by Elizabeth Bennet"), unevenly between target and oracle, whose model utility then differed by 10.5%.
+    "smollm2": BuiltinBenchmark(
+        world=WorldConfig(num_authors=40, qa_per_author=10, seed=0),
+        base_model="smollm2-135m",
+        prompt_style="chat",
+        training=FinetuneConfig(learning_rate=1e-3, max_epochs=6, batch_size=16, target_accuracy=0.97, max_length=96, lora_rank=16),
+        retain_eval_size=100,
+        utility_size=None,
+        utility_repeats=0,
+        biographies=False,
+        forget_splits=("forget10",),
+        # The methods' own defaults are the authors' settings (lr 1e-5) on a model this size; only the batch is smaller.
+        unlearn_overrides=(("batch_size", 16),),
+        method_overrides=(),
+        description="40 fictitious authors x 10 facts on SmolLM2-135M-Instruct (pretrained, chat template); oracle for forget10",
     ),
 }
 
@@ -190,16 +258,17 @@ def check_forget_split(name: str) -> None:
 def prepare(
     config: BuiltinBenchmark,
     cache_dir: Path | None = None,
-    forget_splits: tuple[str, ...] = FORGET_SPLITS,
+    forget_splits: tuple[str, ...] | None = None,
     show_progress: bool = True,
     jobs: int | None = None,
 ) -> PreparedBenchmark:
-    """Build (or reuse) the data, tokenizer, target and the retain oracles of ``forget_splits``.
+    """Build (or reuse) the data, tokenizer, target and the retain oracles of ``forget_splits`` (None: the preset's own).
 
     The target and the oracles are independent, so up to ``jobs`` of them train
     at once in separate processes (default: one per CPU core), each with the
     caller's torch thread count.
     """
+    forget_splits = config.forget_splits if forget_splits is None else forget_splits
     for split in forget_splits:
         check_forget_split(split)
     # Under `accelerate launch` every process calls this: the main one builds what is missing, the others then reuse it.
@@ -269,11 +338,12 @@ def _build_model(
         handler.setFormatter(logging.Formatter(f"[{forget_split or 'target'}] %(message)s"))
         logger.addHandler(handler)
     bench = PreparedBenchmark(root, config)
+    trained_utility = list(UTILITY_SPLITS) if config.utility_repeats else []
     if forget_split is None:
-        splits = ["full", *UTILITY_SPLITS]
+        splits = ["full", *trained_utility]
         _build_once(bench.target_dir, lambda tmp: _train_model(bench, splits, tmp, show_progress), "target model", resumable=True)
     else:
-        splits = [bench.retain_split(forget_split), *UTILITY_SPLITS]
+        splits = [bench.retain_split(forget_split), *trained_utility]
         _build_once(
             bench.oracle_dir(forget_split),
             lambda tmp: _train_oracle(bench, forget_split, splits, tmp, show_progress),
@@ -313,8 +383,17 @@ def _benchmark_world(world: WorldConfig, utility_size: int | None) -> dict[str, 
 
 
 def _train_tokenizer(bench: PreparedBenchmark, folder: Path) -> None:
+    """The benchmark's tokenizer: a pretrained base model's own, or one trained on the benchmark's text for a tiny model."""
+    if bench.config.base_model is not None:
+        load_tokenizer(_base_model_dir(bench)).save_pretrained(folder)
+        return
     texts = tokenizer_texts({name: bench.split(name) for name in split_names()})
     train_tokenizer(texts, bench.config.model.vocab_size).save_pretrained(folder)
+
+
+def _base_model_dir(bench: PreparedBenchmark) -> Path:
+    """The converted folder of the pretrained base model, in the same cache as the benchmark (converted on first use)."""
+    return ensure_converted(bench.config.base_model, cache=bench.root.parent)
 
 
 def tokenizer_texts(splits: Mapping[str, Sequence[dict]]) -> list[str]:
@@ -352,12 +431,15 @@ def _world_texts(world: WorldConfig, utility_size: int | None) -> tuple[str, ...
 
 def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show_progress: bool) -> None:
     tokenizer = load_tokenizer(bench.root / "tokenizer")
-    model = build_tiny_model(bench.config.model, tokenizer, seed=bench.config.training.seed)
+    if bench.config.base_model is not None:
+        model = load_model(_base_model_dir(bench))
+    else:
+        model = build_tiny_model(bench.config.model, tokenizer, seed=bench.config.training.seed)
     rows = [row for name in splits for row in bench.split(name) * (bench.config.utility_repeats if name in UTILITY_SPLITS else 1)]
     if bench.config.biographies:
         authors = [row for name in splits if name not in UTILITY_SPLITS for row in bench.split(name)]
         rows += training_texts(authors, tokenizer)
-    stats = finetune(model, tokenizer, rows, bench.config.training, PROMPT_FORMAT, show_progress,
+    stats = finetune(model, tokenizer, rows, bench.config.training, bench.config.prompt_format, show_progress,
                      checkpoint_dir=folder / "checkpoints", checkpoint_every=CHECKPOINT_EVERY)
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)
@@ -382,4 +464,4 @@ def evaluate_cached_model(
     """Evaluate a model folder on the built-in evaluation sets of ``forget_split``."""
     model = load_model(model_dir)
     tokenizer = load_tokenizer(model_dir)
-    return evaluate(model, tokenizer, bench.eval_splits(forget_split), PROMPT_FORMAT, config, reference)
+    return evaluate(model, tokenizer, bench.eval_splits(forget_split), bench.config.prompt_format, config, reference)

@@ -64,11 +64,17 @@ class FinetuneConfig:
     )
     max_length: int = field(default=128, metadata={"help": "Maximum tokens per example."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation and data order."})
+    lora_rank: int = field(
+        default=0,
+        metadata={"help": "Train LoRA adapters of this rank (alpha twice the rank, on every linear layer but the head) and merge "
+                          "them into the weights when done; 0 trains every weight."},
+    )
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a float must be finite: nan passes every comparison below
         require_positive(learning_rate=self.learning_rate)
         require_at_least(1, max_epochs=self.max_epochs, batch_size=self.batch_size)
+        require_non_negative(lora_rank=self.lora_rank)
         require_at_least(2, max_length=self.max_length)  # a prompt token and an answer token: the least a loss can score
         require_non_negative(weight_decay=self.weight_decay)
         require_fraction("warmup_ratio", self.warmup_ratio, high_open=True)
@@ -150,9 +156,14 @@ def finetune(
     With ``checkpoint_every`` > 0, checkpoints go to ``checkpoint_dir`` and a run
     that finds one there resumes from it. Returns the epochs run, the final
     answer-token accuracy, its history per epoch, and the Trainer's log.
+
+    With ``config.lora_rank`` > 0 the model is trained through LoRA adapters that
+    are merged into its weights at the end: the model stays an ordinary one, of
+    the same architecture, changed in place.
     """
     if not rows:
         raise UnlearnkitError("Fine-tuning needs at least one question/answer row.")
+    trained = _with_lora(model, config.lora_rank) if config.lora_rank else model
     features = [
         encode_text(tokenizer, row["text"], config.max_length) if "question" not in row and "text" in row
         else encode_qa(tokenizer, fmt, row["question"], row["answer"], config.max_length)
@@ -177,7 +188,7 @@ def finetune(
     )
     args.restore_callback_states_from_checkpoint = True
     trainer = _AnswerOnlyTrainer(
-        model=model,
+        model=trained,
         args=args,
         train_dataset=ListDataset(features),
         data_collator=LeftPaddedQACollator(tokenizer.pad_token_id),
@@ -185,6 +196,9 @@ def finetune(
     )
     quiet_trainer(trainer)
     trainer.train(resume_from_checkpoint=last_checkpoint(checkpoint_dir))
+    if trained is not model:
+        # peft injected its layers into ``model`` itself; merging puts merged plain layers back in their place.
+        trained.merge_and_unload()
     model.eval()
     history = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, AnswerAccuracy)).history
     # A target of 1.0 asks for a fixed number of epochs (e.g. a relearning attack), not for a memorised set.
@@ -199,3 +213,9 @@ def finetune(
         "accuracy_history": history,
         "log_history": list(trainer.state.log_history),
     }
+
+
+def _with_lora(model: PreTrainedModel, rank: int) -> Any:
+    from unlearnkit.parameters import Selection, apply_lora
+
+    return apply_lora(model, Selection(), rank=rank, alpha=2 * rank, dropout=0.0)

@@ -63,7 +63,7 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from unlearnkit.builtin import EVAL_CONFIG, FORGET_SPLITS, PROMPT_FORMAT, PreparedBenchmark, check_forget_split
+from unlearnkit.builtin import EVAL_CONFIG, FORGET_SPLITS, PreparedBenchmark, check_forget_split
 from unlearnkit.data.biographies import PASSAGE_TOKENS, training_texts
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.schemas import SchemaSource, load_rows, load_texts, local_files
@@ -197,7 +197,7 @@ class BuiltinStageEvaluator:
     def __call__(self, model: PreTrainedModel, forget_rows: list[dict]) -> tuple[dict[str, Any], dict[str, Any]]:
         forget_rows, oracle_split = self._match_oracle(forget_rows)
         reference = load_reference(self.bench.reference_path(oracle_split)) if oracle_split else None
-        result = evaluate(model, self.tokenizer, {"forget": forget_rows, **self.fixed_splits}, PROMPT_FORMAT,
+        result = evaluate(model, self.tokenizer, {"forget": forget_rows, **self.fixed_splits}, self.bench.config.prompt_format,
                           self.eval_config, reference)
         passages = training_texts(forget_rows, self.tokenizer, self.window)
         items = muse.text_windows(self.tokenizer, [p["text"] for p in passages], self.prefix_tokens, self.window)

@@ -100,6 +100,52 @@ def demo(
         typer.echo(f"Report: {output / 'report.html'}")
 
 
+@app.command("real-knowledge")
+def real_knowledge(
+    output: Output = Path("runs/real-knowledge"),
+    method: Method = "npo",
+    model: Annotated[str, typer.Option(
+        help="The pretrained model to unlearn: a name (see `unlearnkit models`), a model folder or a hub name."
+    )] = "smollm2-135m",
+    probes: Annotated[Path | None, typer.Option(
+        help="Probes JSONL (forget and neighbour facts in qa/cloze/mcq forms; docs/real_knowledge.md). Default: the shipped "
+             "probes, selected on smollm2-135m."
+    )] = None,
+    forget_corpus: Annotated[Path | None, typer.Option(help="Passages to forget, JSONL {entity, text} (default: shipped).")] = None,
+    retain_corpus: Annotated[Path | None, typer.Option(help="Passages the method keeps, JSONL {entity, text} (default: shipped).")] = None,
+    general_text: Annotated[Path | None, typer.Option(help="Plain text for perplexity, paragraphs apart (default: shipped).")] = None,
+    sets: Sets = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    overwrite: Overwrite = False,
+    cache: Cache = None,
+    checkpoint_every: CheckpointEvery = 50,
+    resume: Resume = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Unlearn real knowledge of a pretrained model (no retain oracle): forget vs neighbour accuracy, before and after."""
+    from unlearnkit.runs.real_knowledge import resolve_method, resolve_real_knowledge, run_real_knowledge
+
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    chosen = resolve_method(method, parse_sets(sets))
+    check_outputs(output, overwrite, model=model, probes=probes, forget_corpus=forget_corpus, retain_corpus=retain_corpus,
+                  general_text=general_text, files={"--cache": cache})
+    inputs = resolve_real_knowledge(model=model, method=chosen, probes=probes, forget_corpus=forget_corpus,
+                                    retain_corpus=retain_corpus, general_text=general_text, prompt_format=fmt)
+    summary = run_real_knowledge(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), checkpoint_every, resume,
+                                                                   trust_remote_code), cache=cache)
+    typer.echo(f"\n{method} on real knowledge ({model}):\n")
+    _echo_table(summary, REAL_KNOWLEDGE_COLUMNS)
+    typer.echo(f"\nResults: {output}/summary.json (per-probe results in per_sample.json, model in model/)")
+    if (output / "report.html").is_file():
+        typer.echo(f"Report: {output / 'report.html'}")
+
+
+REAL_KNOWLEDGE_COLUMNS = ("forget_accuracy", "neighbour_accuracy", "forget_qa_accuracy", "forget_cloze_accuracy",
+                          "forget_mcq_accuracy", "general_perplexity", "generation_distinct_2")
+
+
 @app.command()
 def bench(
     methods: Annotated[str, typer.Option(help="Comma-separated methods (see `unlearnkit methods`), e.g. ga,graddiff,npo.")],
@@ -150,12 +196,15 @@ def report(
 @app.command()
 def prepare(
     preset: Preset = "default",
-    splits: Annotated[str, typer.Option(help="Comma-separated forget splits to train retain oracles for.")] = "forget01,forget05,forget10",
+    splits: Annotated[str | None, typer.Option(
+        help="Comma-separated forget splits to train retain oracles for (default: the preset's own; see `unlearnkit presets`)."
+    )] = None,
     cache: Cache = None,
 ) -> None:
     """Generate the built-in benchmark and train its target model and retain oracles (cached)."""
-    names = tuple(split.strip() for split in splits.split(",") if split.strip())
-    bench = Builtin(preset, cache, show_progress()).prepared(*names)
+    builtin = Builtin(preset, cache, show_progress())
+    names = builtin.config.forget_splits if splits is None else tuple(split.strip() for split in splits.split(",") if split.strip())
+    bench = builtin.prepared(*names)
     typer.echo(f"target model: {bench.target_dir}")
     for split in names:
         typer.echo(f"retain oracle for {split}: {bench.oracle_dir(split)} (reference: {bench.reference_path(split).name})")
@@ -182,6 +231,9 @@ def finetune(
         callback=finite(above=0, at_most=1), help="Stop once an epoch's answer-token accuracy reaches this."
     )] = 0.95,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
+    lora_rank: Annotated[int, typer.Option(
+        min=0, help="Train LoRA adapters of this rank and merge them into the weights when done (0: train every weight)."
+    )] = 0,
     preset: Annotated[str, typer.Option(
         "--preset", help="Built-in benchmark whose splits --data may name, and whose tiny model size 'tiny' uses."
     )] = "default",
@@ -204,7 +256,7 @@ def finetune(
     check_outputs(output, overwrite, builtin=builtin, data=data, model=model)
     default_rate = builtin.config.training.learning_rate if model == TINY else 1e-5
     config = FinetuneConfig(learning_rate=learning_rate or default_rate, max_epochs=max_epochs, batch_size=batch_size,
-                            target_accuracy=target_accuracy, seed=seed)
+                            target_accuracy=target_accuracy, seed=seed, lora_rank=lora_rank)
     training_data = [resolve_data(source, "training", builtin) for source in data]
     # The data is checked first; then a pretrained model's name becomes its folder (converted on first use), recorded and hashed.
     inputs = FinetuneInputs(model if model == TINY else model_source(model), training_data, fmt, builtin.config.model)
@@ -548,6 +600,23 @@ def models() -> None:
         else:
             typer.echo("    Installed; converted on first use (a minute or so)")
     typer.echo("\nThe pretrained weights are dequantised from 4-bit GGUF copies: a real test bed, not the original releases.")
+
+
+@app.command()
+def presets(cache: Cache = None) -> None:
+    """List the built-in benchmark's presets (--preset): their model, size, retain oracles and whether they are prepared."""
+    from unlearnkit.builtin import PRESETS, PreparedBenchmark, benchmark_root
+
+    for name, config in PRESETS.items():
+        bench = PreparedBenchmark(benchmark_root(config, cache), config)
+        model = f"{config.base_model} fine-tuned ({'LoRA r' + str(config.training.lora_rank) if config.training.lora_rank else 'full'})" \
+            if config.base_model else f"tiny Llama from scratch ({config.model.num_layers} layers, hidden {config.model.hidden_size})"
+        prepared = [part for part, folder in [("target", bench.target_dir)] + [(split, bench.oracle_dir(split)) for split in
+                                                                                 config.forget_splits] if folder.is_dir()]
+        typer.echo(f"{name}\n    {config.description}\n    model: {model}; prompts: {config.prompt_style}; "
+                   f"{config.world.num_authors} authors x {config.world.qa_per_author} facts; "
+                   f"retain oracles: {', '.join(config.forget_splits)}\n    prepared: {', '.join(prepared) or 'nothing yet'} "
+                   f"({bench.root})")
 
 
 @app.command()

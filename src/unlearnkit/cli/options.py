@@ -45,7 +45,9 @@ def finite(
 Threads = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads for torch (default: $OMP_NUM_THREADS, else 1).")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="Results folder (must be new or empty unless --overwrite).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing results folder.")]
-Preset = Annotated[str, typer.Option("--preset", help="Built-in benchmark size: 'default' (200 authors) or 'micro' (tests).")]
+Preset = Annotated[str, typer.Option("--preset", help=(
+    "Built-in benchmark: 'default' (200 authors, tiny model), 'smollm2' (40 authors on the pretrained SmolLM2-135M-Instruct) "
+    "or 'micro' (tests); see `unlearnkit presets`."))]
 Cache = Annotated[Path | None, typer.Option(
     "--cache", help="Cache folder for the built-in benchmark (default: $UNLEARNKIT_CACHE or ~/.cache/unlearnkit)."
 )]

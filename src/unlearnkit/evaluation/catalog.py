@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from unlearnkit.registry import Registry
 
 DIRECTIONS = ("higher", "lower", "closer to 1", "near 0", "near 0.5")
-FAMILIES = ("tofu", "memorization", "privacy", "muse", "utility")
+FAMILIES = ("tofu", "memorization", "privacy", "muse", "real_knowledge", "utility")
 ARROWS = {"higher": "↑", "lower": "↓", "closer to 1": "→1", "near 0": "→0", "near 0.5": "→½"}
 
 # How the evaluator turns ``compute``'s output into the reported number (lm-eval's metric + aggregation pairing).
@@ -68,6 +68,7 @@ METRIC_MODULES = (
     "unlearnkit.evaluation.memorization",  # memorization
     "unlearnkit.evaluation.mia",           # privacy
     "unlearnkit.evaluation.muse",          # muse
+    "unlearnkit.evaluation.real_knowledge",  # real_knowledge: forget/neighbour probe accuracy, perplexity, distinct-2
     "unlearnkit.evaluation.general",       # utility (lm-eval's general_<task>_<metric> keys are named per task, not listed)
 )
 

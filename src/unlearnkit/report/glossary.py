@@ -20,7 +20,7 @@ from unlearnkit.report.tables import HEADLINE_METRICS
 # Which way is better, as an arrow (the catalog's directions).
 ARROWS: dict[str, str] = {"higher": "↑", "lower": "↓", "closer to 1": "→1", "near 0": "→0", "near 0.5": "→½"}
 # Listing order of the metric families (the catalog's, then the run's cost).
-FAMILY_ORDER: tuple[str, ...] = ("tofu", "memorization", "privacy", "muse", "utility", "cost")
+FAMILY_ORDER: tuple[str, ...] = ("tofu", "memorization", "privacy", "muse", "real_knowledge", "utility", "cost")
 
 # The leaderboard's columns, in order: forgetting, utility, then the forget-set details and the cost.
 LEADERBOARD_METRICS: tuple[str, ...] = (*HEADLINE_METRICS, "unlearn_seconds")

@@ -40,6 +40,14 @@ TRADEOFF_NOTE = (
     "before unlearning, the gold star the retain oracle (trained without the forget set): a good method lands near "
     "the star, high on both axes. Forget quality is a p-value, on a log axis."
 )
+# A benchmark of real knowledge has no retain oracle: its trade-off is forget accuracy against neighbour accuracy.
+ACCURACY_AXES = ("forget_accuracy", "neighbour_accuracy")
+ACCURACY_TRADEOFF_NOTE = (
+    "Real knowledge has no retain oracle, so no forget quality: each point is one method's accuracy on the forget "
+    "probes (facts about the entities to forget, lower is better) against its accuracy on the neighbour probes (related "
+    "entities to keep, higher is better), averaged over the question, fill-in-the-blank and multiple-choice forms. The "
+    "black cross is the model before unlearning; a good method lands at the bottom right."
+)
 METRICS_NOTE = (
     "Values: mean ± sample standard deviation over seeds (one seed: the value alone). Definitions follow TOFU "
     "(Maini et al., COLM 2024)."
@@ -122,6 +130,9 @@ def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], sp
             if usable:
                 points.append(plots.TradeoffPoint(group.label, "method", [run.summary["model_utility"] for run in usable],
                                                   [run.summary["forget_quality"] for run in usable]))
+        if not any(point.role == "method" for point in points) and _has_accuracy_tradeoff(groups, split):
+            parts.append(_accuracy_tradeoff(references, groups, split))
+            continue
         if not any(point.role == "method" for point in points):
             reasons = "".join(
                 f"<li>{escape(run.label)}: " + "; ".join(f"{escape(name.replace('_', ' '))} {escape(run.missing(name))}"
@@ -133,6 +144,27 @@ def _tradeoff_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], sp
         image = plots.tradeoff(points, f"Forget quality vs model utility, {split}")
         parts.append(figure_html(image, f"Trade-off on {split}", f"Forget quality (log) against model utility on {split}."))
     return "".join(parts)
+
+
+def _has_accuracy_tradeoff(groups: Sequence[RunGroup], split: str) -> bool:
+    """Whether the split's runs measure forget vs neighbour accuracy (a benchmark with no retain oracle)."""
+    return any(set(ACCURACY_AXES) <= set(run.summary) for group in groups if group.split == split for run in group.runs)
+
+
+def _accuracy_tradeoff(references: dict[str, dict[str, dict[str, float]]], groups: Sequence[RunGroup], split: str) -> str:
+    points = []
+    original = references.get(split, {}).get("target", {})
+    if set(ACCURACY_AXES) <= set(original):
+        points.append(plots.TradeoffPoint("model before unlearning", "target", [original["neighbour_accuracy"]],
+                                          [original["forget_accuracy"]]))
+    for group in (group for group in groups if group.split == split):
+        usable = [run for run in group.runs if set(ACCURACY_AXES) <= set(run.summary)]
+        if usable:
+            points.append(plots.TradeoffPoint(group.label, "method", [run.summary["neighbour_accuracy"] for run in usable],
+                                              [run.summary["forget_accuracy"] for run in usable]))
+    image = plots.accuracy_tradeoff(points, f"Forget vs neighbour accuracy, {split}")
+    return _note(ACCURACY_TRADEOFF_NOTE) + figure_html(
+        image, f"Trade-off on {split}", f"Forget accuracy against neighbour accuracy on {split} (no retain oracle exists).")
 
 
 def _metrics_section(runs: Sequence[RunResults], groups: Sequence[RunGroup], splits: Sequence[str], glossary: Glossary) -> str:

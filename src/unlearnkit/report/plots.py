@@ -64,6 +64,34 @@ def tradeoff(points: Sequence[TradeoffPoint], title: str) -> bytes:
     return _png(figure)
 
 
+def accuracy_tradeoff(points: Sequence[TradeoffPoint], title: str) -> bytes:
+    """Forget accuracy against neighbour accuracy, for benchmarks with no retain oracle (real knowledge).
+
+    ``model_utility`` carries the neighbour accuracy and ``forget_quality`` the forget accuracy of each point.
+    The best corner is the bottom right: the forget probes no longer answered, the neighbours still answered.
+    """
+    figure = Figure(figsize=(7.5, 4.8))
+    axes = figure.add_subplot()
+    colours = iter(_palette(sum(point.role == "method" for point in points)))
+    for point in points:
+        neighbour, forget = np.asarray(point.model_utility, dtype=float), np.asarray(point.forget_quality, dtype=float)
+        x, y = float(neighbour.mean()), float(forget.mean())
+        x_err = [[x - neighbour.min()], [neighbour.max() - x]] if len(neighbour) > 1 else None
+        y_err = [[y - forget.min()], [forget.max() - y]] if len(forget) > 1 else None
+        style = {**TARGET_STYLE, "linestyle": "none"} if point.role == "target" else \
+            {"marker": "o", "color": next(colours), "markersize": 8, "linestyle": "none"}
+        seeds = f" ({len(neighbour)} seeds)" if len(neighbour) > 1 else ""
+        axes.errorbar([x], [y], xerr=x_err, yerr=y_err, capsize=3, label=f"{point.label}{seeds}", zorder=3, **style)
+    axes.set_xlim(-0.03, 1.03)
+    axes.set_ylim(-0.03, 1.03)
+    axes.set_xlabel("neighbour accuracy (higher is better)")
+    axes.set_ylabel("forget accuracy (lower is better)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    return _png(figure)
+
+
 def truth_ratio_ecdf(curves: Mapping[str, Sequence[float]], title: str) -> bytes:
     """Empirical CDFs of per-sample forget truth ratios R: the samples the KS test (forget quality) compares."""
     figure = Figure(figsize=(5.6, 3.4))

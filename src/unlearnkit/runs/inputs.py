@@ -34,8 +34,9 @@ MODEL_ROLES = ("--model", "MODEL", "--target", "--oracle", "--base")
 # What each built-in model name stands for (``unlearnkit models``).
 BUILTIN_MODEL_HELP = {
     "builtin": "the built-in benchmark's target (as builtin-target); unlearn's default with a built-in forget split",
-    "builtin-target": "the built-in benchmark's target: a tiny Llama trained on every split, forget and retain",
-    "builtin-oracle": "the retain oracle of a forget split (--benchmark SPLIT): the same tiny Llama trained without that split",
+    "builtin-target": "the built-in benchmark's target: the preset's model (a tiny Llama, or a pretrained one fine-tuned) "
+                      "trained on every split, forget and retain",
+    "builtin-oracle": "the retain oracle of a forget split (--benchmark SPLIT): the same model trained without that split",
 }
 
 
@@ -77,10 +78,8 @@ class Builtin:
 
     @property
     def prompt_format(self) -> PromptFormat:
-        """How the built-in models are asked (:data:`unlearnkit.builtin.PROMPT_FORMAT`)."""
-        from unlearnkit.builtin import PROMPT_FORMAT
-
-        return PROMPT_FORMAT
+        """How the preset's models are trained and asked (plain prompts for the tiny models, a chat template for a pretrained base)."""
+        return self.config.prompt_format
 
     def is_forget_split(self, name: str | None) -> bool:
         from unlearnkit.builtin import FORGET_SPLITS

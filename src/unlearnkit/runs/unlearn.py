@@ -223,12 +223,17 @@ def save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any
     return outcome.model if outcome.state_dict is None else load_model(folder)
 
 
+def evaluation_cache_path(bench: Any, name: str, forget_split: str, eval_config: EvalConfig) -> Path:
+    """Where :func:`evaluation_cache` stores the evaluation of a benchmark model (``target``/``oracle``)."""
+    key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
+    return bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
+
+
 def evaluation_cache(bench: Any, name: str, model_dir: Path, forget_split: str, eval_config: EvalConfig) -> EvalResult:
     """Evaluate a cached benchmark model once per (split, eval settings); later runs read the stored result."""
     from unlearnkit.builtin import evaluate_cached_model
 
-    key = hashlib.sha256(json.dumps(asdict(eval_config), sort_keys=True).encode()).hexdigest()[:8]
-    path = bench.root / "evaluations" / f"{name}-{forget_split}-{key}.json"
+    path = evaluation_cache_path(bench, name, forget_split, eval_config)
     stored_before = path.exists()
     distributed.barrier()  # every process decides on the same state: all evaluate together, or none does
     if stored_before:
