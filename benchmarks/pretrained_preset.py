@@ -117,18 +117,20 @@ def markdown(record: dict) -> str:
         for name, result in record["training"].items():
             lines.append(f"| {name} | " + " | ".join(f"{value:.3f}" for value in result["accuracy_per_epoch"])
                          + f" | {result['seconds']:.0f} |")
-        lines.append("")
-    if "evaluation" in record:
-        evaluation = record["evaluation"]
+        lines += ["", record["training_note"], ""] if record.get("training_note") else [""]
+    for key, heading in (("evaluation", "Target and retain oracle"), ("evaluation_rejected", "A configuration measured and rejected")):
+        if key not in record:
+            continue
+        evaluation = record[key]
         sizes = ", ".join(f"{name} {size}" for name, size in evaluation["evaluation_rows"].items())
-        lines += ["## Target and retain oracle", "",
+        lines += [f"## {heading}", "", *([evaluation["note"], ""] if evaluation.get("note") else []),
                   f"Evaluated on {evaluation['split']} (rows: {sizes}), forget quality against the oracle's reference.", "",
                   "| model | epochs | answer-token accuracy | forget quality | model utility | forget ROUGE-L | retain ROUGE-L |"
-                  " evaluation time (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  " real-authors ROUGE-L | world-facts ROUGE-L | evaluation time (s) |", "|---|" + "---:|" * 9]
         for role, row in evaluation["models"].items():
             lines.append(f"| {role} | {row['epochs']} | {row['answer_accuracy']:.3f} | {row['forget_quality']:.3g} | "
                          f"{row['model_utility']:.3f} | {row['forget_rouge_l']:.3f} | {row['retain_rouge_l']:.3f} | "
-                         f"{row['evaluation_seconds']:.0f} |")
+                         f"{row['real_authors_rouge_l']:.3f} | {row['world_facts_rouge_l']:.3f} | {row['evaluation_seconds']:.0f} |")
         lines += ["", "Discrimination criteria:", ""]
         lines += [f"- {name}: {'met' if met else 'NOT met'}" for name, met in evaluation["criteria"].items()]
         lines.append("")
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2, help="Torch threads for --evaluation.")
+    parser.add_argument("--note", default="", help="A sentence on the conditions of the --training measurement (e.g. other load).")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one training setting in this process
@@ -154,6 +157,7 @@ def main() -> None:
         record = {**json.loads(args.json.read_text(encoding="utf-8")), **record}
     if args.training:
         record["training"] = measure_training(args.rows, args.epochs)
+        record["training_note"] = args.note
     if args.evaluation:
         from unlearnkit.runtime import set_threads
 
