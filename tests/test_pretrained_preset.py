@@ -167,3 +167,17 @@ def test_finetune_lora_rank_saves_an_ordinary_model(micro_cache: Path, tmp_path:
 def test_finetune_refuses_a_negative_lora_rank(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert run_cli(["finetune", "--data", "forget10", "--lora-rank", "-1", "--output", str(tmp_path / "x")], monkeypatch) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_a_pretrained_preset_does_not_advise_more_epochs(
+    tmp_path: Path, stand_in_base: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its epochs are its schedule: ending below the early-stopping accuracy is expected, not a mistake to fix."""
+    micro = PRESETS["micro"]
+    base = replace(micro, forget_splits=("forget10",), training=replace(micro.training, max_epochs=1))
+    with caplog.at_level("WARNING", logger="unlearnkit"):
+        prepare(replace(base, base_model="smollm2-135m"), tmp_path / "pretrained", show_progress=False, jobs=1)
+    assert "raise max_epochs" not in caplog.text
+    with caplog.at_level("WARNING", logger="unlearnkit"):
+        prepare(base, tmp_path / "tiny", show_progress=False, jobs=1)  # one epoch: a tiny model from scratch falls short
+    assert "raise max_epochs" in caplog.text
