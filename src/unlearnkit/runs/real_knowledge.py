@@ -102,10 +102,9 @@ def resolve_real_knowledge(
 ) -> RealKnowledgeInputs:
     """Read and check every input (the shipped data where a path is None) before any model loads."""
     from unlearnkit.data.real_knowledge import load_corpus, load_general_text, load_generation_prompts, load_probes, probes_in_corpus
-    from unlearnkit.pretrained import is_pretrained_name
     from unlearnkit.runs.inputs import resolve_model
 
-    if probes is None and not (is_pretrained_name(model) and model == SHIPPED_PROBES_MODEL):
+    if probes is None and model != SHIPPED_PROBES_MODEL:
         raise UnlearnkitError(
             f"The shipped probes were selected on {SHIPPED_PROBES_MODEL} (each one answered correctly by it before unlearning), "
             f"so they say nothing about {model}. Select probes your model answers (benchmarks/select_real_knowledge.py "
