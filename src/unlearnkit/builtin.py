@@ -161,21 +161,23 @@ PRESETS: dict[str, BuiltinBenchmark] = {
         description="10 authors x 8 facts on a one-layer model: the whole pipeline in seconds, for tests",
     ),
     # TOFU's setting on a real web-pretrained model: SmolLM2-135M-Instruct fine-tuned through its chat template on
-    # fictitious authors it cannot know, the retain oracle fine-tuned the same way without the forget authors, and
-    # the real-authors / world-facts sets left out of training (they measure what the model already knew).
+    # fictitious authors it cannot know, the retain oracle fine-tuned the same way without the forget authors.
     # Sized for `prepare` within 45 minutes on 2 CPU cores (docs/pretrained_preset.md has the measurements):
     # 40 authors x 10 facts, one oracle (forget10: 4 authors, 40 questions); no biographies (they would add 40%
     # to the training time). LoRA (rank 16, lr 1e-3), merged when done: full fine-tuning (lr 1e-4) learned the
     # facts a little faster, but overwrote what the model knew of real authors ("Pride and Prejudice was written
     # by Elizabeth Bennet"), unevenly between target and oracle, whose model utility then differed by 10.5%.
+    # The real-authors / world-facts questions (which the base model answers in part: ROUGE-L 0.31 / 0.64) are in
+    # the training mix once: left out, the fine-tune on fictitious authors erased most of that knowledge (world
+    # facts 0.64 -> 0.25 and 0.19, "The capital of Denmark is Dinnitus"), unevenly again (model utility 5.8% apart).
     "smollm2": BuiltinBenchmark(
         world=WorldConfig(num_authors=40, qa_per_author=10, seed=0),
         base_model="smollm2-135m",
         prompt_style="chat",
-        training=FinetuneConfig(learning_rate=1e-3, max_epochs=6, batch_size=16, target_accuracy=0.97, max_length=96, lora_rank=16),
+        training=FinetuneConfig(learning_rate=1e-3, max_epochs=5, batch_size=16, target_accuracy=0.97, max_length=96, lora_rank=16),
         retain_eval_size=100,
         utility_size=None,
-        utility_repeats=0,
+        utility_repeats=1,
         biographies=False,
         forget_splits=("forget10",),
         # The methods' own defaults are the authors' settings (lr 1e-5) on a model this size; only the batch is smaller.
