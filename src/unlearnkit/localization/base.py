@@ -52,14 +52,17 @@ class LocatedSelection:
     ``rows`` / ``columns`` narrow further to single neurons: parameter name ->
     the indices along dimension 0 (rows: an output neuron of a linear layer) or
     dimension 1 (columns: e.g. ``mlp.down_proj`` columns are the FFN's
-    intermediate neurons) that may change. A parameter absent from both maps
-    changes whole (when the layer/module restriction selects it).
+    intermediate neurons) that may change; ``weight_masks`` to single weights.
+    With any of the three, only the parameters they name change; without them,
+    whole parameters change (those the layer/module restriction selects).
     """
 
     layers: tuple[int, ...] | None = None
     target_modules: tuple[str, ...] | None = None
     rows: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     columns: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # Parameters selected weight by weight: their boolean masks (same shape) are score arrays named ``mask/<name>``.
+    weight_masks: tuple[str, ...] = ()
 
     @property
     def module_selection(self) -> Selection:
@@ -67,7 +70,7 @@ class LocatedSelection:
 
     @property
     def has_neurons(self) -> bool:
-        return bool(self.rows) or bool(self.columns)
+        return bool(self.rows) or bool(self.columns) or bool(self.weight_masks)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -75,6 +78,7 @@ class LocatedSelection:
             "target_modules": list(self.target_modules) if self.target_modules is not None else None,
             "rows": {name: list(indices) for name, indices in self.rows.items()},
             "columns": {name: list(indices) for name, indices in self.columns.items()},
+            "weight_masks": list(self.weight_masks),
         }
 
     @classmethod
@@ -87,6 +91,7 @@ class LocatedSelection:
                 target_modules=tuple(str(name) for name in modules) if modules is not None else None,
                 rows={str(name): tuple(int(i) for i in indices) for name, indices in (data.get("rows") or {}).items()},
                 columns={str(name): tuple(int(i) for i in indices) for name, indices in (data.get("columns") or {}).items()},
+                weight_masks=tuple(str(name) for name in data.get("weight_masks") or ()),
             )
         except (TypeError, ValueError, AttributeError) as error:
             raise UnlearnkitError(
@@ -167,28 +172,41 @@ def check_fits(localization: Localization, model: nn.Module, source: str = "the 
             shape = parameters[name].shape
             if len(shape) <= dim or any(not 0 <= index < shape[dim] for index in indices):
                 raise UnlearnkitError(f"{source} selects {kind} of {name!r} outside its shape {tuple(shape)}.")
+    for name in selection.weight_masks:
+        if name not in parameters:
+            raise UnlearnkitError(f"{source} selects weights of {name!r}, which this model does not have.")
+        mask = localization.scores.get(f"mask/{name}")
+        if mask is None or tuple(mask.shape) != tuple(parameters[name].shape):
+            raise UnlearnkitError(f"{source} has no mask of {name!r} in the shape {tuple(parameters[name].shape)}; "
+                                  "run `unlearnkit localize` again.")
 
 
 def selected_parameters(model: nn.Module, selection: LocatedSelection) -> list[str]:
     """Names of the parameters a localized method trains: the module/layer restriction, narrowed to the neuron maps."""
     names = selected_parameter_names(model, selection.module_selection)
     if selection.has_neurons:
-        located = set(selection.rows) | set(selection.columns)
+        located = set(selection.rows) | set(selection.columns) | set(selection.weight_masks)
         names = [name for name in names if name in located]
     return names
 
 
-def neuron_masks(model: nn.Module, selection: LocatedSelection) -> dict[str, torch.Tensor]:
-    """Per-parameter 0/1 masks (same shape as the weight) that keep only the located rows/columns; empty without neurons."""
+def neuron_masks(model: nn.Module, localization: Localization) -> dict[str, torch.Tensor]:
+    """Per-parameter boolean masks (the weight's shape) of what may change; empty when whole parameters change.
+
+    A parameter's mask is the union of its located rows, columns and single weights.
+    """
+    selection = localization.selection
     parameters = dict(model.named_parameters())
     masks: dict[str, torch.Tensor] = {}
-    for name in set(selection.rows) | set(selection.columns):
+    for name in set(selection.rows) | set(selection.columns) | set(selection.weight_masks):
         weight = parameters[name]
-        mask = torch.zeros_like(weight, dtype=torch.bool)
+        mask = torch.zeros(weight.shape, dtype=torch.bool, device=weight.device)
         if name in selection.rows:
             mask[list(selection.rows[name])] = True
         if name in selection.columns:
             mask[:, list(selection.columns[name])] = True
+        if name in selection.weight_masks:
+            mask |= localization.scores[f"mask/{name}"].to(device=weight.device).bool()
         masks[name] = mask
     return masks
 
