@@ -13,7 +13,6 @@ from unlearnkit.attacks import ATTACKS, AuditConfig, AuditData
 from unlearnkit.attacks.linear_probe import fit_logistic_probe, pairwise_accuracy, probe_scores, statement_features
 from unlearnkit.attacks.logit_lens import (
     candidate_tokens,
-    final_norm,
     lens_distributions,
     lens_inputs,
     lens_target_rule,
@@ -24,6 +23,7 @@ from unlearnkit.attacks.logit_lens import (
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, train_tokenizer
+from unlearnkit.parameters import final_norm
 
 PLAIN = PromptFormat("plain")
 

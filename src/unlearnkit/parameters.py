@@ -88,6 +88,34 @@ def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return max(candidates, key=lambda pair: len(pair[1]))
 
 
+def final_norm(model: nn.Module) -> nn.Module:
+    """The norm applied to the last layer's output before the head (``model.norm``, ``transformer.ln_f``, ...).
+
+    Found generically: a normalisation module (its class name says "Norm")
+    beside the decoder layers, not an embedding norm; when there are several,
+    the one registered after the layers.
+    """
+    name, blocks = decoder_layers(model)
+    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
+    norms, after = [], []
+    seen_layers = False
+    for child_name, child in parent.named_children():
+        if child is blocks:
+            seen_layers = True
+        elif "norm" in type(child).__name__.lower() and "emb" not in child_name.lower():
+            norms.append(child)
+            if seen_layers:
+                after.append(child)
+    if after:
+        return after[-1]
+    if len(norms) == 1:
+        return norms[0]
+    raise UnlearnkitError(
+        f"Could not find the final norm of {type(model).__name__} beside its decoder layers ({name}); "
+        "the logit lens and editing need a standard decoder-only transformer with a final norm before the head."
+    )
+
+
 def check_layers_exist(model: nn.Module, layers: Sequence[int], option: str = "layers") -> None:
     """Refuse a layer index past the model's depth, naming the option to change."""
     _, blocks = decoder_layers(model)

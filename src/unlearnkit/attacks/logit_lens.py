@@ -42,7 +42,7 @@ from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, regis
 from unlearnkit.attacks.knowledge import fact_location, recall_rule
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.parameters import check_layers_exist, decoder_layers, parse_layers
+from unlearnkit.parameters import check_layers_exist, decoder_layers, final_norm, parse_layers
 
 PAPER = ('Patil, Hase & Bansal, "Can Sensitive Information Be Deleted From LLMs? '
          'Objectives for Defending Against Extraction Attacks", ICLR 2024')
@@ -135,34 +135,6 @@ def recorded_layers(
     finally:
         for handle in handles:
             handle.remove()
-
-
-def final_norm(model: nn.Module) -> nn.Module:
-    """The norm applied to the last layer's output before the head (``model.norm``, ``transformer.ln_f``, ...).
-
-    Found generically: a normalisation module (its class name says "Norm")
-    beside the decoder layers, not an embedding norm; when there are several,
-    the one registered after the layers.
-    """
-    name, blocks = decoder_layers(model)
-    parent = model.get_submodule(name.rsplit(".", 1)[0]) if "." in name else model
-    norms, after = [], []
-    seen_layers = False
-    for child_name, child in parent.named_children():
-        if child is blocks:
-            seen_layers = True
-        elif "norm" in type(child).__name__.lower() and "emb" not in child_name.lower():
-            norms.append(child)
-            if seen_layers:
-                after.append(child)
-    if after:
-        return after[-1]
-    if len(norms) == 1:
-        return norms[0]
-    raise UnlearnkitError(
-        f"Could not find the final norm of {type(model).__name__} beside its decoder layers ({name}); "
-        "the logit-lens attacks need a standard decoder-only transformer with a final norm before the head."
-    )
 
 
 @dataclass
