@@ -91,6 +91,7 @@ def unlearn(
     subject_to: str | None = None,
     patience: int = 0,
     eval_rows: int = 0,
+    localize: PathLike | None = None,
     progress: bool = True,
 ) -> Results:
     """``unlearnkit unlearn``: unlearn ``forget`` from ``model`` with ``method`` and write the results folder ``output``.
@@ -100,7 +101,8 @@ def unlearn(
     own forget data needs the model named). ``settings`` are the method's hyperparameters (``--set KEY=VALUE``), e.g.
     ``{"learning_rate": 1e-5, "num_epochs": 5}``; ``unlearnkit methods -v`` lists them. ``real_authors``, ``world_facts``
     and ``holdout`` are evaluated with the forget and retain data, as ``evaluate`` takes them. ``evaluate_after=False``
-    is ``--no-eval``. The summary is empty without evaluation.
+    is ``--no-eval``. ``localize``: a localization folder (:func:`localize`); only the weights it selects train
+    (the same as ``settings={"localize": ...}``). The summary is empty without evaluation.
     """
     from unlearnkit.evaluation.evaluator import EvalConfig
     from unlearnkit.evaluation.tracking import TrackingConfig
@@ -115,14 +117,15 @@ def unlearn(
                        for name, value in {"real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}.items()}
     fmt = _prompt_format(prompt_format, system_prompt, date_string)
     builtin = Builtin(preset, _optional_path(cache), progress)
+    settings = with_localize(_settings(settings), _optional_path(localize))
     check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain, oracle_reference=oracle_reference,
-                  **evaluation_data)
+                  localize=settings.get("localize"), **evaluation_data)
     tracking = TrackingConfig(every=eval_every, select_best=select_best, subject_to=subject_to, patience=patience, max_rows=eval_rows)
     if tracking.enabled and not evaluate_after:
         raise UnlearnkitError("--eval-every (eval_every) evaluates on the evaluation sets during training: drop --no-eval "
                               "(evaluate_after=False).")
     # The built-in target (named, or the default with a built-in split) gets the benchmark's settings for the tiny model.
-    chosen = resolve_method(method, _settings(settings), builtin if model in (None, BUILTIN_MODEL) else None)
+    chosen = resolve_method(method, settings, builtin if model in (None, BUILTIN_MODEL) else None)
     inputs = resolve_unlearn(model=model, method=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt,
                              evaluate_after=evaluate_after, oracle_reference=oracle_reference,
                              eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens), tracking=tracking,
@@ -131,6 +134,56 @@ def unlearn(
     run_unlearn(inputs=inputs, options=RunOptions(output, overwrite, progress, checkpoint_every, resume, trust_remote_code),
                 on_overlap=on_overlap, tracking=tracking)
     return _results(output)
+
+
+def localize(
+    *,
+    model: PathLike,
+    data: PathLike,
+    localizer: str,
+    output: PathLike,
+    settings: Mapping[str, Any] | None = None,
+    max_rows: int | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit localize``: find where ``data``'s facts live in ``model`` with ``localizer`` and write the folder ``output``.
+
+    ``settings`` are the localizer's settings (``--set``, ``unlearnkit localizers -v``); ``max_rows`` keeps the first rows.
+    The folder holds the localization (``localization.json``, ``scores.safetensors``), its heat maps, ``summary.json`` and
+    ``report.md``; pass it to :func:`unlearn` as ``localize=`` to train only the located weights.
+    """
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+    from unlearnkit.runs.localize import resolve_localize, resolve_localizer, run_localize
+
+    _check_text(localizer=localizer)
+    model, data, output = _as_source(model, "model"), _as_source(data, "data"), _path(output)
+    if max_rows is not None:
+        _check_counts(max_rows=max_rows)
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    chosen = resolve_localizer(localizer, _settings(settings))
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, MODEL=model, data=data)
+    inputs = resolve_localize(model=model, data=data, localizer=chosen, builtin=builtin, prompt_format=fmt, max_rows=max_rows)
+    _log_into_results_folders()
+    run_localize(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
+    return _results(output)
+
+
+def with_localize(settings: dict[str, Any], localize: Path | None) -> dict[str, Any]:
+    """``settings`` with ``localize`` (the ``--localize`` option) as its ``localize`` setting; a different one there is refused."""
+    if localize is None:
+        return settings
+    given = settings.get("localize")
+    if given is not None and str(given) != str(localize):
+        raise UnlearnkitError(f"The localization is given twice, as {given!r} and {str(localize)!r}; keep one.")
+    return {**settings, "localize": str(localize)}
 
 
 def evaluate(

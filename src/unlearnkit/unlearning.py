@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback, set_seed
 
 from unlearnkit import distributed
@@ -17,6 +19,8 @@ from unlearnkit.data.checks import forget_retain_overlap
 from unlearnkit.data.encoding import PairedCollator, PromptFormat
 from unlearnkit.data.shipped import load_idk_answers
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.localization import Localization, check_fits, load_localization, neuron_masks, selected_parameters
+from unlearnkit.localization.base import LOCALIZATION_FILE, SCORES_FILE
 from unlearnkit.methods import METHODS, MethodConfig
 from unlearnkit.methods.base import EpochToDataset, PairedDataset, UnlearnTrainer, preset_settings
 from unlearnkit.parameters import apply_lora, is_lora_model, restrict_trainable, selected_parameter_names
@@ -110,12 +114,123 @@ def check_method_inputs(
             "or choose another method."
         )
     if config.uses_lora and not spec.trainer.supports_lora:
-        raise UnlearnkitError(f"Method {method!r} trains its own layers and has no LoRA form; set lora_rank=0.")
+        raise UnlearnkitError(f"Method {method!r} changes the model's own weights in its own way and has no LoRA form; "
+                              "set lora_rank=0.")
+    method_localization(method, config)  # a missing or damaged localization folder, or a method that cannot use one
     if model is not None:
         config.check_model(model)  # first: a method's own option (RMU's layer) names what to change more precisely
         selected_parameter_names(model, config.selection())  # a layer past the model's depth or an unknown module
+        method_localization(method, config, model)  # made on this model, and something in it to train
     if tokenizer is not None and fmt is not None:
         config.check_encoded(tokenizer, fmt, forget)
+
+
+def method_localization(method: str, config: MethodConfig, model: PreTrainedModel | None = None) -> Localization | None:
+    """The localization ``config.localize`` names, read and checked; None without one.
+
+    Refused: a method that chooses or adds the weights it trains itself (it has no LoRA form, or its own
+    layer selection, like RMU's ``layer``) unless it reads the localization itself (:func:`reads_localization`);
+    a neuron- or weight-level selection under LoRA (LoRA's factors have no rows of the original weight);
+    given ``model``, a localization made on another model or one selecting nothing this run can train.
+    """
+    if config.localize is None:
+        return None
+    spec = METHODS.get(method)
+    if not reads_localization(method) and (not spec.trainer.supports_lora or type(config).selection is not MethodConfig.selection):
+        raise UnlearnkitError(
+            f"Method {method!r} chooses the weights it changes itself (its own layers or its own selection), so a "
+            "localization has no use there; drop localize (--localize), or choose a method that trains the model's weights."
+        )
+    localization = load_checked_localization(config.localize)
+    if config.uses_lora and localization.selection.has_neurons:
+        raise UnlearnkitError(
+            f"The localization {config.localize} selects single neurons or weights, and LoRA's low-rank factors have no rows "
+            "or columns of the original weights to restrict. Set lora_rank=0 (full fine-tuning of the located weights), or "
+            "localize with a layer/module-level selection."
+        )
+    if model is not None:
+        check_fits(localization, model, f"The localization {config.localize}")
+        if not config.uses_lora and not reads_localization(method):
+            localized_parameters(model, localization)
+    return localization
+
+
+def reads_localization(method: str) -> bool:
+    """Whether the method reads ``localize`` itself (an editor editing the located layer) rather than training only the selection.
+
+    Such a method's trainer class says so with ``reads_localization = True``; ``unlearn`` then leaves the choice of
+    weights to the method's own ``selection()``.
+    """
+    return bool(getattr(METHODS.get(method).trainer, "reads_localization", False))
+
+
+def load_checked_localization(folder: str | Path) -> Localization:
+    """:func:`load_localization`, also refusing a folder whose score file is missing or lacks a score its manifest lists."""
+    folder = Path(folder)
+    listed: list[str] = []
+    if folder.is_dir() and (folder / LOCALIZATION_FILE).is_file():
+        try:
+            listed = json.loads((folder / LOCALIZATION_FILE).read_text(encoding="utf-8")).get("scores") or []
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            listed = []  # load_localization names what is wrong with the manifest
+        if listed and not (folder / SCORES_FILE).is_file():
+            raise UnlearnkitError(f"The localization {folder} is incomplete: {SCORES_FILE} is missing. Run `unlearnkit localize` again.")
+    elif not folder.exists():
+        raise UnlearnkitError(f"The localization folder {folder} does not exist. Create it with `unlearnkit localize MODEL --data SRC "
+                              "--localizer NAME --output DIR`.")
+    localization = load_localization(folder)
+    missing = [name for name in listed if name not in localization.scores]
+    if missing:
+        raise UnlearnkitError(f"The localization {folder} is incomplete: {SCORES_FILE} lacks {', '.join(missing[:3])}. "
+                              "Run `unlearnkit localize` again.")
+    return localization
+
+
+def localized_parameters(model: PreTrainedModel, localization: Localization) -> list[str]:
+    """The parameters a localized full fine-tuning trains; refused when the selection holds none."""
+    names = selected_parameters(model, localization.selection)
+    if not names:
+        raise UnlearnkitError("The localization selects no parameter of this model (its neurons lie outside its layers and "
+                              "modules); run `unlearnkit localize` again.")
+    return names
+
+
+class MaskedTraining(TrainerCallback):
+    """Train only the located entries of the masked parameters; every other entry keeps its value bit for bit.
+
+    Two mechanisms, as each alone leaves a gap. A gradient hook zeroes the gradient outside the mask, so that
+    the clipping norm counts only the trained entries and Adam's moments stay zero there. But an optimiser
+    moves weights that have a zero gradient: AdamW's decoupled weight decay (``w -= lr * wd * w``), SGD's
+    coupled decay and momentum. So after each optimiser step the entries outside the mask are written back
+    from a copy taken before training.
+    """
+
+    def __init__(self, model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        parameters = dict(model.named_parameters())
+        self.entries = [(parameters[name], mask, parameters[name].detach()[~mask].clone()) for name, mask in masks.items()]
+        self.handles = [parameter.register_hook(partial(_zero_outside, mask)) for parameter, mask, _ in self.entries]
+        self.trained = sum(int(mask.sum()) for _, mask, _ in self.entries)
+        self.total = sum(mask.numel() for _, mask, _ in self.entries)
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for parameter, mask, frozen in self.entries:
+            parameter[~mask] = frozen
+
+    def on_optimizer_step(self, args, state, control, **kwargs):  # noqa: ANN001 - Trainer callback signature
+        self.restore()
+
+    def remove(self) -> None:
+        """Hand the model back without hooks (and with the frozen entries as they were)."""
+        self.restore()
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _zero_outside(mask: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    # masked_fill, not a product: a non-finite gradient entry outside the mask must not leak in as NaN (NaN * 0 = NaN).
+    return grad.masked_fill(~mask, 0)
 
 
 def per_device_batch_size(batch_size: int, processes: int) -> int:
@@ -161,7 +276,11 @@ def unlearn(
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
     check_method_inputs(method, config, forget, retain, model, tokenizer, fmt)
     batch_size = per_device_batch_size(config.batch_size, distributed.world_size())
-    selection = config.selection()
+    localization = method_localization(method, config, model)
+    if reads_localization(method):
+        localization = None  # the method edits where the localization points itself; its selection() says what changes
+    selection = localization.selection.module_selection if localization is not None else config.selection()
+    masks: dict[str, torch.Tensor] = {}
     if config.uses_lora:
         # The base weights stay frozen under LoRA, so the model with adapters off serves as the reference.
         reference = None
@@ -170,7 +289,9 @@ def unlearn(
         model = apply_lora(model, selection, config.lora_rank, config.lora_alpha, config.lora_dropout)
     else:
         # Validate the selection before copying the model (a bad layer index fails here, before any training).
-        trainable = selected_parameter_names(model, selection)
+        trainable = localized_parameters(model, localization) if localization is not None else selected_parameter_names(model, selection)
+        if localization is not None:
+            masks = {name: mask for name, mask in neuron_masks(model, localization).items() if name in trainable}
         # The frozen reference is the model as it is before any update.
         reference = copy.deepcopy(model) if config.needs_reference() else None
         restrict_trainable(model, trainable)
@@ -214,11 +335,20 @@ def unlearn(
     )
     quiet_trainer(trainer)
     trainer.setup()
+    # After setup: a method's helper copies of the model (WHP's reinforced model) train in full, as the method says.
+    masked = MaskedTraining(model, masks) if masks else None
+    if masked is not None:
+        trainer.add_callback(masked)
+        logger.info("training only the located weights: %d of %d entries of %d parameter(s)", masked.trained, masked.total, len(masks))
     logger.info("unlearning with %s on %d forget examples (%d retain)", method, len(forget), len(retain))
     resume_from = last_checkpoint(checkpoint_dir)
     if resume_from:
         logger.info("resuming from %s", resume_from)
-    trainer.train(resume_from_checkpoint=resume_from)
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    finally:
+        if masked is not None:
+            masked.remove()
     model = trainer.finalize(trainer.model)
     state_dict = None
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
@@ -231,7 +361,7 @@ def unlearn(
         model.requires_grad_(True)  # hand the model back as it came: every weight trainable
     model.eval()
     log_history = list(trainer.state.log_history)
-    warnings = training_warnings(log_history, trainer.state.global_step, config, len(forget))
+    warnings = training_warnings(log_history, trainer.state.global_step, config, len(forget)) if spec.trainer.uses_optimizer else []
     if distributed.is_main_process():  # every process holds the same log: one warning each
         for warning in warnings:
             logger.warning("%s", warning)

@@ -15,6 +15,7 @@ from unlearnkit.cli.options import (
     EvalEvery,
     EvalRows,
     Holdout,
+    Localize,
     MaxNewTokens,
     OracleReference,
     Output,
@@ -83,15 +84,18 @@ def demo(
     subject_to: SubjectTo = None,
     patience: Patience = 0,
     eval_rows: EvalRows = 0,
+    localize: Localize = None,
 ) -> None:
     """Prepare the built-in benchmark (cached), unlearn a split, and compare target, retain oracle and unlearned model."""
+    from unlearnkit.api import with_localize
     from unlearnkit.runs.inputs import resolve_method
     from unlearnkit.runs.unlearn import run_demo
 
     builtin = Builtin(preset, cache, show_progress())
-    check_outputs(output, overwrite, builtin=builtin)
+    overrides = with_localize(parse_sets(sets), localize)
+    check_outputs(output, overwrite, builtin=builtin, localize=overrides.get("localize"))
     tracking = _tracking(eval_every, select_best, subject_to, patience, eval_rows)
-    summary = run_demo(builtin=builtin, method=resolve_method(method, parse_sets(sets), builtin), forget_split=split,
+    summary = run_demo(builtin=builtin, method=resolve_method(method, overrides, builtin), forget_split=split,
                        options=RunOptions(output, overwrite, show_progress(), checkpoint_every, resume), tracking=tracking)
     typer.echo(f"\n{method} on {split} (built-in benchmark, preset {preset}):\n")
     _echo_table(summary)
@@ -158,14 +162,20 @@ def bench(
     sets: Sets = None,
     cache: Cache = None,
     checkpoint_every: CheckpointEvery = 50,
+    localize: Localize = None,
 ) -> None:
     """Run every method x split x seed on the built-in benchmark (resumable) and write a leaderboard and a report."""
+    from unlearnkit.api import with_localize
     from unlearnkit.runs.bench import parse_list, parse_seeds, run_bench
 
     builtin = Builtin(preset, cache, show_progress())
-    check_outputs(None, False, builtin=builtin, files={"--output": output})
-    outcome = run_bench(builtin=builtin, methods=parse_list(methods, "--methods"), splits=parse_list(splits, "--splits"),
-                        seeds=parse_seeds(seeds), overrides=parse_sets(sets),
+    overrides = with_localize(parse_sets(sets), localize)
+    names = parse_list(methods, "--methods")
+    check_outputs(None, False, builtin=builtin, files={"--output": output}, localize=overrides.get("localize"))
+    if overrides.get("localize"):
+        _check_bench_localization(builtin, names, overrides)
+    outcome = run_bench(builtin=builtin, methods=names, splits=parse_list(splits, "--splits"),
+                        seeds=parse_seeds(seeds), overrides=overrides,
                         options=RunOptions(output, show_progress=show_progress(), checkpoint_every=checkpoint_every))
     typer.echo(f"\n{len(outcome.ran)} run(s) done now, {len(outcome.skipped)} done before (skipped).\n")
     typer.echo((output / "leaderboard.md").read_text(encoding="utf-8"))
@@ -175,6 +185,17 @@ def bench(
     if outcome.failed:
         raise NumericalFault(f"{len(outcome.failed)} run(s) diverged and are left out of the leaderboard: "
                              + "; ".join(f"{name}: {error}" for name, error in outcome.failed.items()))
+
+
+def _check_bench_localization(builtin: Builtin, methods: list[str], overrides: dict[str, str]) -> None:
+    """Before any run of a bench: every method can use the localization, and it was made on the benchmark's target."""
+    from unlearnkit.runs.inputs import resolve_method
+    from unlearnkit.runs.localize import check_fits_model
+    from unlearnkit.unlearning import method_localization
+
+    for name in methods:
+        method_localization(name, resolve_method(name, overrides, builtin).config)
+    check_fits_model(overrides["localize"], str(builtin.prepared().target_dir))
 
 
 @app.command()
@@ -306,6 +327,7 @@ def unlearn(
     subject_to: SubjectTo = None,
     patience: Patience = 0,
     eval_rows: EvalRows = 0,
+    localize: Localize = None,
 ) -> None:
     """Unlearn a forget set from a model and write the model, metrics and logs."""
     from unlearnkit.api import unlearn as run
@@ -316,9 +338,65 @@ def unlearn(
                  date_string=date_string, overwrite=overwrite, trust_remote_code=trust_remote_code, eval_batch_size=eval_batch_size,
                  max_new_tokens=max_new_tokens, checkpoint_every=checkpoint_every, resume=resume, on_overlap=on_overlap,
                  eval_every=eval_every, select_best=select_best, subject_to=subject_to, patience=patience, eval_rows=eval_rows,
-                 progress=show_progress())
+                 localize=localize, progress=show_progress())
     _echo_summary(result.summary)
     typer.echo(f"Results: {output} (model in {output}/model)")
+
+
+@app.command()
+def localize(
+    model: Annotated[str, typer.Argument(help="The model to localize in: a model folder, a pretrained model's name (see `unlearnkit "
+                                              "models`), a hub name, or 'builtin' (the built-in target).")],
+    data: Annotated[str, typer.Option(
+        "--data", help="The facts to localize: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT] (rows with "
+                       "question and answer; causal tracing and editing also need the subject, e.g. a 'subject' field)."
+    )],
+    localizer: Annotated[str, typer.Option("--localizer", help="The localizer (see `unlearnkit localizers`).")],
+    output: Output,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Localizer setting KEY=VALUE (repeatable); see `unlearnkit localizers -v`."
+    )] = None,
+    max_rows: Annotated[int | None, typer.Option(min=1, help="Localize on the first N rows only (default: every row).")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Find where the data's facts live in the model (layers, modules, neurons); train only there with --localize DIR."""
+    from unlearnkit.api import localize as run
+
+    result = run(model=model, data=data, localizer=localizer, output=output, settings=parse_sets(sets), max_rows=max_rows,
+                 preset=preset, cache=cache, prompt_format=prompt_format, system_prompt=system_prompt, date_string=date_string,
+                 overwrite=overwrite, trust_remote_code=trust_remote_code, progress=show_progress())
+    summary = result.summary
+    layers = ", ".join(map(str, summary["layers"])) if summary["layers"] is not None else "all"
+    modules = ", ".join(summary["target_modules"]) if summary["target_modules"] is not None else "all"
+    typer.echo(f"{localizer} on {summary['rows']} row(s): layers {layers}; modules {modules}; {summary['weights']:,} of "
+               f"{summary['weights_total']:,} weights ({summary['weights_fraction']:.2%}) selected.")
+    typer.echo(f"Results: {output} (report: {output}/report.md); train only there with --localize {output}")
+
+
+@app.command()
+def localizers(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every setting with its default and help.")] = False,
+) -> None:
+    """List the localizers of `unlearnkit localize` with their papers."""
+    from unlearnkit.localization import LOCALIZERS
+    from unlearnkit.settings import config_help
+
+    if not LOCALIZERS.names():
+        typer.echo("No localizer is registered.")
+    for name in LOCALIZERS.names():
+        spec = LOCALIZERS.get(name)
+        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.citation}")
+        if verbose:
+            for field_name, type_name, default, text in config_help(spec.config):
+                typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
+        typer.echo("")
+    typer.echo("Train only the located weights with `unlearnkit unlearn ... --localize DIR` (also demo and bench).")
 
 
 @app.command("eval")

@@ -99,3 +99,9 @@ WorldFacts = Annotated[str | None, typer.Option(help="World-facts utility data (
 Holdout = Annotated[str | None, typer.Option(
     help="Holdout QA data never trained on: membership inference and memorization against --forget."
 )]
+
+# A localization folder (``unlearnkit localize``): the weight-changing commands train only what it selects.
+Localize = Annotated[Path | None, typer.Option(
+    "--localize", help="A localization folder written by `unlearnkit localize`: train only the weights it selects (layers, "
+                       "modules, neurons or single weights; everything else stays bit-identical). Same as --set localize=DIR.",
+)]

@@ -143,14 +143,19 @@ class PromptFormat:
             logger.warning("The chat template shows a date, today's by default, so prompts change from day to day; "
                            "pass --date-string (e.g. the one the model was trained with) for repeatable runs.")
 
+    def prompt_text(self, tokenizer: PreTrainedTokenizerBase, question: str) -> str:
+        """The prompt's text before tokenising (where a span of the question, e.g. its subject, is found by characters)."""
+        if self.style == "tofu-llama2":
+            return self._tofu_prompt(question)
+        if self.uses_chat(tokenizer):
+            return self._render(tokenizer, question, None)
+        return f"Question: {question}\nAnswer:"
+
     def prompt_ids(self, tokenizer: PreTrainedTokenizerBase, question: str) -> list[int]:
         """The prompt a model answers after (for generation)."""
-        if self.style == "tofu-llama2":
-            return tokenizer(self._tofu_prompt(question), add_special_tokens=True)["input_ids"]
-        if self.uses_chat(tokenizer):
-            # The template holds the BOS text itself, so no special tokens are added again.
-            return tokenizer(self._render(tokenizer, question, None), add_special_tokens=False)["input_ids"]
-        return tokenizer(f"Question: {question}\nAnswer:", add_special_tokens=True)["input_ids"]
+        # The chat template holds the BOS text itself, so no special tokens are added again.
+        add_special_tokens = self.style == "tofu-llama2" or not self.uses_chat(tokenizer)
+        return tokenizer(self.prompt_text(tokenizer, question), add_special_tokens=add_special_tokens)["input_ids"]
 
     def qa_ids(self, tokenizer: PreTrainedTokenizerBase, question: str, answer: str) -> tuple[list[int], list[int]]:
         """(prompt ids, answer ids with the closing EOS) of one pair: their concatenation is the scored sequence."""

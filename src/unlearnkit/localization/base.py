@@ -217,7 +217,8 @@ def save_localization(localization: Localization, folder: Path) -> None:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in localization.scores.items()},
+    # Cloned: safetensors refuses tensors that share storage (a score that is a view of another, e.g. a row of a map).
+    save_file({name: tensor.detach().to("cpu", torch.float32).clone().contiguous() for name, tensor in localization.scores.items()},
               str(folder / SCORES_FILE))
     write_json(folder / LOCALIZATION_FILE, {
         "format_version": FORMAT_VERSION,
@@ -249,12 +250,19 @@ def load_localization(folder: Path | str) -> Localization:
     missing = [key for key in ("localizer", "selection", "model_signature") if not isinstance(manifest, dict) or key not in manifest]
     if missing:
         raise UnlearnkitError(f"{manifest_path} lacks {', '.join(missing)}; run `unlearnkit localize` again.")
+    listed = manifest.get("scores") or []
     scores: dict[str, torch.Tensor] = {}
     if (folder / SCORES_FILE).is_file():
         try:
             scores = load_file(str(folder / SCORES_FILE))
         except (SafetensorError, OSError) as error:
             raise UnlearnkitError(f"{folder / SCORES_FILE} is damaged ({error}); run `unlearnkit localize` again.") from None
+    missing_scores = [name for name in listed if name not in scores]
+    if missing_scores:
+        raise UnlearnkitError(
+            f"{folder} is incomplete: {SCORES_FILE} lacks {', '.join(missing_scores[:3])}"
+            f"{' and others' if len(missing_scores) > 3 else ''} that {LOCALIZATION_FILE} lists; run `unlearnkit localize` again."
+        )
     return Localization(
         localizer=str(manifest["localizer"]),
         settings=dict(manifest.get("settings") or {}),

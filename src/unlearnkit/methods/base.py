@@ -13,7 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -87,6 +87,12 @@ class MethodConfig:
         default=None,
         metadata={"help": "Train only these decoder layers: '5,6,7' or '5-7' (peft's layers_to_transform). None: all layers."},
     )
+    localize: str | None = field(
+        default=None,
+        metadata={"help": "A localization folder (written by `unlearnkit localize`): train only the weights it selects "
+                          "(its layers and modules; with neurons or single weights, only those: every other weight stays "
+                          "bit-identical). Not with target_modules / layers; with LoRA, only a layer/module selection. None: off."},
+    )
     lora_rank: int = field(
         default=0,
         metadata={"help": "LoRA rank: > 0 trains low-rank adapters on the selected modules instead of the weights (0: full fine-tuning)."},
@@ -132,6 +138,21 @@ class MethodConfig:
             check_choice("preset", self.preset, self.presets)
         precision_arguments(self.mixed_precision)  # fp16 without a CUDA GPU fails now, not once training starts
         self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
+        self._check_localize()
+
+    def _check_localize(self) -> None:
+        """A localization names the weights to train itself: refuse it alongside a hand-made selection rather than guess."""
+        if self.localize is None:
+            return
+        if not self.localize.strip():
+            raise UnlearnkitError("localize is empty: give a localization folder (written by `unlearnkit localize`), or none.")
+        defaults = {item.name: item.default for item in fields(self)}
+        chosen = [name for name in ("target_modules", "layers") if getattr(self, name) != defaults[name]]
+        if chosen:
+            raise UnlearnkitError(
+                f"localize={self.localize} already chooses the layers and modules to train; drop {' and '.join(chosen)} "
+                "(or run `unlearnkit localize` again with the selection you want)."
+            )
 
     @property
     def uses_lora(self) -> bool:
@@ -246,6 +267,9 @@ class UnlearnTrainer(CheckpointedTrainer):
 
     required_forget_fields: ClassVar[tuple[str, ...]] = ()
     supports_lora: ClassVar[bool] = True
+    # False for a method that changes the weights without the optimiser loop (an editor, a neuron switch-off):
+    # the warnings about few optimiser steps or a forget loss that barely moved do not apply to it.
+    uses_optimizer: ClassVar[bool] = True
     # Batch keys whose reference sequence NLLs the method reads through ``reference_sequence_nll``; with the
     # config's ``cache_reference`` on, they are computed once before training (see ``ReferenceCache``).
     cached_reference_keys: ClassVar[tuple[str, ...]] = ()

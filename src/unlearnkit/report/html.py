@@ -284,7 +284,28 @@ def _runs_section(groups: Sequence[RunGroup]) -> str:
                                        f"{len(run.eval_curve)} evaluation(s) during training (eval_curve.json)"
                                        + (f"; the weights of step {selected} were kept." if selected is not None else ".")))
             parts.append(f'<div class="pair">{"".join(figures)}</div>')
+            if run.localization is not None:
+                parts.append(localization_html(run))
     return "".join(parts)
+
+
+def localization_html(run: RunResults) -> str:
+    """What a localized run trained (its localizer and selection) and the localization's heat maps."""
+    record = run.localization or {}
+    selection = record.get("selection") if isinstance(record.get("selection"), dict) else {}
+    layers = selection.get("layers")
+    modules = selection.get("target_modules")
+    neurons = sum(len(indices) for key in ("rows", "columns") for indices in (selection.get(key) or {}).values())
+    masked = len(selection.get("weight_masks") or [])
+    text = (f"Trained only the weights located by {record.get('localizer', '?')} ({record.get('path', '?')}, sha256 "
+            f"{str(record.get('sha256', '?'))[:12]}): layers {', '.join(map(str, layers)) if layers is not None else 'all'}; "
+            f"modules {', '.join(modules) if modules is not None else 'all'}"
+            + (f"; {neurons} neuron(s)" if neurons else "") + (f"; {masked} parameter(s) masked weight by weight" if masked else "")
+            + ". Every other weight is as it was before unlearning.")
+    figures = [figure_html(png, f"Localization heat map {name}", f"Localization heat map: {name}") for name, png in run.localization_maps]
+    if not figures:
+        figures = ['<p class="note">The localization folder holds no heat map.</p>']
+    return f'<p><b>Localization.</b> {escape(text)}</p><div class="pair">{"".join(figures)}</div>'
 
 
 def _examples_section(groups: Sequence[RunGroup]) -> str:

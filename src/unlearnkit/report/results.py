@@ -29,6 +29,8 @@ from unlearnkit.errors import UnlearnkitError
 
 BENCH_MANIFEST = "bench.json"
 REFERENCE_FILE = "forget_reference.json"
+# Where a run trained on a localization keeps its manifest and heat maps (unlearnkit.runs.localize.RUN_COPY).
+LOCALIZATION_COPY = "localization"
 # The built-in benchmark's cache folder: ``builtin-`` + the 16-hex-digit hash of its configuration.
 _BUILTIN_FOLDER = re.compile(r"builtin-[0-9a-f]{16}")
 # Keys of the Trainer's log that are bookkeeping, not a loss term or a tracked metric.
@@ -59,6 +61,14 @@ class RunResults:
     oracle_truth_ratios: list[float] | None = None
     # Headline metrics the run could not compute, with the reason its summary.json records (metric -> why).
     not_computed: dict[str, str] = field(default_factory=dict)
+    # A run trained on a localization (--localize): its heat maps as copied into the run's localization/ (file name, PNG).
+    localization_maps: list[tuple[str, bytes]] = field(default_factory=list)
+
+    @property
+    def localization(self) -> dict[str, Any] | None:
+        """The localization the run trained on, as its config.json records it (path, digest, localizer, selection)."""
+        record = self.config.get("localization")
+        return record if isinstance(record, dict) else None
 
     def missing(self, metric: str) -> str:
         """Why ``metric`` is not in this run's summary: the recorded reason, else what is known."""
@@ -203,6 +213,8 @@ def load_run(folder: Path, label: str | None = None) -> RunResults:
                           and isinstance(entry.get("step"), int)] if isinstance(curve, list) else []
     if (folder / "timing.json").is_file():
         run.timing = read_json(folder / "timing.json")
+    if run.localization is not None:
+        run.localization_maps = [(path.name, path.read_bytes()) for path in sorted((folder / LOCALIZATION_COPY).glob("*.png"))]
     return run
 
 

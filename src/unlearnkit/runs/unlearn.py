@@ -3,7 +3,8 @@
 Results folder (documented in the README): ``config.json`` (the resolved
 configuration, versions and digests), ``summary.json``, ``per_sample.json``,
 ``model/``, ``training_log.json``, ``eval_curve.json`` (with evaluation during
-training), ``timing.json``, ``log.txt`` and, for ``demo``, ``report.html``.
+training), ``timing.json``, ``log.txt``, for ``demo`` ``report.html`` and, for a run
+trained on a localization (``--localize``), ``localization/`` (its manifest and heat maps).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, with_reasons, write
 from unlearnkit.runs.inputs import Builtin, DataChoice, Evaluation, MethodChoice, ModelChoice, RunOptions
+from unlearnkit.runs.localize import copy_into_run, localization_record
 from unlearnkit.runs.lock import locks_output
 from unlearnkit.unlearning import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
 
@@ -133,7 +135,8 @@ def run_unlearn(
     distributed.setup()  # with several processes: the process group and this process's GPU, before any model loads
     model, method, forget, retain = inputs.model, inputs.method, inputs.forget.rows, inputs.retain_rows
     check_output_dir(options.output, options.overwrite,
-                     {"--model": model.source, "--forget": inputs.forget.source, "--retain": inputs.retain and inputs.retain.source})
+                     {"--model": model.source, "--forget": inputs.forget.source, "--retain": inputs.retain and inputs.retain.source,
+                      "--localize": method.config.localize})
     check_overlap(forget, retain, on_overlap)
     check_method_inputs(method.name, method.config, forget, retain)
     network = load_model(model.source, options.trust_remote_code)
@@ -162,6 +165,7 @@ def run_unlearn(
         run_config["max_new_tokens"] = evaluation.config.caps(evaluation.splits)
     if tracker is not None:
         run_config["eval_during_training"] = asdict(tracking)
+    record_localization(run_config, method)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
         unlearned, seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options)
         write(folder / "timing.json", {"unlearn_seconds": round(seconds, 2)})
@@ -186,6 +190,8 @@ def unlearn_into(
     Returns the model every process evaluates and the seconds the unlearning itself took.
     """
     write(folder / "config.json", run_config)
+    if inputs.method.config.localize is not None and distributed.is_main_process():
+        copy_into_run(inputs.method.config.localize, folder)  # the run's report shows its heat maps
     started = time.perf_counter()
     outcome = unlearn(network, tokenizer, inputs.method.name, inputs.forget.rows, inputs.retain_rows, inputs.method.config,
                       inputs.model.fmt, options.show_progress, checkpoint_dir=folder / CHECKPOINTS,
@@ -201,6 +207,12 @@ def unlearn_into(
         run_config["sha256"]["output_model"] = weights_sha256(folder / "model")
     write(folder / "config.json", run_config)
     return unlearned, seconds
+
+
+def record_localization(run_config: dict[str, Any], method: MethodChoice) -> None:
+    """A run trained on a localization records it (path, digest, localizer, selection): a changed one is another run."""
+    if method.config.localize is not None:
+        run_config["localization"] = localization_record(method.config.localize)
 
 
 def save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any:
@@ -288,6 +300,7 @@ def run_demo(
         "sha256": {"forget_rows": rows_sha256(forget.rows), "retain_rows": rows_sha256(retain.rows),
                    "source_model": weights_sha256(bench.target_dir)},
     }
+    record_localization(run_config, method)
     tokenizer = load_tokenizer(bench.target_dir)
     network = load_model(bench.target_dir)
     check_method_inputs(method.name, method.config, forget.rows, retain.rows, network, tokenizer, builtin.prompt_format)
