@@ -34,6 +34,7 @@ from unlearnkit.cli.options import (
     choice,
     finite,
 )
+from unlearnkit.cli.papers import papers as papers_command
 from unlearnkit.errors import NumericalFault
 from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs, parse_sets
 
@@ -742,3 +743,6 @@ def data_export(output: Output, preset: Preset = "default", overwrite: Overwrite
     check_outputs(output, overwrite)
     paths = run_export(builtin=Builtin(preset), options=RunOptions(output, overwrite))
     typer.echo(f"wrote {len(paths)} splits to {output}")
+
+
+app.command("papers")(papers_command)
