@@ -7,8 +7,11 @@ Two parts, each optional:
   once (as ``prepare`` trains the target and the oracle at once on a 2-core machine): answer-token
   accuracy after each epoch and the wall time. This is how the preset's choice of full fine-tuning
   was made.
+* ``--prepare``: ``unlearnkit prepare --preset smollm2`` from cold into an empty ``--prepare-cache``:
+  its wall and CPU time (run it on otherwise idle cores for the figure the 45-minute budget is about).
 * ``--evaluation``: on the prepared preset (``unlearnkit prepare --preset smollm2``), the time to
-  evaluate the target and the retain oracle on the benchmark's sets, and the discrimination criteria
+  evaluate the target and the retain oracle on the benchmark's sets (and the base model's scores
+  before any fine-tuning, for comparison), and the discrimination criteria
   the default preset meets too (target forget quality < 0.01, target and oracle model utility within
   5%, oracle forget quality 1).
 
@@ -75,6 +78,7 @@ def measure_evaluation() -> dict:
     from unlearnkit.builtin import EVAL_CONFIG, evaluate_cached_model, get_preset, prepare
     from unlearnkit.evaluation.evaluator import load_reference
     from unlearnkit.io import write_json
+    from unlearnkit.pretrained import ensure_converted
     from unlearnkit.runs.unlearn import evaluation_cache_path
 
     config = get_preset(PRESET)
@@ -82,13 +86,17 @@ def measure_evaluation() -> dict:
     split = config.forget_splits[-1]
     reference = load_reference(bench.reference_path(split))
     rows = {}
-    for role, folder in (("target", bench.target_dir), ("oracle", bench.oracle_dir(split))):
+    # The base model before any fine-tuning: what it knew of the utility sets to begin with.
+    models = (("base", ensure_converted(config.base_model)), ("target", bench.target_dir), ("oracle", bench.oracle_dir(split)))
+    for role, folder in models:
         started = time.perf_counter()
         result = evaluate_cached_model(bench, folder, split, reference)
         seconds = time.perf_counter() - started
-        # The same evaluation `demo` caches: store it there, so that the first demo does not evaluate again.
-        write_json(evaluation_cache_path(bench, role, split, EVAL_CONFIG), {"summary": result.summary, "per_sample": result.per_sample})
-        training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
+        training = {"epochs": 0, "answer_accuracy": None}
+        if role != "base":
+            # The same evaluation `demo` caches: store it there, so that the first demo does not evaluate again.
+            write_json(evaluation_cache_path(bench, role, split, EVAL_CONFIG), {"summary": result.summary, "per_sample": result.per_sample})
+            training = json.loads((folder / "training.json").read_text(encoding="utf-8"))
         rows[role] = {"evaluation_seconds": seconds, **{key: value for key, value in result.summary.items()
                                                         if isinstance(value, float)},
                       "epochs": training["epochs"], "answer_accuracy": training["answer_accuracy"]}
@@ -102,6 +110,27 @@ def measure_evaluation() -> dict:
     }
     sizes = {name: len(rows_) for name, rows_ in bench.eval_splits(split).items()}
     return {"split": split, "models": rows, "criteria": criteria, "evaluation_rows": sizes}
+
+
+def measure_prepare(cache: Path) -> dict:
+    """``unlearnkit prepare --preset smollm2`` from cold into ``cache`` (which must not hold it): wall and CPU time."""
+    import resource
+    import tempfile
+
+    if cache.exists() and any(cache.iterdir()):
+        raise SystemExit(f"--prepare-cache {cache} is not empty: prepare must start from cold to be timed.")
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as log:
+        process = subprocess.run([sys.executable, "-m", "unlearnkit", "prepare", "--preset", PRESET, "--cache", str(cache)],
+                                 stdout=log, stderr=subprocess.STDOUT, check=False)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if process.returncode != 0:
+        raise SystemExit(f"prepare failed with exit status {process.returncode}")
+    load = os.getloadavg()
+    return {"wall_seconds": wall, "cpu_seconds": (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime),
+            "load_average_at_end": [round(value, 2) for value in load]}
 
 
 def markdown(record: dict) -> str:
@@ -118,17 +147,26 @@ def markdown(record: dict) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{value:.3f}" for value in result["accuracy_per_epoch"])
                          + f" | {result['seconds']:.0f} |")
         lines += ["", record["training_note"], ""] if record.get("training_note") else [""]
-    for key, heading in (("evaluation", "Target and retain oracle"), ("evaluation_rejected", "A configuration measured and rejected")):
-        if key not in record:
-            continue
-        evaluation = record[key]
+    if "prepare" in record:
+        prepare = record["prepare"]
+        lines += ["## Preparing the preset", "",
+                  f"`unlearnkit prepare --preset {PRESET}` from cold: {prepare['wall_seconds'] / 60:.1f} minutes wall time, "
+                  f"{prepare['cpu_seconds'] / 60:.1f} minutes of CPU time (the target and the oracle train in two processes at once"
+                  + (f"; load average at the end {', '.join(map(str, prepare['load_average_at_end']))}"
+                     if prepare.get("load_average_at_end") else "") + ").", "",
+                  *([prepare["note"], ""] if prepare.get("note") else [])]
+    sections = [("Target and retain oracle", record["evaluation"])] if "evaluation" in record else []
+    rejected = record.get("evaluation_rejected", [])
+    sections += [("Configurations measured and rejected" if index == 0 else "", evaluation) for index, evaluation in enumerate(rejected)]
+    for heading, evaluation in sections:
         sizes = ", ".join(f"{name} {size}" for name, size in evaluation["evaluation_rows"].items())
-        lines += [f"## {heading}", "", *([evaluation["note"], ""] if evaluation.get("note") else []),
+        lines += [*([f"## {heading}", ""] if heading else []), *([evaluation["note"], ""] if evaluation.get("note") else []),
                   f"Evaluated on {evaluation['split']} (rows: {sizes}), forget quality against the oracle's reference.", "",
                   "| model | epochs | answer-token accuracy | forget quality | model utility | forget ROUGE-L | retain ROUGE-L |"
                   " real-authors ROUGE-L | world-facts ROUGE-L | evaluation time (s) |", "|---|" + "---:|" * 9]
         for role, row in evaluation["models"].items():
-            lines.append(f"| {role} | {row['epochs']} | {row['answer_accuracy']:.3f} | {row['forget_quality']:.3g} | "
+            accuracy = f"{row['answer_accuracy']:.3f}" if row.get("answer_accuracy") is not None else "–"
+            lines.append(f"| {role} | {row['epochs']} | {accuracy} | {row['forget_quality']:.3g} | "
                          f"{row['model_utility']:.3f} | {row['forget_rouge_l']:.3f} | {row['retain_rouge_l']:.3f} | "
                          f"{row['real_authors_rouge_l']:.3f} | {row['world_facts_rouge_l']:.3f} | {row['evaluation_seconds']:.0f} |")
         lines += ["", "Discrimination criteria:", ""]
@@ -145,6 +183,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2, help="Torch threads for --evaluation.")
     parser.add_argument("--note", default="", help="A sentence on the conditions of the --training measurement (e.g. other load).")
+    parser.add_argument("--prepare", action="store_true", help="Time `unlearnkit prepare` from cold into --prepare-cache.")
+    parser.add_argument("--prepare-cache", type=Path, default=None, help="An empty folder for --prepare (kept afterwards).")
+    parser.add_argument("--evaluation-note", default="", help="A sentence on the conditions of the --evaluation measurement.")
+    parser.add_argument("--prepare-note", default="", help="A sentence on the conditions of the --prepare measurement.")
     parser.add_argument("--markdown", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one training setting in this process
@@ -158,11 +200,16 @@ def main() -> None:
     if args.training:
         record["training"] = measure_training(args.rows, args.epochs)
         record["training_note"] = args.note
+    if args.prepare:
+        if args.prepare_cache is None:
+            raise SystemExit("--prepare needs --prepare-cache: an empty folder to prepare into.")
+        record["prepare"] = {**measure_prepare(args.prepare_cache), "note": args.prepare_note}
     if args.evaluation:
         from unlearnkit.runtime import set_threads
 
         set_threads(args.threads)
         record["evaluation"] = measure_evaluation()
+        record["evaluation"]["note"] = args.evaluation_note
     if args.json:
         args.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if args.markdown:

@@ -128,7 +128,7 @@ def test_prepare_refuses_an_unknown_split_before_training(
 
 
 def _smollm2_summaries() -> tuple[dict, dict]:
-    """The prepared preset's target and oracle evaluated on forget10 (prepares it first: about 30 minutes on 2 cores)."""
+    """The prepared preset's target and oracle evaluated on forget10 (prepares it first: 48 minutes on 2 busy cores)."""
     from unlearnkit.builtin import evaluate_cached_model
     from unlearnkit.evaluation.evaluator import load_reference
 
@@ -147,8 +147,6 @@ def test_the_smollm2_preset_tells_the_target_from_the_oracle() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="measured: model utility 0.363 (target) vs 0.343 (oracle), 5.8% apart "
-                                       "(docs/pretrained_preset.md); the preset's training is still to be tuned")
 def test_the_smollm2_target_and_oracle_keep_the_same_utility() -> None:
     target, oracle = _smollm2_summaries()
     assert abs(target["model_utility"] - oracle["model_utility"]) <= 0.05 * oracle["model_utility"]
