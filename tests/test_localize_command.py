@@ -265,14 +265,46 @@ def test_answer_probability_against_its_formula(micro_bench) -> None:
 
 
 def test_localization_vs_random_logic_on_micro(micro_cache: Path) -> None:
+    """The conditions, the random neurons' draw, the stopping rule and its record (planted localizer: 3 rows of layer 0's down_proj)."""
     module = benchmark_module()
-    outcome = module.run("micro", micro_cache, "graddiff", PLANTED, [0], forget_fraction=0.9, max_epochs=2, localizer_settings={},
-                         max_rows=None)
-    names = [row["condition"] for row in outcome["results"]]
-    assert names == ["located", "random (seed 0)", "all layers"]
-    assert outcome["threshold"] == pytest.approx(0.9 * outcome["before"]["forget_probability"])
-    for row in outcome["results"]:
-        assert row["steps"] >= 1 and 0 < row["retain_probability"] <= 1
-        # A run that reached the threshold stopped there: its forget probability is at or under it.
-        assert row["reached"] == (row["forget_probability"] <= outcome["threshold"])
-    assert "| located | 0 |" in module.markdown_table(outcome)
+    outcome = module.run("micro", micro_cache, "graddiff", {PLANTED: {}}, [0, 1], forget_fraction=0.97, max_epochs=2, max_rows=None,
+                         check_every=3)
+    assert outcome["threshold"] == pytest.approx(0.97 * outcome["before"]["checked_forget_probability"])
+    (block,) = outcome["localizations"]
+    assert [row["condition"] for row in block["results"]] == ["located", "random (seed 0)", "random (seed 1)", "all layers"]
+    located, first, second, every = block["results"]
+    assert located["layers"] == first["layers"] == every["layers"] == [0] and located["neurons"] == first["neurons"] == 3
+    # Random neurons: as many weights as the located ones, fewer than the whole matrix the all-layers run trains.
+    assert located["weights"] == first["weights"] == second["weights"] < every["weights"] and every["neurons"] == 0
+    for row in block["results"]:
+        assert row["steps"] >= 1 and 0 < row["retain_probability"] <= 1 and "model_utility" in row
+        # Stopped at the first check under the threshold, or ran to the cap without reaching it.
+        assert row["reached"] == (row["stopped_forget_probability"] <= outcome["threshold"])
+    table = module.markdown_table(outcome)
+    assert f"| {PLANTED} | located | 0 | 3 |" in table and "| target (before) |" in table
+    assert PLANTED in module.summary_table(outcome)
+    report = module.markdown_report(outcome)
+    assert "(a tiny-model result)" in report and f"**{PLANTED}** (located layer(s) [0], 3 neurons)" in report
+    # The check schedule and the random neurons' draw, by hand.
+    assert module.next_check_gap([(0, 0.9)], 0.45, 8) == 1
+    # log p falls by log(0.8/0.9) per step from step 80 to 81: reaching 0.45 takes log(0.45/0.8)/log(0.8/0.9) = 4.9 steps; half: 2.
+    assert module.next_check_gap([(80, 0.9), (81, 0.8)], 0.45, 8) == 2
+    assert module.next_check_gap([(80, 0.8), (81, 0.9)], 0.45, 8) == 8  # rising: no prediction, every 8 steps at most
+    assert module.next_check_gap([(40, 0.8), (41, 0.9)], 0.45, 8) == 5  # an eighth of the 41 steps done at most
+    assert module.next_check_gap([(4, 0.9), (5, 0.8)], 0.45, 8) == 1
+    selection = LocatedSelection(layers=(1,), target_modules=("mlp.down_proj",), columns={"model.layers.1.mlp.down_proj.weight": (3, 5)})
+
+    class Tiny(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = type("Config", (), {"num_hidden_layers": 3})()
+            self.model = torch.nn.Module()
+            self.model.layers = torch.nn.ModuleList(torch.nn.Module() for _ in range(3))
+            for layer in self.model.layers:
+                layer.mlp = torch.nn.Module()
+                layer.mlp.down_proj = torch.nn.Linear(7, 4, bias=False)
+
+    drawn = module.random_selection(selection, Tiny(), seed=0)
+    (name,) = drawn.columns
+    assert drawn.layers != (1,) and name == f"model.layers.{drawn.layers[0]}.mlp.down_proj.weight" and len(drawn.columns[name]) == 2
+    assert all(0 <= index < 7 for index in drawn.columns[name])
