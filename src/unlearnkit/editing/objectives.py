@@ -45,7 +45,7 @@ def negative_lens_entropy(lens_probs: torch.Tensor) -> torch.Tensor:
     return -entropy.mean()
 
 
-def head_projection_margin(lens_probs: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+def head_projection_margin(lens_probs: torch.Tensor, target: torch.Tensor, k: int, offset: int = 0) -> torch.Tensor:
     """Patil et al.'s Head-Projection defence: ``mean max(0, p(t) - p_top_k) + mean max(0, p_bottom_k - p(t))``.
 
     ``lens_probs`` (L, B, V): the logit-lens distributions at each prompt's answer position;
@@ -53,9 +53,14 @@ def head_projection_margin(lens_probs: torch.Tensor, target: torch.Tensor, k: in
     probability of a layer's distribution, ``p_bottom_k`` the k-th smallest: both hinges are
     zero once the answer is neither among the top k nor among the bottom k, the candidate
     set the head-projection attack searches.
+
+    With ``offset`` 0 (Patil et al.'s code, ``sorted[..., -k]``) both hinges are already zero when the
+    answer *is* the k-th largest (or k-th smallest): the optimisation can stop with the answer inside the
+    attack's candidate set. ``offset`` 1 compares with the (k+1)-th instead, so a zero loss puts the
+    answer outside the top k and the bottom k.
     """
     ordered = lens_probs.sort(dim=-1).values  # (L, B, V), ascending
-    kth_top, kth_bottom = ordered[..., -k], ordered[..., k - 1]  # (L, B)
+    kth_top, kth_bottom = ordered[..., -(k + offset)], ordered[..., k - 1 + offset]  # (L, B)
     answer = lens_probs.gather(-1, target.view(1, -1, 1).expand(lens_probs.shape[0], -1, 1)).squeeze(-1)  # (L, B)
     return (answer - kth_top).clamp(min=0).mean() + (kth_bottom - answer).clamp(min=0).mean()
 

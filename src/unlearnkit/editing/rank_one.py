@@ -72,7 +72,8 @@ def key_direction(second_moment: torch.Tensor, key: torch.Tensor, damping: float
     if direction is None or not torch.isfinite(direction).all():
         raise UnlearnkitError(
             "The key statistics C are singular: the statistics text has too few distinct tokens for this layer's "
-            f"{matrix.shape[0]} key dimensions. Give a longer text with stats_text=PATH, or set stats_damping (e.g. 0.01)."
+            f"{matrix.shape[0]} key dimensions. Sample more text (stats_source=model_samples, a larger stats_tokens), give a "
+            "longer text with stats_text=PATH, or set stats_damping (e.g. 0.01)."
         )
     return direction.to(key.dtype)
 
@@ -105,6 +106,7 @@ class EditSettings:
     kl_factor: float
     lens_layers: tuple[int, ...]
     lens_k: int
+    lens_margin_offset: int = 0  # head_projection: compare with the (k + offset)-th probability (0: Patil et al.)
 
 
 @dataclass
@@ -252,7 +254,7 @@ def optimise_value(
         if settings.objective == "max_entropy":
             objective = objectives.negative_lens_entropy(probabilities)
         elif settings.objective == "head_projection":
-            objective = objectives.head_projection_margin(probabilities, lens_targets, settings.lens_k)
+            objective = objectives.head_projection_margin(probabilities, lens_targets, settings.lens_k, settings.lens_margin_offset)
         elif settings.objective == "fact_erasure":
             objective = objectives.answer_probability(logits[:-1], labels)
         else:

@@ -43,10 +43,22 @@ afterwards): the run warns, and on a one-layer model (the micro benchmark) the e
 
 Deliberate differences
 ----------------------
-* Statistics text: C comes from the shipped general-English text (``stats_text`` to change
-  it), not ROME's 100,000 Wikipedia samples, so that editing works offline. With fewer
-  tokens than key dimensions C is singular: the run stops and asks for a longer text or
-  ``stats_damping`` (a ridge ``damping * mean(diag C)``; ROME has none: default 0).
+* Statistics text (``stats_source``): ROME estimates C on 100,000 Wikipedia samples, which an offline run
+  cannot read. The default, ``model_samples``, estimates it on ``stats_tokens`` (32,768) tokens the model
+  itself samples at temperature 1 from ROME's own seed words (passages of ``stats_max_length`` tokens,
+  seed ``stats_seed``; :func:`unlearnkit.editing.statistics.sample_passages`): the model's own text is the
+  closest offline stand-in for its training distribution, and enough tokens make C invertible for MLP
+  widths of a few thousand (SmolLM2-135M: 1,536, where the shipped general text's few hundred tokens leave
+  C singular). Sampling costs minutes on a CPU once per model; the text and C are cached.
+  ``general_text`` (the default when ``stats_text`` is given) reads a text file, by default the shipped
+  general-English text. A singular C stops the run and asks for more text or ``stats_damping`` (a ridge
+  ``damping * mean(diag C)``; ROME has none: default 0).
+* ``lens_margin_offset`` (default 0, Patil et al.'s code): the Head-Projection hinge compares the answer's
+  probability with the k-th largest (and k-th smallest) of each layer, so the loss is already zero when the
+  answer sits at rank k, inside the attack's top-k: on SmolLM2-135M the optimisation reached a near-zero loss
+  and the attack still found every edited fact (docs/editing_smollm2.md). ``lens_margin_offset=1`` compares
+  with the (k+1)-th instead, so a zero loss leaves the answer outside the candidate set (there: the attack found
+  2 of the 4 facts, against 3 after dummy edits).
 * No early stop of the value optimisation (ROME stops a rewrite once its NLL < 0.05; Patil
   et al.'s deletion objectives never stop early): every edit runs ``value_steps`` steps.
 * The update maps the bare prompt's key to v* exactly (ROME's code); the paper's equation
@@ -80,7 +92,7 @@ from unlearnkit.editing.rank_one import (
     optimise_value,
 )
 from unlearnkit.editing.sites import default_edit_layer, first_token_of, last_token_of, output_projection
-from unlearnkit.editing.statistics import general_text_passages, layer_second_moment
+from unlearnkit.editing.statistics import SOURCES, general_text_passages, layer_second_moment, sampled_passages
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.localization.subjects import subject_of
 from unlearnkit.methods.base import MethodConfig, UnlearnTrainer, register_method
@@ -131,10 +143,27 @@ class RomeDeleteConfig(MethodConfig):
                           "None: the edited layer to the last."},
     )
     lens_k: int = field(default=4, metadata={"help": "head_projection: the top-k/bottom-k the answer is pushed out of (Patil et al.: 4)."})
-    stats_text: str | None = field(
-        default=None, metadata={"help": "Text file (paragraphs) for the key statistics C (None: the shipped general-English text)."}
+    lens_margin_offset: int = field(
+        default=0,
+        metadata={"help": "head_projection: hinge against the (k + offset)-th largest/smallest probability. 0: Patil et al.'s "
+                          "code, whose loss is already zero with the answer at rank k (inside the attack's top-k); 1: just outside."},
     )
-    stats_max_length: int = field(default=256, metadata={"help": "Tokens per paragraph read for the key statistics."})
+    stats_source: str | None = field(
+        default=None,
+        metadata={"help": "Where the key statistics C come from: model_samples (text the model samples, temperature 1) or "
+                          "general_text (stats_text, else the shipped general-English text). None: general_text when stats_text "
+                          "is given, else model_samples."},
+    )
+    stats_text: str | None = field(
+        default=None, metadata={"help": "Text file (paragraphs) for the key statistics C (stats_source=general_text)."}
+    )
+    stats_tokens: int = field(
+        default=32768, metadata={"help": "stats_source=model_samples: tokens sampled for C (ROME: 100,000 Wikipedia samples)."}
+    )
+    stats_seed: int = field(default=0, metadata={"help": "stats_source=model_samples: the sampling seed (the text is cached per seed)."})
+    stats_max_length: int = field(
+        default=256, metadata={"help": "Tokens per passage read for the key statistics (and per sampled passage)."}
+    )
     stats_damping: float = field(
         default=0.0, metadata={"help": "Ridge added to C as damping * mean(diag C) (ROME: 0; raise it when C is singular)."}
     )
@@ -146,8 +175,9 @@ class RomeDeleteConfig(MethodConfig):
         super().__post_init__()
         check_choice("objective", self.objective, OBJECTIVES)
         require_at_least(1, value_steps=self.value_steps, value_prefixes=self.value_prefixes, lens_k=self.lens_k,
-                         stats_max_length=self.stats_max_length)
-        require_at_least(0, prefixes_per_length=self.prefixes_per_length)
+                         stats_tokens=self.stats_tokens)
+        require_at_least(2, stats_max_length=self.stats_max_length)
+        require_at_least(0, prefixes_per_length=self.prefixes_per_length, lens_margin_offset=self.lens_margin_offset)
         require_positive(value_learning_rate=self.value_learning_rate, clamp_norm_factor=self.clamp_norm_factor)
         require_non_negative(value_weight_decay=self.value_weight_decay, kl_factor=self.kl_factor, stats_damping=self.stats_damping)
         if self.layer is not None and self.layer < 0:
@@ -158,6 +188,11 @@ class RomeDeleteConfig(MethodConfig):
         parse_layers(self.lens_layers)
         if self.target_modules is not None or self.layers is not None:
             raise UnlearnkitError("rome_delete edits one MLP output projection: choose it with layer=N, not target_modules or layers.")
+        if self.stats_source is not None:
+            check_choice("stats_source", self.stats_source, SOURCES)
+        if self.stats_source == "model_samples" and self.stats_text is not None:
+            raise UnlearnkitError("stats_text is read only with stats_source=general_text; drop stats_text, or set "
+                                  "stats_source=general_text to estimate C on it.")
         if self.stats_text is not None and not Path(self.stats_text).is_file():
             raise UnlearnkitError(f"stats_text {self.stats_text!r} is not a file; give a text file of plain-prose paragraphs.")
 
@@ -170,6 +205,25 @@ class RomeDeleteConfig(MethodConfig):
         if not values or min(values) < 1:
             raise UnlearnkitError(f"prefix_lengths must be comma-separated token counts >= 1 such as '5,10', got {self.prefix_lengths!r}.")
         return values
+
+    def statistics_source(self) -> str:
+        """``stats_source``, or its default: general_text when ``stats_text`` is given, else model_samples."""
+        return self.stats_source or ("general_text" if self.stats_text is not None else "model_samples")
+
+    def statistics_passages(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list:
+        """The passages C is estimated on: sampled token ids (cached) or a text file's paragraphs."""
+        if self.statistics_source() == "general_text":
+            return general_text_passages(self.stats_text)
+        cache = Path(self.stats_cache) if self.stats_cache else None
+        sampled = sampled_passages(model, tokenizer, self.stats_tokens, self.sample_length(model), self.stats_seed, cache=cache)
+        logger.info("rome_delete: statistics text of %d tokens sampled from the model%s", sampled.tokens,
+                    " (cached)" if sampled.from_cache else "")
+        return sampled.passages
+
+    def sample_length(self, model: PreTrainedModel) -> int:
+        """Tokens per sampled passage: ``stats_max_length``, within the model's positions."""
+        positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+        return min(self.stats_max_length, positions) if positions else self.stats_max_length
 
     def selection(self) -> Selection:
         return Selection()  # the edit writes one matrix itself; the Trainer's trainable selection is unused
@@ -288,13 +342,14 @@ class RomeDelete(UnlearnTrainer):
             logger.warning("rome_delete edits the last layer (%d): no later attention layer reads the subject's position, so the "
                            "answer cannot change and the edits do nothing. Set layer to an earlier one.", layer)
         requests = [edit_request(tokenizer, fmt, row, config, index) for index, row in enumerate(rows, start=1)]
-        stats = layer_second_moment(model, tokenizer, site, general_text_passages(config.stats_text), config.stats_max_length,
+        stats = layer_second_moment(model, tokenizer, site, config.statistics_passages(model, tokenizer), config.stats_max_length,
                                     cache=Path(config.stats_cache) if config.stats_cache else None)
         logger.info("rome_delete: editing %s (key statistics from %d tokens%s)", site.name, stats.tokens,
                     ", cached" if stats.from_cache else "")
         prefixes = context_prefixes(model, tokenizer, config.lengths(), config.prefixes_per_length, config.seed)
         settings = EditSettings(config.objective, config.value_steps, config.value_learning_rate, config.value_weight_decay,
-                                config.clamp_norm_factor, config.kl_factor, config.read_layers(model), config.lens_k)
+                                config.clamp_norm_factor, config.kl_factor, config.read_layers(model), config.lens_k,
+                                config.lens_margin_offset)
         losses = []
         for number, request in enumerate(requests, start=1):
             average, bare = average_key(model, tokenizer, site, request, prefixes)
