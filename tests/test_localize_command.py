@@ -8,6 +8,7 @@ hidden-state norm at each row's last subject token.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.helpers import micro, run_cli
-from unlearnkit.localization import LOCALIZERS, Localization, LocatedSelection, load_localization, model_signature, register_localizer
+from unlearnkit.localization import LOCALIZERS, Localization, LocalizerSpec, LocatedSelection, load_localization, model_signature
 from unlearnkit.localization.base import config_settings
 from unlearnkit.localization.subjects import subject_of, subject_token_span
 from unlearnkit.modeling import load_model
@@ -53,8 +54,13 @@ def planted(model, tokenizer, rows, fmt, config: PlantedConfig) -> Localization:
                         model_signature(model), {"rows": len(rows)})
 
 
-if PLANTED not in LOCALIZERS:  # the registry is global: register once per session
-    register_localizer(PLANTED, config=PlantedConfig, citation="A test localizer (no paper)", summary="Planted for tests.")(planted)
+@pytest.fixture(scope="module", autouse=True)
+def planted_localizer() -> Iterator[None]:
+    """Registered for this module's tests only: the registry is global, and other tests check every registered localizer."""
+    spec = LocalizerSpec(PLANTED, planted, PlantedConfig, "A test localizer (no paper)", "Planted for tests.")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(LOCALIZERS._entries, PLANTED, spec)
+        yield
 
 
 @pytest.fixture(scope="module")
