@@ -71,3 +71,24 @@ def matrix_config(method: str, **extra: object):
     """The matrix's short run, with the micro preset's per-method settings (e.g. RMU's layer) on top."""
     per_method = dict(dict(PRESETS["micro"].method_overrides).get(method, ()))
     return build_config(METHODS.get(method).config, {**MATRIX_SETTINGS, **per_method, **extra})
+
+
+def blank_llama(tokenizer, num_layers: int):
+    """A hidden-16 Llama to plant a fact in: every matrix small noise (so no layer produces an answer by itself),
+    token embeddings noise except residual dimension 2, which is 1 on every token (a constant input for planted neurons)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=num_layers,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.normal_(0, 0.02)
+        embedding = model.model.embed_tokens.weight
+        embedding.normal_(0, 0.3)
+        embedding[:, :3] = torch.tensor([0.0, 0.0, 1.0])
+    return model

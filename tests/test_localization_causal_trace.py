@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.helpers import blank_llama
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.localization import LOCALIZERS, check_fits, load_localization, save_localization, selected_parameters
@@ -187,18 +188,9 @@ def planted_model(tokenizer) -> LlamaForCausalLM:
     so uniform) copies dimension 1 to every later token; the head reads dimension 1 as the answer's first token.
     Every other weight is small noise, so no other layer can produce the answer.
     """
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=3, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
+    model = blank_llama(tokenizer, num_layers=3)
+    embedding = model.model.embed_tokens.weight
     with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0, 0.02)
-        embedding = model.model.embed_tokens.weight
-        embedding.normal_(0, 0.3)
-        embedding[:, :3] = torch.tensor([0.0, 0.0, 1.0])
         for row in ROWS:
             text = f"Question: {row['question']}\nAnswer:"
             start, end = subject_token_span(tokenizer, text, row["subject"])

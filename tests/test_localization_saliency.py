@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
+from tests.helpers import blank_llama
 from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.localization import LOCALIZERS, check_fits, load_localization, neuron_masks, save_localization, selected_parameters
@@ -38,18 +39,8 @@ def planted_model(tokenizer) -> LlamaForCausalLM:
     """A 2-layer Llama whose layer-1 MLP has one neuron that fires on every token and writes residual dimension 1,
     which the head reads as the answer's first token. Every other weight is small noise, so the forget loss's gradient
     is largest on that row of layer 1's down_proj: the planted row."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=16, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = LlamaForCausalLM(config).eval()
+    model = blank_llama(tokenizer, num_layers=2)
     with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.dim() == 2:
-                parameter.normal_(0, 0.02)
-        embedding = model.model.embed_tokens.weight
-        embedding.normal_(0, 0.3)
-        embedding[:, :3] = torch.tensor([0.0, 0.0, 1.0])  # dimension 2: 1 on every token
         mlp = model.model.layers[1].mlp
         mlp.gate_proj.weight[0] = 0.0
         mlp.up_proj.weight[0] = 0.0
