@@ -35,7 +35,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit.attacks.base import AuditConfig, AuditData
 from unlearnkit.attacks.logit_lens import logit_lens_delta, logit_lens_head
 from unlearnkit.data.encoding import PromptFormat
-from unlearnkit.data.real_knowledge import cloze_prefix, load_probes
+from unlearnkit.data.real_knowledge import cloze_prefix, editable_facts, forms_by_fact, load_probes
 from unlearnkit.editing.rank_one import EditSettings, apply_edit, average_key, context_prefixes, optimise_value
 from unlearnkit.editing.sites import output_projection, set_weight_matrix, weight_matrix
 from unlearnkit.editing.statistics import SecondMoment, layer_second_moment, sampled_passages
@@ -50,20 +50,8 @@ MODEL = "smollm2-135m"
 
 def select_facts(probes: list[dict], count: int) -> list[dict]:
     """Forget qa probes naming their entity, with a cloze and an mcq form; in turn per entity, in file order."""
-    forms: dict[str, dict[str, dict]] = {}
-    for probe in probes:
-        forms.setdefault(probe["id"], {}).setdefault(probe["form"], probe)
-    queues: dict[str, list[dict]] = {}
-    for probe in probes:
-        if probe["role"] != "forget" or probe["form"] != "qa" or probe["entity"] not in probe["question"]:
-            continue
-        if {"cloze", "mcq"} <= set(forms[probe["id"]]):
-            queues.setdefault(probe["entity"], []).append(probe)
-    chosen: list[dict] = []
-    while len(chosen) < count and any(queues.values()):
-        for queue in queues.values():
-            if queue and len(chosen) < count:
-                chosen.append(queue.pop(0))
+    forms = forms_by_fact(probes)
+    chosen = editable_facts(probes, count)
     facts = []
     for probe in chosen:
         mcq = forms[probe["id"]]["mcq"]

@@ -402,21 +402,10 @@ def smollm2_facts(probes: list[dict], count: int) -> list[dict]:
     The answer is the fact's cloze sentence (the chat model restates before it answers: right after the prompt the fact
     is unlikely and the logit-lens attacks find nothing there to delete).
     """
-    from unlearnkit.data.real_knowledge import cloze_prefix
+    from unlearnkit.data.real_knowledge import cloze_prefix, editable_facts, forms_by_fact
 
-    forms: dict[str, dict[str, dict]] = {}
-    for probe in probes:
-        forms.setdefault(probe["id"], {}).setdefault(probe["form"], probe)
-    queues: dict[str, list[dict]] = {}
-    for probe in probes:
-        named = probe["form"] == "qa" and probe["entity"] in probe.get("question", "")
-        if probe["role"] == "forget" and named and {"cloze", "mcq"} <= set(forms[probe["id"]]):
-            queues.setdefault(probe["entity"], []).append(probe)
-    chosen: list[dict] = []
-    while len(chosen) < count and any(queues.values()):
-        for queue in queues.values():
-            if queue and len(chosen) < count:
-                chosen.append(queue.pop(0))
+    forms = forms_by_fact(probes)
+    chosen = editable_facts(probes, count)
     return [{"question": probe["question"], "answer": f"{cloze_prefix(forms[probe['id']]['cloze']['text'])} {probe['answer']}",
              "value": probe["answer"], "subject": probe["entity"]} for probe in chosen]
 

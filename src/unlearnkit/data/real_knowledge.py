@@ -97,6 +97,31 @@ def contains_answer(prediction: str, answer: str, aliases: Iterable[str] = ()) -
     return any(f" {variant} " in padded for variant in answer_variants(answer, aliases))
 
 
+def forms_by_fact(probes: list[dict]) -> dict[str, dict[str, dict]]:
+    """Probe id -> form -> the first probe of that fact in that form."""
+    forms: dict[str, dict[str, dict]] = {}
+    for probe in probes:
+        forms.setdefault(probe["id"], {}).setdefault(probe["form"], probe)
+    return forms
+
+
+def editable_facts(probes: list[dict], count: int) -> list[dict]:
+    """Up to ``count`` forget qa probes whose question names their entity and whose fact also has a cloze and an mcq
+    form, taken in turn per entity, in file order (the facts a subject-keyed editor can be measured on)."""
+    forms = forms_by_fact(probes)
+    queues: dict[str, list[dict]] = {}
+    for probe in probes:
+        named = probe["form"] == "qa" and probe["entity"] in probe.get("question", "")
+        if probe["role"] == "forget" and named and {"cloze", "mcq"} <= set(forms[probe["id"]]):
+            queues.setdefault(probe["entity"], []).append(probe)
+    chosen: list[dict] = []
+    while len(chosen) < count and any(queues.values()):
+        for queue in queues.values():
+            if queue and len(chosen) < count:
+                chosen.append(queue.pop(0))
+    return chosen
+
+
 def cloze_prefix(text: str) -> str:
     """The text before the blank of a cloze probe, trailing whitespace removed (the answer's first token brings its space)."""
     if text.count(BLANK) != 1:
