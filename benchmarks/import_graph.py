@@ -29,7 +29,8 @@ LAYERS = [
     (4, ("report",)),
     (5, ("jobs", "auditing", "sequential", "bench", "runs")),
     (6, ("api",)),
-    (7, ("cli", "__main__")),
+    # The literature map lists the commands, so it reads the command line.
+    (7, ("cli", "__main__", "literature")),
 ]
 
 

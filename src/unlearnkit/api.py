@@ -286,6 +286,78 @@ def audit(
     return _results(output)
 
 
+def forget(
+    *,
+    entity: str,
+    output: PathLike,
+    corpus: PathLike | None = None,
+    model: PathLike | None = None,
+    aliases: Sequence[str] = (),
+    after: PathLike | None = None,
+    method: str = "npo",
+    settings: Mapping[str, Any] | None = None,
+    holdout: PathLike | None = None,
+    utility: PathLike | None = None,
+    neighbours: int = 20,
+    eval_rows: int = 50,
+    max_share: float = 0.5,
+    attacks: str | Sequence[str] = "all",
+    audit_settings: Mapping[str, Any] | None = None,
+    margin: float = 0.1,
+    max_utility_drop: float = 0.1,
+    request_id: str | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    eval_batch_size: int = 64,
+    max_new_tokens: int | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit forget``: carry out a deletion request for ``entity`` and write its audit record into ``output``.
+
+    Finds the ``corpus`` rows naming the entity (or an alias) as whole words, unlearns them from ``model`` with
+    ``method`` (the other rows as the retain set), evaluates before and after, attacks the result, and writes
+    ``record.json``, ``record.html``, ``ledger.json`` and the unlearned ``model/``. ``after``: the folder of the
+    previous request, whose model this one unlearns and whose ledger it extends. The summary holds the verdict.
+    """
+    from unlearnkit.deletion.verdict import Criteria
+    from unlearnkit.evaluation.evaluator import EvalConfig
+    from unlearnkit.runs.forget import resolve_forget, run_forget
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+
+    _check_text(entity=entity, method=method)
+    if isinstance(aliases, str) or not all(isinstance(alias, str) for alias in aliases):
+        raise UnlearnkitError(f"aliases must be a list of names, e.g. ['A. Lee']; got {aliases!r}.")
+    if request_id is not None:
+        _check_text(request_id=request_id)
+    _check_counts(neighbours=neighbours, eval_rows=eval_rows)
+    if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or not 0 < max_share <= 1:
+        raise UnlearnkitError(f"max_share must be a number in (0, 1], got {max_share!r}.")
+    if not isinstance(attacks, str):
+        if not all(isinstance(name, str) for name in attacks):
+            raise UnlearnkitError(f"attacks must be 'all', 'none' or a list of attack names; got {attacks!r}.")
+        attacks = ",".join(attacks)
+    output, after = _path(output), _optional_path(after)
+    corpus, model = _optional_source(corpus, "corpus"), _optional_source(model, "model")
+    holdout, utility = _optional_source(holdout, "holdout"), _optional_source(utility, "utility")
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    criteria = Criteria(margin=margin, max_utility_drop=max_utility_drop)
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, corpus=corpus, model=model, after=after, holdout=holdout, utility=utility)
+    inputs = resolve_forget(entity=entity, aliases=tuple(aliases), corpus=corpus, model=model, after=after, method=method,
+                            settings=_settings(settings), holdout=holdout, utility=utility, neighbours=neighbours,
+                            eval_rows=eval_rows, max_share=float(max_share), attacks=attacks,
+                            audit_settings=_settings(audit_settings), criteria=criteria, builtin=builtin, prompt_format=fmt,
+                            request_id=request_id, eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens))
+    _log_into_results_folders()
+    run_forget(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
+    return _results(output)
+
+
 @dataclass(frozen=True)
 class Report:
     """A report written: its HTML file and how many runs it compares."""

@@ -606,6 +606,81 @@ def audit(
     typer.echo(f"Results: {output} (report: {output}/report.html)")
 
 
+@app.command()
+def forget(
+    entity: Annotated[str, typer.Option("--entity", help="The person, work or thing to forget, as the training data names it.")],
+    output: Output,
+    corpus: Annotated[str | None, typer.Option(
+        help="The training data to search: a built-in split (e.g. 'full', the built-in target's training data), or a "
+             "JSON/JSONL/CSV/Parquet file of question/answer rows (default with --after: the previous request's)."
+    )] = None,
+    model: Annotated[str | None, typer.Option(
+        help="The model trained on the corpus: a folder, a pretrained model's name or a hub name (default with a built-in "
+             "corpus: the built-in target; with --after: the previous request's unlearned model)."
+    )] = None,
+    alias: Annotated[list[str] | None, typer.Option(
+        "--alias", help="Another name of the entity the corpus uses (repeatable): a maiden or pen name, a spelling variant."
+    )] = None,
+    after: Annotated[Path | None, typer.Option(
+        help="The results folder of the previous request: unlearn its model, keep its forgotten rows out of the retain set, "
+             "re-check every earlier request, and extend its ledger (the folder itself is not changed)."
+    )] = None,
+    method: Annotated[str, typer.Option(help="Unlearning method (see `unlearnkit methods`).")] = "npo",
+    sets: Sets = None,
+    holdout: Annotated[str | None, typer.Option(
+        help="Questions about entities the model never saw, in the corpus's format: their recall is the guess level "
+             "(default with a built-in corpus: holdout10; without: the guess level is taken as 0)."
+    )] = None,
+    utility: Annotated[str | None, typer.Option(
+        help="General questions that must still be answered (default with a built-in corpus: world_facts)."
+    )] = None,
+    neighbours: Annotated[int, typer.Option(min=0, help="Rows closest to the entity's (TF-IDF) evaluated as neighbours.")] = 20,
+    eval_rows: Annotated[int, typer.Option(min=0, help="Rows of the rest of the corpus evaluated (evenly spaced).")] = 50,
+    max_share: Annotated[float, typer.Option(
+        callback=finite(above=0, at_most=1), help="Refuse a request whose names match more than this share of the corpus."
+    )] = 0.5,
+    attacks: Annotated[str, typer.Option(
+        help="Attacks of the audit (see `unlearnkit attacks`): 'all' (those that suit the data), comma-separated names, or "
+             "'none' (the direct questions only; the verdict then says the audit was not run)."
+    )] = "all",
+    audit_sets: Annotated[list[str] | None, typer.Option(
+        "--audit-set", help="Audit setting KEY=VALUE (repeatable); see `unlearnkit attacks -v`."
+    )] = None,
+    margin: Annotated[float, typer.Option(
+        callback=finite(at_least=0, at_most=0.99), help="Forgotten: recall at most the guess level plus this."
+    )] = 0.1,
+    max_utility_drop: Annotated[float, typer.Option(
+        callback=finite(at_least=0, at_most=0.99), help="Kept: each kept set's answer ROUGE-L may lose at most this share."
+    )] = 0.1,
+    request_id: Annotated[str | None, typer.Option(help="The requester's reference, recorded in the record and the ledger.")] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    max_new_tokens: MaxNewTokens = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Carry out a deletion request: find the entity's rows, unlearn them, evaluate, attack, and write an audit record."""
+    from unlearnkit.api import forget as run
+
+    result = run(entity=entity, output=output, corpus=corpus, model=model, aliases=alias or (), after=after, method=method,
+                 settings=parse_sets(sets), holdout=holdout, utility=utility, neighbours=neighbours, eval_rows=eval_rows,
+                 max_share=max_share, attacks=attacks, audit_settings=parse_sets(audit_sets), margin=margin,
+                 max_utility_drop=max_utility_drop, request_id=request_id, preset=preset, cache=cache, prompt_format=prompt_format,
+                 system_prompt=system_prompt, date_string=date_string, max_new_tokens=max_new_tokens, overwrite=overwrite,
+                 trust_remote_code=trust_remote_code, progress=show_progress())
+    summary = result.summary
+    typer.echo(f"Request {summary['request']} ({entity}): {summary['forget_rows']} rows; answer recall {summary['recall_before']:.3f} "
+               f"-> {summary['recall_after']:.3f} (guess level {summary['guess_level']:.3f}).")
+    for number, still in summary["earlier_still_forgotten"].items():
+        state = "no rows in the corpus" if still is None else "still forgotten" if still else "NOT forgotten any more"
+        typer.echo(f"Earlier request {number}: {state}.")
+    typer.echo(f"Verdict: {summary['verdict']}.")
+    typer.echo(f"Record: {output}/record.html (and record.json, ledger.json); unlearned model: {output}/model")
+
+
 @app.command("attacks")
 def attacks_command(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list the audit's settings with their defaults and help.")] = False,
