@@ -19,8 +19,8 @@ from unlearnkit.deletion.matching import (
     tfidf_vector,
 )
 from unlearnkit.deletion.verdict import (
-    COMES_BACK,
-    STAYS_GONE,
+    AT_FLOOR,
+    SHOWS_FACTS,
     UNINFORMATIVE,
     Criteria,
     attack_check,
@@ -112,8 +112,8 @@ def test_checks_by_hand() -> None:
     assert kept["passed"] and kept["limit"] == pytest.approx(0.4)
     assert not utility_check("neighbours", 0.5, 0.39, criteria)["passed"]
     row = {"attack": "relearning", "measure": "answer recall", "target": 0.8, "unlearned": 0.5}
-    assert attack_check(row, 0.3, "holdout", criteria)["outcome"] == COMES_BACK  # 0.5 > 0.3 + 0.1
-    assert attack_check({**row, "unlearned": 0.4}, 0.3, "holdout", criteria)["outcome"] == STAYS_GONE
+    assert attack_check(row, 0.3, "holdout", criteria)["outcome"] == SHOWS_FACTS  # 0.5 > 0.3 + 0.1
+    assert attack_check({**row, "unlearned": 0.4}, 0.3, "holdout", criteria)["outcome"] == AT_FLOOR
     assert attack_check({**row, "target": 0.4}, 0.3, "holdout", criteria)["outcome"] == UNINFORMATIVE  # nothing to bring back
     with pytest.raises(UnlearnkitError, match="--margin"):
         Criteria(margin=1.0)
@@ -127,7 +127,7 @@ def test_verdict_names_what_failed() -> None:
     back = [attack_check({"attack": "relearning", "measure": "answer recall", "target": 0.9, "unlearned": 0.7}, 0.0, "", criteria)]
     held = [attack_check({"attack": "relearning", "measure": "answer recall", "target": 0.9, "unlearned": 0.0}, 0.0, "", criteria)]
     assert verdict(gone, held, kept) == {"passed": True, "verdict": "forgotten", "brought_back_by": [], "utility_damaged_on": []}
-    assert verdict(gone, back, kept)["verdict"] == "forgotten, but brought back by relearning"
+    assert verdict(gone, back, kept)["verdict"] == "forgotten, but the facts still show under relearning"
     assert verdict(gone, None, kept)["verdict"] == "forgotten, but not audited against attacks"
     damaged = verdict(gone, held, [utility_check("rest", 0.8, 0.1, criteria)])
     assert not damaged["passed"] and damaged["verdict"] == "forgotten, but utility damaged on rest"

@@ -160,3 +160,20 @@ def test_the_api_refuses_bad_types_before_any_work(tmp_path: Path) -> None:
     with pytest.raises(UnlearnkitError, match="max_share"):
         unlearnkit.forget(entity="Ann Lee", corpus="full", max_share=0, output=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dry_run_lists_the_rows_and_writes_nothing(first_request, micro_cache: Path, micro_bench, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    first, _ = first_request
+    name = authors(micro_bench)[3]
+    output = tmp_path / "out"
+    capsys.readouterr()
+    assert run_cli(["forget", "--entity", name, "--after", str(first), "--output", str(output), "--dry-run",
+                    *micro(micro_cache)], monkeypatch) == 0
+    printed = capsys.readouterr().out
+    full = micro_bench.split("full")
+    rows = [index for index, row in enumerate(full) if row["author"] == name]
+    assert f"{name}: 8 of the corpus's {len(full)} rows would be forgotten" in printed
+    assert all(f"row {index}: {full[index]['question']}" in printed for index in rows)
+    assert f"Retain set: {len(full) - 16} rows; 8 rows of request 1 kept out." in printed
+    assert not output.exists()

@@ -306,6 +306,7 @@ def forget(
     margin: float = 0.1,
     max_utility_drop: float = 0.1,
     request_id: str | None = None,
+    dry_run: bool = False,
     preset: str = "default",
     cache: PathLike | None = None,
     prompt_format: str = "auto",
@@ -323,6 +324,9 @@ def forget(
     ``method`` (the other rows as the retain set), evaluates before and after, attacks the result, and writes
     ``record.json``, ``record.html``, ``ledger.json`` and the unlearned ``model/``. ``after``: the folder of the
     previous request, whose model this one unlearns and whose ledger it extends. The summary holds the verdict.
+
+    ``dry_run=True`` writes nothing and loads no model: the summary is what the request would forget (the matched rows'
+    numbers and questions) and keep, for checking the match before anything is unlearned.
     """
     from unlearnkit.deletion.verdict import Criteria
     from unlearnkit.evaluation.evaluator import EvalConfig
@@ -353,6 +357,10 @@ def forget(
                             eval_rows=eval_rows, max_share=float(max_share), attacks=attacks,
                             audit_settings=_settings(audit_settings), criteria=criteria, builtin=builtin, prompt_format=fmt,
                             request_id=request_id, eval_config=EvalConfig(batch_size=eval_batch_size, max_new_tokens=max_new_tokens))
+    if dry_run:
+        from unlearnkit.runs.forget import preview
+
+        return Results(output, preview(inputs))
     _log_into_results_folders()
     run_forget(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
     return _results(output)

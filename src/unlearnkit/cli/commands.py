@@ -653,6 +653,9 @@ def forget(
         callback=finite(at_least=0, at_most=0.99), help="Kept: each kept set's answer ROUGE-L may lose at most this share."
     )] = 0.1,
     request_id: Annotated[str | None, typer.Option(help="The requester's reference, recorded in the record and the ledger.")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="List the rows the request would forget and the sizes of what it keeps; write nothing, train nothing."
+    )] = False,
     preset: Preset = "default",
     cache: Cache = None,
     prompt_format: PromptStyle = "auto",
@@ -668,10 +671,19 @@ def forget(
     result = run(entity=entity, output=output, corpus=corpus, model=model, aliases=alias or (), after=after, method=method,
                  settings=parse_sets(sets), holdout=holdout, utility=utility, neighbours=neighbours, eval_rows=eval_rows,
                  max_share=max_share, attacks=attacks, audit_settings=parse_sets(audit_sets), margin=margin,
-                 max_utility_drop=max_utility_drop, request_id=request_id, preset=preset, cache=cache, prompt_format=prompt_format,
+                 max_utility_drop=max_utility_drop, request_id=request_id, dry_run=dry_run, preset=preset, cache=cache,
+                 prompt_format=prompt_format,
                  system_prompt=system_prompt, date_string=date_string, max_new_tokens=max_new_tokens, overwrite=overwrite,
                  trust_remote_code=trust_remote_code, progress=show_progress())
     summary = result.summary
+    if dry_run:
+        typer.echo(f"{entity}: {summary['forget_rows']} of the corpus's {summary['corpus_rows']} rows would be forgotten "
+                   f"({', '.join(summary['names'])} as whole words):")
+        for index, question in zip(summary["forget_indices"], summary["questions"], strict=True):
+            typer.echo(f"  row {index}: {question}")
+        kept_out = "".join(f"; {count} rows of request {number} kept out" for number, count in summary["excluded_earlier_requests"].items())
+        typer.echo(f"Retain set: {summary['retain_rows']} rows{kept_out}. Nothing was written (--dry-run).")
+        return
     typer.echo(f"Request {summary['request']} ({entity}): {summary['forget_rows']} rows; answer recall {summary['recall_before']:.3f} "
                f"-> {summary['recall_after']:.3f} (guess level {summary['guess_level']:.3f}).")
     for number, still in summary["earlier_still_forgotten"].items():

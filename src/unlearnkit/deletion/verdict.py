@@ -9,8 +9,9 @@ its non-members) the floor is the measure's chance level: stricter, since templa
 
 * **forgotten**: the direct questions' answer recall after unlearning is at most their floor (the *guess level*)
   plus ``margin``;
-* **stays forgotten**: no attack (rephrasing, relearning, in-context facts, ... ``unlearnkit attacks``) brings the
-  unlearned model's score above its floor + ``margin``; an attack on which the model *before* unlearning was not
+* **stays forgotten**: under no attack (rephrasing, relearning, in-context facts, ... ``unlearnkit attacks``) does the
+  unlearned model score above its floor + ``margin`` (it *still shows the facts*, which may never have left what the
+  attack measures or may have come back); an attack on which the model *before* unlearning was not
   above that limit either is uninformative (there was nothing to bring back);
 * **utility kept**: on the neighbours (the closest other facts), the rest of the corpus and the utility set, answer
   ROUGE-L recall after unlearning has lost at most ``max_utility_drop`` of its value before.
@@ -27,7 +28,9 @@ from typing import Any
 from unlearnkit.settings import check_field_types, require_fraction
 
 FORGOTTEN, NOT_FORGOTTEN = "forgotten", "not forgotten"
-COMES_BACK, STAYS_GONE, UNINFORMATIVE, NOT_RUN = "comes back", "stays forgotten", "uninformative", "not run"
+# An attack under which the unlearned model still scores above its floor shows the facts, whether they were never
+# removed from what it measures or came back.
+SHOWS_FACTS, AT_FLOOR, UNINFORMATIVE = "still shows the facts", "at the floor", "uninformative"
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,7 @@ def attack_check(row: Mapping[str, Any], floor: float, floor_source: str, criter
     before, after = row["target"], row["unlearned"]
     # The model before unlearning at or under the limit: there was nothing to bring back.
     informative = before is None or before > limit
-    outcome = (COMES_BACK if after > limit else STAYS_GONE) if informative else UNINFORMATIVE
+    outcome = (SHOWS_FACTS if after > limit else AT_FLOOR) if informative else UNINFORMATIVE
     return {"attack": row["attack"], "measure": row["measure"], "before": before, "after": after, "floor": floor,
             "floor_source": floor_source, "limit": limit, "outcome": outcome}
 
@@ -77,13 +80,13 @@ def verdict(forgotten: Mapping[str, Any], attacks: Sequence[Mapping[str, Any]] |
 
     ``attacks`` None: the robustness audit was not run (``--attacks none``); the verdict says so and does not pass.
     """
-    back = [row["attack"] for row in attacks or () if row["outcome"] == COMES_BACK]
+    back = [row["attack"] for row in attacks or () if row["outcome"] == SHOWS_FACTS]
     damaged = [row["set"] for row in utility if not row["passed"]]
     problems = []
     if not forgotten["passed"]:
         problems.append("the direct questions still recall the facts")
     if back:
-        problems.append(f"brought back by {', '.join(back)}")
+        problems.append(f"the facts still show under {', '.join(back)}")
     if attacks is None:
         problems.append("not audited against attacks")
     if damaged:

@@ -86,8 +86,8 @@ def _checks_section(record: Mapping[str, Any], checks: Mapping[str, Any]) -> str
     if attacks is None:
         lines.append(("Stays forgotten under attack", None, None, "", None))
     else:
-        back = [row["attack"] for row in attacks if row["outcome"] == "comes back"]
-        lines.append(("Stays forgotten under attack" + (f" (brought back by {', '.join(back)})" if back else ""), None, None,
+        back = [row["attack"] for row in attacks if row["outcome"] == "still shows the facts"]
+        lines.append(("Stays forgotten under attack" + (f" (the facts still show under {', '.join(back)})" if back else ""), None, None,
                       "no attack above its floor", not back))
     body = "".join(
         f"<tr><td>{escape(name)}</td>{_num(before)}{_num(after)}<td>{escape(limit)}</td>{_result(passed)}</tr>"
@@ -123,10 +123,11 @@ def _attacks_section(attacks: Sequence[Mapping[str, Any]] | None, audit: Mapping
     papers = "".join(f"<li><b>{escape(str(row['attack']))}</b>: {escape(str((info.get(row['attack']) or {}).get('summary', '')))} "
                      f"<i>{escape(str((info.get(row['attack']) or {}).get('paper', '')))}</i></li>" for row in attacks)
     return (
-        "<h2>Attacks</h2><p>Each attack tries to bring the entity's facts back (rephrased questions, a few steps of "
-        "fine-tuning on some of them, the facts in the prompt, ...). It brings them back when the unlearned model's score "
-        "exceeds the floor (the guess level for answer recall, the attack's chance level otherwise) by more than the margin; "
-        "it is uninformative when the model before unlearning did not exceed it either.</p>"
+        "<h2>Attacks</h2><p>Each attack tries to get the entity's facts out of the model (rephrased questions, a few steps "
+        "of fine-tuning on some of them, the facts in the prompt, reading its layers, ...). The floor is what the attack "
+        "gets from the model before unlearning about people it never saw (the holdout questions), or the attack's chance "
+        "level where it cannot run on them. The model still shows the facts when its score exceeds the floor by more than "
+        "the margin; an attack is uninformative when the model before unlearning did not exceed it either.</p>"
         "<table><tr><th>attack</th><th>measure</th><th>before unlearning</th><th>after</th><th>floor</th><th>outcome</th></tr>"
         f"{body}</table>"
         + (f"<p>Skipped (unsuitable for this data):</p><ul>{skipped}</ul>" if skipped else "")
@@ -183,5 +184,5 @@ def _result(passed: bool | None) -> str:
 
 
 def _outcome(outcome: str) -> str:
-    css = {"comes back": "fail", "stays forgotten": "pass"}.get(outcome, "neutral")
+    css = {"still shows the facts": "fail", "at the floor": "pass"}.get(outcome, "neutral")
     return f'<td class="{css}">{escape(outcome)}</td>'

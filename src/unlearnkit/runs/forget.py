@@ -212,6 +212,16 @@ def _evenly_spaced(indices: list[int], count: int) -> list[int]:
     return [indices[int(position * step)] for position in range(count)]
 
 
+def preview(inputs: ForgetInputs) -> dict[str, Any]:
+    """What the request would forget and keep (``--dry-run``): counts, and the matched rows' numbers and questions."""
+    return {"entity": inputs.request.entity, "names": inputs.request.names, "corpus": inputs.corpus.source,
+            "corpus_rows": len(inputs.corpus.rows), "forget_rows": len(inputs.forget), "forget_indices": inputs.forget,
+            "questions": [row["question"] for row in inputs.rows(inputs.forget)], "retain_rows": len(inputs.retain),
+            "excluded_earlier_requests": {str(number): len(indices) for number, indices in inputs.earlier.items()},
+            "neighbours": [row["question"] for row in inputs.rows(inputs.neighbours)], "model": inputs.model.named,
+            "method": inputs.method.name}
+
+
 # --------------------------------------------------------------------------------------------- running
 
 
