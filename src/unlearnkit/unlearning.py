@@ -133,25 +133,63 @@ def method_localization(method: str, config: MethodConfig, model: PreTrainedMode
     a neuron- or weight-level selection under LoRA (LoRA's factors have no rows of the original weight);
     given ``model``, a localization made on another model or one selecting nothing this run can train.
     """
+    if config.localizer is not None:
+        check_localization_use(method, config)
     if config.localize is None:
         return None
+    check_localization_use(method, config)
+    localization = load_checked_localization(config.localize)
+    check_usable(method, config, localization, model, f"The localization {config.localize}")
+    return localization
+
+
+def check_localization_use(method: str, config: MethodConfig) -> None:
+    """Refuse a localization (saved or inline) for a method that chooses the weights it changes itself."""
     spec = METHODS.get(method)
+    if config.localizer is not None and reads_localization(method):
+        raise UnlearnkitError(f"Method {method!r} reads where to edit from a saved localization: run `unlearnkit localize "
+                              f"MODEL --data FORGET --localizer {config.localizer} --output DIR` and pass --localize DIR.")
     if not reads_localization(method) and (not spec.trainer.supports_lora or type(config).selection is not MethodConfig.selection):
+        option = "localize (--localize)" if config.localize is not None else "localizer"
         raise UnlearnkitError(
             f"Method {method!r} chooses the weights it changes itself (its own layers or its own selection), so a "
-            "localization has no use there; drop localize (--localize), or choose a method that trains the model's weights."
+            f"localization has no use there; drop {option}, or choose a method that trains the model's weights."
         )
-    localization = load_checked_localization(config.localize)
+
+
+def check_usable(method: str, config: MethodConfig, localization: Localization, model: PreTrainedModel | None, named: str) -> None:
+    """A localization this run can train: no neurons under LoRA; given ``model``, made on it and selecting something."""
     if config.uses_lora and localization.selection.has_neurons:
         raise UnlearnkitError(
-            f"The localization {config.localize} selects single neurons or weights, and LoRA's low-rank factors have no rows "
+            f"{named} selects single neurons or weights, and LoRA's low-rank factors have no rows "
             "or columns of the original weights to restrict. Set lora_rank=0 (full fine-tuning of the located weights), or "
             "localize with a layer/module-level selection."
         )
     if model is not None:
-        check_fits(localization, model, f"The localization {config.localize}")
+        check_fits(localization, model, named)
         if not config.uses_lora and not reads_localization(method):
             localized_parameters(model, localization)
+
+
+def inline_localization(method: str, config: MethodConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                        forget: Sequence[dict], fmt: PromptFormat) -> Localization | None:
+    """The ``localizer`` setting's localization: that localizer (default settings) run on the forget set; None without one.
+
+    Runners call it before their results folder exists, so that rows the localizer refuses (no subject, say) or a
+    selection the run cannot train write nothing; the model is left as it was (in eval mode).
+    """
+    if config.localizer is None:
+        return None
+    from unlearnkit.localization import LOCALIZERS
+    from unlearnkit.settings import build_config
+
+    check_localization_use(method, config)
+    spec = LOCALIZERS.get(config.localizer)
+    model.eval()
+    logger.info("localizing inline with %s on the %d forget row(s)", config.localizer, len(forget))
+    localization = spec.function(model, tokenizer, list(forget), fmt, build_config(spec.config, {}, what="localizer setting"))
+    model.zero_grad(set_to_none=True)  # a gradient-based localizer's gradients must not reach the first training step
+    check_usable(method, config, localization, model, f"The {config.localizer} localization of the forget set")
     return localization
 
 
@@ -264,8 +302,12 @@ def unlearn(
     checkpoint_dir: Path | None = None,
     checkpoint_every: int = 0,
     callbacks: Sequence[TrainerCallback] = (),
+    localization: Localization | None = None,
 ) -> UnlearnOutcome:
     """Unlearn ``forget`` from ``model`` (in place) with ``method``; returns the model and the training log.
+
+    ``localization``: the ``localizer`` setting's localization when the caller computed it already
+    (:func:`inline_localization`); otherwise it is computed here, and ``localize`` is read from its folder.
 
     With ``checkpoint_every`` > 0, a checkpoint is written to ``checkpoint_dir``
     every that many steps, and a run that finds one there resumes from it.
@@ -276,7 +318,8 @@ def unlearn(
         raise TypeError(f"method {method!r} takes a {spec.config.__name__}, got {type(config).__name__}.")
     check_method_inputs(method, config, forget, retain, model, tokenizer, fmt)
     batch_size = per_device_batch_size(config.batch_size, distributed.world_size())
-    localization = method_localization(method, config, model)
+    if localization is None:
+        localization = method_localization(method, config, model) or inline_localization(method, config, model, tokenizer, forget, fmt)
     if reads_localization(method):
         localization = None  # the method edits where the localization points itself; its selection() says what changes
     selection = localization.selection.module_selection if localization is not None else config.selection()

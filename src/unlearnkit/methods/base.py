@@ -93,6 +93,12 @@ class MethodConfig:
                           "(its layers and modules; with neurons or single weights, only those: every other weight stays "
                           "bit-identical). Not with target_modules / layers; with LoRA, only a layer/module selection. None: off."},
     )
+    localizer: str | None = field(
+        default=None,
+        metadata={"help": "Localize inline: run this localizer (`unlearnkit localizers`, its default settings) on the forget set "
+                          "before training and train only what it selects, as localize does with a saved localization (the run "
+                          "keeps it in its localization/ folder). Not with localize, target_modules or layers. None: off."},
+    )
     lora_rank: int = field(
         default=0,
         metadata={"help": "LoRA rank: > 0 trains low-rank adapters on the selected modules instead of the weights (0: full fine-tuning)."},
@@ -142,15 +148,23 @@ class MethodConfig:
 
     def _check_localize(self) -> None:
         """A localization names the weights to train itself: refuse it alongside a hand-made selection rather than guess."""
-        if self.localize is None:
+        if self.localizer is not None:
+            from unlearnkit.localization import LOCALIZERS
+
+            if self.localize is not None:
+                raise UnlearnkitError(f"localize={self.localize} and localizer={self.localizer} both choose what to train; keep one "
+                                      "(a saved localization, or a localizer run on the forget set).")
+            LOCALIZERS.get(self.localizer)  # an unknown name fails now, with the closest ones
+        chosen_by = f"localize={self.localize}" if self.localize is not None else f"localizer={self.localizer}"
+        if self.localize is None and self.localizer is None:
             return
-        if not self.localize.strip():
+        if self.localize is not None and not self.localize.strip():
             raise UnlearnkitError("localize is empty: give a localization folder (written by `unlearnkit localize`), or none.")
         defaults = {item.name: item.default for item in fields(self)}
         chosen = [name for name in ("target_modules", "layers") if getattr(self, name) != defaults[name]]
         if chosen:
             raise UnlearnkitError(
-                f"localize={self.localize} already chooses the layers and modules to train; drop {' and '.join(chosen)} "
+                f"{chosen_by} already chooses the layers and modules to train; drop {' and '.join(chosen)} "
                 "(or run `unlearnkit localize` again with the selection you want)."
             )
 

@@ -24,13 +24,14 @@ from unlearnkit.descriptions import config_descriptions
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, EvalResult, check_reference_tokenizer, evaluate, load_reference
 from unlearnkit.evaluation.tracking import CURVE_FILE, EvalTracker, TrackingConfig
+from unlearnkit.localization import Localization, save_localization
 from unlearnkit.modeling import load_model, load_tokenizer, save_model
 from unlearnkit.provenance import environment, rows_sha256, weights_sha256
 from unlearnkit.runs.folder import CHECKPOINTS, check_output_dir, results_folder, with_reasons, write
 from unlearnkit.runs.inputs import Builtin, DataChoice, Evaluation, MethodChoice, ModelChoice, RunOptions
-from unlearnkit.runs.localize import copy_into_run, localization_record
+from unlearnkit.runs.localize import RUN_COPY, copy_into_run, localization_record, write_heat_maps
 from unlearnkit.runs.lock import locks_output
-from unlearnkit.unlearning import UnlearnOutcome, check_method_inputs, check_overlap, unlearn
+from unlearnkit.unlearning import UnlearnOutcome, check_method_inputs, check_overlap, inline_localization, unlearn
 
 logger = logging.getLogger("unlearnkit")
 
@@ -148,6 +149,7 @@ def run_unlearn(
     context = getattr(network.config, "max_position_embeddings", None)
     check_fits_context(tokenizer, model.fmt, forget, context, "forget data")
     check_fits_context(tokenizer, model.fmt, retain, context, "retain data")
+    inline = inline_localization(method.name, method.config, network, tokenizer, forget, model.fmt)  # before any output
     evaluation = inputs.evaluation
     tracker = None
     if tracking.enabled:
@@ -165,9 +167,9 @@ def run_unlearn(
         run_config["max_new_tokens"] = evaluation.config.caps(evaluation.splits)
     if tracker is not None:
         run_config["eval_during_training"] = asdict(tracking)
-    record_localization(run_config, method)
+    record_localization(run_config, method, inline)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
-        unlearned, seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options)
+        unlearned, seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options, inline)
         write(folder / "timing.json", {"unlearn_seconds": round(seconds, 2)})
         summary: dict[str, Any] = {}
         if evaluation and evaluation.splits:
@@ -183,19 +185,24 @@ def run_unlearn(
 
 def unlearn_into(
     folder: Path, run_config: dict[str, Any], tracker: EvalTracker | None, network: Any, tokenizer: Any,
-    inputs: UnlearnInputs, options: RunOptions,
+    inputs: UnlearnInputs, options: RunOptions, inline: Localization | None = None,
 ) -> tuple[Any, float]:
     """Unlearn into a results folder being built: config, training log, curve, model and its digest.
 
+    ``inline``: the ``localizer`` setting's localization, computed before the folder existed; kept in the folder.
     Returns the model every process evaluates and the seconds the unlearning itself took.
     """
     write(folder / "config.json", run_config)
     if inputs.method.config.localize is not None and distributed.is_main_process():
         copy_into_run(inputs.method.config.localize, folder)  # the run's report shows its heat maps
+    if inline is not None and distributed.is_main_process():
+        save_localization(inline, folder / RUN_COPY)  # the whole localization (scores too): it exists nowhere else
+        write_heat_maps(inline, folder / RUN_COPY)
     started = time.perf_counter()
     outcome = unlearn(network, tokenizer, inputs.method.name, inputs.forget.rows, inputs.retain_rows, inputs.method.config,
                       inputs.model.fmt, options.show_progress, checkpoint_dir=folder / CHECKPOINTS,
-                      checkpoint_every=options.checkpoint_every, callbacks=[tracker] if tracker is not None else ())
+                      checkpoint_every=options.checkpoint_every, callbacks=[tracker] if tracker is not None else (),
+                      localization=inline)
     seconds = time.perf_counter() - started
     write(folder / "training_log.json", outcome.log_history)
     if tracker is not None:
@@ -209,10 +216,16 @@ def unlearn_into(
     return unlearned, seconds
 
 
-def record_localization(run_config: dict[str, Any], method: MethodChoice) -> None:
-    """A run trained on a localization records it (path, digest, localizer, selection): a changed one is another run."""
+def record_localization(run_config: dict[str, Any], method: MethodChoice, inline: Localization | None = None) -> None:
+    """A run trained on a localization records it (path, digest, localizer, selection): a changed one is another run.
+
+    An inline one (the ``localizer`` setting) is kept in the run's own ``localization/`` folder.
+    """
     if method.config.localize is not None:
         run_config["localization"] = localization_record(method.config.localize)
+    elif inline is not None:
+        run_config["localization"] = {"path": RUN_COPY, "inline": True, "localizer": inline.localizer, "settings": inline.settings,
+                                      "selection": inline.selection.to_json()}
 
 
 def save_unlearned(outcome: UnlearnOutcome, tokenizer: Any, folder: Path) -> Any:
@@ -300,10 +313,11 @@ def run_demo(
         "sha256": {"forget_rows": rows_sha256(forget.rows), "retain_rows": rows_sha256(retain.rows),
                    "source_model": weights_sha256(bench.target_dir)},
     }
-    record_localization(run_config, method)
     tokenizer = load_tokenizer(bench.target_dir)
     network = load_model(bench.target_dir)
     check_method_inputs(method.name, method.config, forget.rows, retain.rows, network, tokenizer, builtin.prompt_format)
+    inline = inline_localization(method.name, method.config, network, tokenizer, forget.rows, builtin.prompt_format)
+    record_localization(run_config, method, inline)
     tracker = None
     if tracking.enabled:
         # Forget quality during training uses the oracle reference of the final evaluation.
@@ -311,7 +325,7 @@ def run_demo(
                               {"oracle": inputs.oracle_summary})
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
-        unlearned, unlearn_seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options)
+        unlearned, unlearn_seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options, inline)
         results["unlearned"] = evaluate(unlearned, tokenizer, inputs.evaluation.splits, builtin.prompt_format, eval_config, reference)
         summary = {name: result.summary for name, result in results.items()}
         if tracker is not None and tracker.selected_step is not None:
