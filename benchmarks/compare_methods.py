@@ -74,6 +74,21 @@ def collect(runs: list[tuple[str, str, Path]], preset: str, overrides: dict[str,
     return rows
 
 
+def kept_rows(earlier: Path, rows: list[dict]) -> list[dict]:
+    """``rows`` with the method rows of the earlier JSON ``earlier`` that ``rows`` lacks, in the earlier order first.
+
+    Refused unless the earlier target and oracle rows equal these (every metric to the last digit): then both
+    were evaluated on the same prepared models, and the earlier runs compare with the new ones.
+    """
+    previous = json.loads(earlier.read_text(encoding="utf-8"))["methods"]
+    if not rows:
+        raise SystemExit("--keep needs at least one finished run now, to compare the target and oracle rows with.")
+    if previous[:2] != rows[:2]:
+        raise SystemExit(f"--keep {earlier}: its target/oracle rows differ from this run's, so its runs used other models.")
+    present = {row["model"] for row in rows}
+    return rows[:2] + [row for row in previous[2:] if row["model"] not in present] + rows[2:]
+
+
 def markdown(rows: list[dict], preset: str, split: str, overrides: dict[str, str], variant_rows: list[dict], threads: int = 1) -> str:
     config = get_preset(preset)
     changed = (f"batch size for the pretrained {config.base_model}" if config.base_model
@@ -149,6 +164,9 @@ def main() -> None:
     parser.add_argument("--collect-only", action="store_true", help="Only build the table from the folders present.")
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="An earlier --json of the same preset and split: its method rows are kept for the methods not "
+                             "collected now, provided its target and oracle rows equal this run's (the same prepared models).")
     options = parser.parse_args()
     set_threads(options.threads)
     quiet_libraries()
@@ -163,6 +181,8 @@ def main() -> None:
                         options.cache)
     rows = collect([(method, method, run_folder(options.output, method, options.split)) for method in methods], options.preset,
                    overrides)
+    if options.keep is not None:
+        rows = kept_rows(options.keep, rows)
     variant_rows = [row for label, method, settings in variants
                     for row in collect([(label, method, run_folder(options.output / "variants" / label, method, options.split))],
                                        options.preset, {**overrides, **settings})

@@ -402,6 +402,52 @@ def write_report(
     return Report(output, len(runs))
 
 
+def influence(
+    *,
+    model: PathLike,
+    query: PathLike,
+    train: PathLike,
+    output: PathLike,
+    estimator: str = "ekfac",
+    top_k: int = 10,
+    settings: Mapping[str, Any] | None = None,
+    factors: PathLike | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit influence``: rank the ``train`` rows by their influence on each ``query`` row's answer, into ``output``.
+
+    ``estimator`` is ``ekfac`` (Grosse et al. 2023), ``kfac``, ``diagonal`` or ``tracin`` (Pruthi et al. 2020);
+    ``settings`` its settings (``--set``: damping, empirical_fisher, max_train_rows, group_field...); ``factors`` an
+    earlier run's folder (or its ``factors/``) whose fitted curvature to reuse on the same model. The folder holds
+    ``summary.json`` (top-k rows per query; top-k recall of the query's author when rows have one),
+    ``per_sample.json``, ``scores.safetensors`` and ``factors/``.
+    """
+    from unlearnkit.runs.influence import resolve_influence, resolve_settings, run_influence
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+
+    _check_text(estimator=estimator)
+    model, query, train, output = _as_source(model, "model"), _as_source(query, "query"), _as_source(train, "train"), _path(output)
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise UnlearnkitError(f"top_k must be a whole number, 1 or more; got {top_k!r}.")
+    factors = _optional_path(factors)
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    config = resolve_settings(estimator, _settings(settings))
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, MODEL=model, query=query, train=train, factors=factors)
+    inputs = resolve_influence(model=model, query=query, train=train, estimator=estimator, config=config, top_k=top_k,
+                               factors=factors, builtin=builtin, prompt_format=fmt)
+    _log_into_results_folders()
+    run_influence(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
+    return _results(output)
+
+
 # --------------------------------------------------------------------------------------------- argument checks
 # The command line's option parser checks types; a script may pass anything, so the same refusals happen here.
 

@@ -833,3 +833,47 @@ def data_export(output: Output, preset: Preset = "default", overwrite: Overwrite
 
 
 app.command("papers")(papers_command)
+
+
+@app.command()
+def influence(
+    model: Annotated[str, typer.Argument(help="The model whose training rows to attribute: a model folder, a pretrained model's name, "
+                                              "a hub name, or 'builtin' (the built-in target).")],
+    query: Annotated[str, typer.Option(
+        "--query", help="The facts to explain: a built-in split, a JSON/JSONL/CSV/Parquet file or hf:NAME[:CONFIG][@SPLIT] (rows with "
+                        "question and answer)."
+    )],
+    train: Annotated[str, typer.Option("--train", help="The training rows to rank (same forms as --query), e.g. the built-in 'full'.")],
+    output: Output,
+    estimator: Annotated[str, typer.Option(
+        "--estimator", help="ekfac (Grosse et al. 2023), kfac, diagonal or tracin (Pruthi et al. 2020: gradient dot product)."
+    )] = "ekfac",
+    top_k: Annotated[int, typer.Option("--top-k", min=1, help="Training rows listed per query.")] = 10,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Influence setting KEY=VALUE (repeatable): damping, empirical_fisher, fisher_samples, normalize, modules, layers, "
+                      "batch_size, max_length, max_train_rows, group_field, seed (docs/influence.md)."
+    )] = None,
+    factors: Annotated[Path | None, typer.Option(
+        "--factors", help="Reuse the fitted curvature of an earlier influence run on the same model (its folder or its factors/)."
+    )] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Rank training rows by their influence on each query's answer (influence functions; which rows taught this fact?)."""
+    from unlearnkit.api import influence as run
+
+    result = run(model=model, query=query, train=train, output=output, estimator=estimator, top_k=top_k, settings=parse_sets(sets),
+                 factors=factors, preset=preset, cache=cache, prompt_format=prompt_format, system_prompt=system_prompt,
+                 date_string=date_string, overwrite=overwrite, trust_remote_code=trust_remote_code, progress=show_progress())
+    summary = result.summary
+    typer.echo(f"{estimator}: {summary['train_rows']} training row(s) ranked for {summary['queries']} query row(s) "
+               f"(factors {'reused' if summary['factors_reused'] else 'fitted'}; {summary['seconds']['total']:.1f} s).")
+    for name, recall in summary.get("recall", {}).items():
+        shown = "n/a" if recall["recall_at_k"] is None else f"{recall['recall_at_k']:.3f}"
+        typer.echo(f"top-k recall of each query's {recall['field']} ({name}): {shown} (chance {recall['chance']:.3f})")
+    typer.echo(f"Results: {output} (summary.json; factors in {output}/factors, reuse with --factors {output})")
