@@ -43,6 +43,8 @@ SCHEDULER_NEEDS = {
 }
 # Optimisers the Trainer builds from torch alone (listed in messages as what always works).
 TORCH_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "adagrad", "rmsprop")
+# Optimisers unlearnkit builds itself (unlearnkit.optimizers; UnlearnTrainer.create_optimizer), not transformers.
+UNLEARNKIT_OPTIMIZERS = ("soul",)
 # Optimisers the Trainer builds only with a package torch lacks: (importable module, how to install it).
 _BITSANDBYTES = ("bitsandbytes", "pip install bitsandbytes")
 OPTIMIZER_PACKAGES: dict[str, tuple[str, str]] = {
@@ -239,13 +241,17 @@ def check_lr_scheduler(value: str, name: str = "lr_scheduler") -> None:
 
 
 def check_optimizer(value: str, name: str = "optimizer") -> None:
-    """A ``transformers`` optimiser name the Trainer can build here (its package installed, no setting unlearnkit lacks)."""
+    """An optimiser the Trainer can build here: unlearnkit's own (``soul``), or a ``transformers`` name whose package is
+    installed and that needs no setting unlearnkit lacks."""
     from transformers.training_args import OptimizerNames
 
+    if value in UNLEARNKIT_OPTIMIZERS:
+        return
     known = [member.value for member in OptimizerNames]
     if value not in known:
         raise UnlearnkitError(
-            f"{name} {value!r} is not an optimiser name transformers knows.{did_you_mean(str(value), known)} "
+            f"{name} {value!r} is not an optimiser name transformers knows, nor unlearnkit's own ({', '.join(UNLEARNKIT_OPTIMIZERS)})."
+            f"{did_you_mean(str(value), [*UNLEARNKIT_OPTIMIZERS, *known])} "
             f"Torch provides {', '.join(TORCH_OPTIMIZERS)}; the others of transformers' OptimizerNames need a package."
         )
     if value in OPTIMIZERS_NEEDING_TARGET_MODULES:

@@ -21,6 +21,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from unlearnkit import distributed
 from unlearnkit.errors import NO_SPACE_ERRNOS, UnlearnkitError
 from unlearnkit.io import write_json
+from unlearnkit.settings import UNLEARNKIT_OPTIMIZERS
 
 logger = logging.getLogger("unlearnkit")
 
@@ -89,7 +90,9 @@ def training_arguments(
     return TrainingArguments(
         output_dir=str(checkpoint_dir) if checkpoint_dir is not None else tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
         learning_rate=learning_rate,
-        optim=optimizer,
+        # unlearnkit's own optimisers (optimizer=soul) are built by UnlearnTrainer.create_optimizer, which ignores optim;
+        # TrainingArguments only knows transformers' names, so it gets a harmless one.
+        optim="adamw_torch" if optimizer in UNLEARNKIT_OPTIMIZERS else optimizer,
         num_train_epochs=num_epochs,
         per_device_train_batch_size=batch_size,
         gradient_accumulation_steps=gradient_accumulation_steps,

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from unlearnkit import distributed, losses
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.errors import NumericalFault, UnlearnkitError
+from unlearnkit.optimizers import SOUL, SOUL_BATCH_SIZE, SOUL_BETAS, SOUL_HESSIAN_INTERVAL, SOUL_RHO, SoulSophia
 from unlearnkit.parameters import Selection, is_lora_model, parse_layers, parse_modules
 from unlearnkit.registry import Registry
 from unlearnkit.settings import (
@@ -77,7 +78,28 @@ class MethodConfig:
         metadata={"help": "Stop once a batch's mean forget-answer NLL exceeds this "
                           "(a guard for gradient-ascent-style methods; None: off)."},
     )
-    optimizer: str = field(default="adamw_torch", metadata={"help": "transformers optimiser name (adamw_torch, sgd, adafactor, ...)."})
+    optimizer: str = field(
+        default="adamw_torch",
+        metadata={"help": "transformers optimiser name (adamw_torch, sgd, adafactor, ...), or 'soul': Sophia with a clipped "
+                          "diagonal-Hessian step (Jia et al., EMNLP 2024; settings soul_*)."},
+    )
+    soul_rho: float = field(
+        default=SOUL_RHO,
+        metadata={"help": "optimizer=soul: Sophia's rho; a coordinate's step is lr * min(|m| / (rho * bs * h), 1) (SOUL: 0.04)."},
+    )
+    soul_batch_size: int = field(
+        default=SOUL_BATCH_SIZE,
+        metadata={"help": "optimizer=soul: the bs scaling the Hessian estimate in the step's denominator (SOUL's code: 5120)."},
+    )
+    soul_beta1: float = field(default=SOUL_BETAS[0], metadata={"help": "optimizer=soul: momentum EMA coefficient (SOUL: 0.9)."})
+    soul_beta2: float = field(
+        default=SOUL_BETAS[1], metadata={"help": "optimizer=soul: EMA coefficient of the squared-gradient Hessian estimate (SOUL: 0.95)."},
+    )
+    soul_hessian_interval: int = field(
+        default=SOUL_HESSIAN_INTERVAL,
+        metadata={"help": "optimizer=soul: refresh the Hessian estimate every this many steps (SOUL's code: 1, every step; "
+                          "Sophia's paper: 10)."},
+    )
     target_modules: str | None = field(
         default=None,
         metadata={"help": "Train only these modules: comma-separated names as peft writes them ('down_proj', 'q_proj,v_proj'). "
@@ -139,12 +161,32 @@ class MethodConfig:
             logger.warning("lr_scheduler=constant has no warm-up: warmup_ratio=%g is ignored (constant_with_warmup warms up).",
                            self.warmup_ratio)
         check_optimizer(self.optimizer)
+        self._check_soul()
         check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISIONS)
         if getattr(self, "preset", None) is not None:
             check_choice("preset", self.preset, self.presets)
         precision_arguments(self.mixed_precision)  # fp16 without a CUDA GPU fails now, not once training starts
         self.selection()  # parse target_modules and layers now, so a malformed value fails before any loading
         self._check_localize()
+
+    def _check_soul(self) -> None:
+        """SOUL's settings in range, and given only with optimizer=soul (elsewhere they would be silently ignored)."""
+        require_positive(soul_rho=self.soul_rho)
+        require_at_least(1, soul_batch_size=self.soul_batch_size, soul_hessian_interval=self.soul_hessian_interval)
+        require_fraction("soul_beta1", self.soul_beta1, high_open=True)
+        require_fraction("soul_beta2", self.soul_beta2, high_open=True)
+        if self.optimizer == SOUL:
+            return
+        defaults = {item.name: item.default for item in fields(self)}
+        given = [name for name in defaults if name.startswith("soul_") and getattr(self, name) != defaults[name]]
+        if given:
+            raise UnlearnkitError(f"{', '.join(given)} {'is a setting' if len(given) == 1 else 'are settings'} of optimizer=soul, "
+                                  f"but optimizer is {self.optimizer}: add --set optimizer=soul, or drop {' and '.join(given)}.")
+
+    def soul_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of :class:`unlearnkit.optimizers.SoulSophia` these settings give (lr and decay: the Trainer's)."""
+        return {"betas": (self.soul_beta1, self.soul_beta2), "rho": self.soul_rho, "batch_size": self.soul_batch_size,
+                "hessian_interval": self.soul_hessian_interval}
 
     def _check_localize(self) -> None:
         """A localization names the weights to train itself: refuse it alongside a hand-made selection rather than guess."""
@@ -418,6 +460,18 @@ class UnlearnTrainer(CheckpointedTrainer):
             return self._reference_cache.lookup(batch)
         with torch.no_grad():
             return losses.sequence_nll(self.reference_logits(batch), batch["labels"])
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """The Trainer's optimiser; with optimizer=soul, SOUL's Sophia (:mod:`unlearnkit.optimizers`) in its place.
+
+        The Trainer still builds it: the same parameter groups (trainable parameters only, so LoRA trains its
+        adapters alone; no weight decay on biases and norms), the run's lr, decoupled weight decay from weight_decay,
+        and its lr scheduler on top. Checkpoints save and resume its state like any optimiser's.
+        """
+        if self.optimizer is None and self.method_config.optimizer == SOUL:
+            self.optimizer_cls_and_kwargs = (SoulSophia, {"lr": self.args.learning_rate, "weight_decay": self.args.weight_decay,
+                                                          **self.method_config.soul_arguments()})
+        return super().create_optimizer(model)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The Trainer's loop, after caching the reference terms (from the model as given, before any update or resume)."""
