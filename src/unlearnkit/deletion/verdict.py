@@ -92,7 +92,10 @@ def verdict(forgotten: Mapping[str, Any], attacks: Sequence[Mapping[str, Any]] |
     if damaged:
         problems.append(f"utility damaged on {', '.join(damaged)}")
     passed = not problems
-    headline = FORGOTTEN if forgotten["passed"] else NOT_FORGOTTEN
-    text = headline if passed else f"{headline}: {'; '.join(problems)}" if not forgotten["passed"] else \
-        f"{headline}, but {'; '.join(problems)}"
+    if passed:
+        text = FORGOTTEN
+    elif forgotten["passed"]:
+        text = f"{FORGOTTEN}, but {'; '.join(problems)}"
+    else:
+        text = f"{NOT_FORGOTTEN}: {'; '.join(problems)}"
     return {"passed": passed, "verdict": text, "brought_back_by": back, "utility_damaged_on": damaged}

@@ -68,7 +68,7 @@ def _request_section(request: Mapping[str, Any], data: Mapping[str, Any]) -> str
                 if data.get("excluded_earlier_requests") else ""))]
     if data.get("corpus_changed_since_previous"):
         rows.append(("Note", "the training data differs from the previous request's (its digest changed)"))
-    return "<h2>The request</h2>" + _table(("", ""), rows, header=False)
+    return "<h2>The request</h2>" + _table(rows)
 
 
 def _counts(counts: Mapping[str, int]) -> str:
@@ -163,14 +163,14 @@ def _model_section(record: Mapping[str, Any]) -> str:
             ("Forgotten rows (SHA-256)", data["forget_sha256"]), ("Training data (SHA-256)", data["corpus_sha256"]),
             ("Unlearning time", f"{record['timing']['unlearn_seconds']:.0f} s")]
     settings = "".join(f"<tr><td>{escape(str(key))}</td><td>{escape(str(value))}</td></tr>" for key, value in method["settings"].items())
-    return ("<h2>Model and method</h2>" + _table(("", ""), rows, header=False)
+    return ("<h2>Model and method</h2>" + _table(rows)
             + f"<details><summary>Every setting of {escape(method['name'])}</summary><table>{settings}</table></details>")
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], header: bool = True) -> str:
-    head = "<tr>" + "".join(f"<th>{escape(name)}</th>" for name in columns) + "</tr>" if header else ""
+def _table(rows: Sequence[Sequence[Any]]) -> str:
+    """A table of label/value rows, without a header."""
     body = "".join("<tr>" + "".join(f"<td>{escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table>{head}{body}</table>"
+    return f"<table>{body}</table>"
 
 
 def _num(value: float | None) -> str:

@@ -85,6 +85,7 @@ class ForgetInputs:
     criteria: Criteria
     eval_config: EvalConfig
     previous: Previous | None = None
+    on_builtin_model: bool = False
 
     def rows(self, indices: list[int]) -> list[dict]:
         return [self.corpus.rows[index] for index in indices]
@@ -167,7 +168,8 @@ def resolve_forget(
             raise UnlearnkitError("--model is needed with your own corpus: the model trained on it (a folder, a pretrained "
                                   "model's name or a hub name).")
         model = "builtin"
-    on_builtin_model = model in BUILTIN_MODELS or (previous is not None and previous.record["model"].get("builtin", False))
+    # A request after one on the built-in model unlearns that model further: the built-in settings and prompts still apply.
+    on_builtin_model = model in BUILTIN_MODELS or (previous is not None and previous.record["model"]["builtin"])
     corpus_data = resolve_data(corpus, "corpus", builtin)
     rows = corpus_data.rows
     forget = matching_rows(rows, names)
@@ -175,13 +177,16 @@ def resolve_forget(
     # Every earlier request's rows: asked again after this one, and never in its retain set (retaining them would
     # train the forgotten facts back in).
     earlier = {entry["number"]: matching_rows(rows, entry["names"]) for entry in (previous.requests if previous else [])}
-    excluded = sorted({index for indices in earlier.values() for index in indices} - set(forget))
+    forgotten = set(forget)
+    excluded = sorted({index for indices in earlier.values() for index in indices} - forgotten)
     for entry in previous.requests if previous else []:
         if set(entry["names"]) & set(names):
             logger.warning("request %d already asked to forget %s; forgetting it again", entry["number"], entry["entity"])
-    retain = [index for index in range(len(rows)) if index not in set(forget) | set(excluded)]
+    kept_out = forgotten | set(excluded)
+    retain = [index for index in range(len(rows)) if index not in kept_out]
     close = neighbour_rows(rows, forget, excluded, names, neighbours)
-    rest = _evenly_spaced([index for index in retain if index not in set(close)], eval_rows)
+    nearest = set(close)
+    rest = _evenly_spaced([index for index in retain if index not in nearest], eval_rows)
     if holdout is None and builtin_corpus:
         holdout = BUILTIN_HOLDOUT
     if utility is None and builtin_corpus:
@@ -195,11 +200,11 @@ def resolve_forget(
     # The evaluator's roles: the corpus's sets are asked as forget/retain, the utility set as world_facts.
     caps = {"forget": corpus_data.max_new_tokens, "retain": corpus_data.max_new_tokens,
             **({"world_facts": utility_data.max_new_tokens} if utility_data else {})}
-    resolved = resolve_model(model, prompt_format, builtin) if model in BUILTIN_MODELS else resolve_model(model, prompt_format)
-    if previous is not None and previous.record["model"].get("builtin"):
+    resolved = resolve_model(model, prompt_format, builtin)
+    if on_builtin_model and not resolved.builtin:  # the previous request's copy of the built-in model: its prompts
         resolved = ModelChoice(resolved.source, resolved.named, builtin.prompt_format)
     return ForgetInputs(request, resolved, chosen, corpus_data, forget, retain, close, rest, earlier, holdout_data, utility_data,
-                        chosen_attacks, audit, criteria, with_caps(eval_config, caps), previous)
+                        chosen_attacks, audit, criteria, with_caps(eval_config, caps), previous, on_builtin_model)
 
 
 def _evenly_spaced(indices: list[int], count: int) -> list[int]:
@@ -228,7 +233,7 @@ def preview(inputs: ForgetInputs) -> dict[str, Any]:
 @locks_output
 def run_forget(*, inputs: ForgetInputs, options: RunOptions) -> dict[str, Any]:
     """Carry out the request and write its results folder; returns the record."""
-    from unlearnkit.auditing import merged, plan_attacks
+    from unlearnkit.auditing import merged, plan_attacks, run_attacks
     from unlearnkit.modeling import load_model, load_tokenizer
     from unlearnkit.unlearning import check_method_inputs
 
@@ -249,8 +254,6 @@ def run_forget(*, inputs: ForgetInputs, options: RunOptions) -> dict[str, Any]:
         unlearned, seconds = _unlearn(folder, network, tokenizer, inputs, options)
         after, after_samples = evaluate_sets(unlearned, tokenizer, inputs)
         logger.info("auditing: the unlearned model and the model before unlearning under attack")
-        from unlearnkit.auditing import run_attacks
-
         audit = run_attacks({"unlearned": (merged(unlearned), tokenizer), "target": (target, tokenizer)}, audit_data,
                             inputs.attacks, inputs.audit)
         floors = attack_floors(target, tokenizer, inputs, [row["attack"] for row in audit.rows])
@@ -391,8 +394,7 @@ def build_record(inputs: ForgetInputs, before: dict, after: dict, audit: Any, fl
             "holdout": inputs.holdout.source if inputs.holdout else None, "holdout_rows": len(inputs.holdout.rows) if inputs.holdout else 0,
             "utility": inputs.utility.source if inputs.utility else None,
         },
-        "model": {"source": inputs.model.named, "path": inputs.model.source, "builtin": inputs.model.builtin or bool(
-                      previous and previous.record["model"].get("builtin")),
+        "model": {"source": inputs.model.named, "path": inputs.model.source, "builtin": inputs.on_builtin_model,
                   "before_sha256": weights_sha256(inputs.model.source), "after_sha256": weights_sha256(folder / "model"),
                   "after": "model"},
         "method": {"name": inputs.method.name, "paper": spec.paper, "family": spec.family, "settings": asdict(inputs.method.config)},
