@@ -7,7 +7,7 @@ import pytest
 
 from unlearnkit.builtin import PROMPT_FORMAT
 from unlearnkit.errors import UnlearnkitError
-from unlearnkit.evaluation import catalog, memorization, metrics, mia, muse, real_knowledge
+from unlearnkit.evaluation import catalog, memorization, metrics, mia, muse, real_knowledge, spv_mia
 from unlearnkit.evaluation.catalog import AGGREGATIONS, AS_IS, MEAN, NANMEAN, TOFU, MetricSpec, describe_metric, metric, metric_catalog
 from unlearnkit.evaluation.evaluator import EvalConfig, evaluate, load_reference
 from unlearnkit.modeling import load_model, load_tokenizer
@@ -15,6 +15,7 @@ from unlearnkit.registry import Registry
 
 # Each summary key and the function whose output gives it, as read from the evaluator (and unlearnkit.sequential for MUSE).
 COMPUTED_BY = {
+    "mia_spv_auc": spv_mia.spv_auc,
     "forget_quality": metrics.forget_quality,
     "model_utility": metrics.model_utility,
     "forget_truth_ratio": metrics.forget_truth_ratio_score,
@@ -43,6 +44,7 @@ COMPUTED_BY = {
 
 # Registered tofu/memorization/privacy metrics evaluate() does not report, and why.
 NOT_FROM_EVALUATE = {
+    "mia_spv_auc": "on request only (EvalConfig spv_mia=true): it costs a generation and a reference fine-tune",
     "memorization_accuracy": "Jang et al.'s stopping rule (JangStoppingCallback) measures it during training",
     "extraction_likelihood": "Jang et al.'s stopping rule (JangStoppingCallback) measures it during training",
     "muse_privleak": "the eval command's --privleak-texts measures it on MUSE's raw texts (evaluate_text_privleak)",

@@ -1,7 +1,7 @@
 """unlearnkit: machine unlearning for large language models.
 
 The package's top-level names are the Python API (:mod:`unlearnkit.api`): :func:`load_data`, :func:`unlearn`,
-:func:`evaluate`, :func:`audit`, :func:`localize`, :func:`forget` and :func:`write_report`, with :class:`Results`. They load
+:func:`evaluate`, :func:`audit`, :func:`localize`, :func:`forget`, :func:`wrap` and :func:`write_report`, with :class:`Results`. They load
 on first use, so that ``import unlearnkit`` stays light (no torch). No submodule shares their names (the unlearning loop is
 :mod:`unlearnkit.unlearning`, the audit :mod:`unlearnkit.auditing`), so a name always means the function.
 """
@@ -10,7 +10,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-API = ("load_data", "unlearn", "evaluate", "audit", "localize", "forget", "write_report", "influence", "Results", "Report")
+API = ("load_data", "unlearn", "evaluate", "audit", "localize", "forget", "write_report", "influence", "wrap", "Results", "Report")
 __all__ = [*API, "__version__"]
 
 

@@ -176,6 +176,45 @@ def localize(
     return _results(output)
 
 
+def wrap(
+    *,
+    model: PathLike,
+    wrapper: str,
+    forget: PathLike,
+    output: PathLike,
+    retain: PathLike | None = None,
+    settings: Mapping[str, Any] | None = None,
+    preset: str = "default",
+    cache: PathLike | None = None,
+    prompt_format: str = "auto",
+    system_prompt: str | None = None,
+    date_string: str | None = None,
+    overwrite: bool = False,
+    trust_remote_code: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit wrap``: build the inference-time unlearning ``wrapper`` around ``model`` for the ``forget`` rows.
+
+    The weights stay untouched: the wrapper changes the prompt or the logits (``unlearnkit wrappers``). ``settings`` are
+    its settings (``--set``). The folder ``output`` holds ``model/``, the wrapped model, which :func:`evaluate`,
+    :func:`audit` and ``unlearnkit serve`` take as a model; its summary holds what building measured.
+    """
+    from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
+    from unlearnkit.runs.wrap import resolve_wrap, resolve_wrapper, run_wrap
+
+    _check_text(wrapper=wrapper)
+    model, forget, output = _as_source(model, "model"), _as_source(forget, "forget"), _path(output)
+    retain = _optional_source(retain, "retain")
+    fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    chosen = resolve_wrapper(wrapper, _settings(settings))
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    check_outputs(output, overwrite, builtin=builtin, model=model, forget=forget, retain=retain)
+    inputs = resolve_wrap(model=model, wrapper=chosen, forget=forget, retain=retain, builtin=builtin, prompt_format=fmt)
+    _log_into_results_folders()
+    run_wrap(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code))
+    return _results(output)
+
+
 def with_localize(settings: dict[str, Any], localize: Path | None) -> dict[str, Any]:
     """``settings`` with ``localize`` (the ``--localize`` option) as its ``localize`` setting; a different one there is refused."""
     if localize is None:
@@ -209,6 +248,8 @@ def evaluate(
     max_new_tokens: int | None = None,
     privleak_texts: tuple[str, str] | None = None,
     privleak_retain_auc: float | None = None,
+    spv_mia: bool = False,
+    spv_mia_settings: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> Results:
     """``unlearnkit eval``: TOFU-style metrics, forget quality against a retain oracle's reference, model utility.
@@ -216,12 +257,16 @@ def evaluate(
     Evaluates on the built-in sets of ``benchmark`` (a forget split, e.g. "forget10"), or on the given data:
     ``forget`` at least, with ``retain``, ``real_authors``, ``world_facts`` and ``holdout`` for the metrics that need them.
     ``save_reference`` also writes this model's per-sample forget truth ratios, as a retain oracle's reference file.
+    ``spv_mia`` adds SPV-MIA's AUC (``mia_spv_auc``; needs retain and holdout; it costs a generation and a reference
+    fine-tune), with ``spv_mia_settings`` its settings (e.g. ``{"reference_learning_rate": 1e-3}``).
     """
     from unlearnkit.evaluation.evaluator import EvalConfig
     from unlearnkit.runs.evaluate import resolve_eval, run_eval
     from unlearnkit.runs.inputs import Builtin, RunOptions, check_outputs
 
     model, output, save_reference = _as_source(model, "model"), _path(output), _optional_path(save_reference)
+    if spv_mia_settings and not spv_mia:
+        raise UnlearnkitError("SPV-MIA settings were given (--spv-set) but SPV-MIA is off: add --spv-mia (spv_mia=True).")
     data = {name: _optional_source(value, name) for name, value in
             {"forget": forget, "retain": retain, "real_authors": real_authors, "world_facts": world_facts, "holdout": holdout}.items()}
     oracle_reference = _optional_path(oracle_reference)
@@ -231,7 +276,8 @@ def evaluate(
     check_outputs(output, overwrite, builtin=builtin, files={"--save-reference": save_reference}, model=model,
                   oracle_reference=oracle_reference, privleak_texts=texts, **data)
     inputs = resolve_eval(model=model, builtin=builtin, benchmark=benchmark, data=data, oracle_reference=oracle_reference,
-                          prompt_format=fmt, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens),
+                          prompt_format=fmt, eval_config=EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                                    spv_mia=bool(spv_mia), spv_mia_settings=_settings(spv_mia_settings)),
                           privleak_texts=texts, privleak_retain_auc=privleak_retain_auc)
     _log_into_results_folders()
     run_eval(inputs=inputs, options=RunOptions(output, overwrite, progress, trust_remote_code=trust_remote_code),

@@ -38,6 +38,7 @@ from unlearnkit.methods import METHODS
 from unlearnkit.methods.base import preset_settings
 from unlearnkit.modeling import TinyModelConfig, build_tiny_model, load_model, load_tokenizer, save_model, train_tokenizer
 from unlearnkit.pretrained import ensure_converted, get_pretrained
+from unlearnkit.provenance import environment
 from unlearnkit.runtime import default_cache_dir, quiet_libraries
 
 logger = logging.getLogger("unlearnkit")
@@ -448,7 +449,8 @@ def _train_model(bench: PreparedBenchmark, splits: list[str], folder: Path, show
     logger.info("trained on %s: %d epochs, answer-token accuracy %.4f", "+".join(splits), stats["epochs"], stats["answer_accuracy"])
     save_model(model, tokenizer, folder)
     write_json(folder / "training_log.json", stats.pop("log_history"))
-    write_json(folder / "training.json", {"splits": splits, **stats, "tokenizer_sha256": tokenizer_sha256(tokenizer)})
+    write_json(folder / "training.json", {"splits": splits, **stats, "tokenizer_sha256": tokenizer_sha256(tokenizer),
+                                          "environment": environment()})
 
 
 def _train_oracle(bench: PreparedBenchmark, forget_split: str, splits: list[str], folder: Path, show_progress: bool) -> None:

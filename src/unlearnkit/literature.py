@@ -42,7 +42,7 @@ KIND_HEADINGS = {"regulation": "Regulations", "survey": "Surveys", "method": "Me
 FAMILIES = ("objective/gradient-based", "task arithmetic", "localization-informed", "editing", "influence/second-order",
             "input-based/in-context", "logit-offset/inference-time", "adapter/parameter-efficient", "robustness/distillation",
             "data filtering", "exact/retraining")
-COMPONENTS = ("method", "metric", "attack", "localizer", "dataset", "command")
+COMPONENTS = ("method", "metric", "attack", "localizer", "wrapper", "dataset", "command")
 REQUIRED = ("id", "title", "authors", "venue", "year", "kind", "summary", "implements")
 OPTIONAL = ("family",)
 _ID = re.compile(r"[a-z0-9][a-z0-9-]*")
@@ -192,6 +192,12 @@ def _localizers() -> list[str]:
     return LOCALIZERS.names()
 
 
+def _wrappers() -> list[str]:
+    from unlearnkit.inference import WRAPPERS
+
+    return WRAPPERS.names()
+
+
 def _datasets() -> list[str]:
     from unlearnkit.data.schemas import BENCHMARKS
 
@@ -213,9 +219,10 @@ def _commands() -> list[str]:
 
 
 REGISTRIES: dict[str, Callable[[], list[str]]] = {"method": _methods, "metric": _metrics, "attack": _attacks,
-                                                  "localizer": _localizers, "dataset": _datasets, "command": _commands}
+                                                  "localizer": _localizers, "wrapper": _wrappers, "dataset": _datasets,
+                                                  "command": _commands}
 # Components every one of which the map must cite (commands and data sources need not come from a paper).
-CITED = ("method", "metric", "attack", "localizer")
+CITED = ("method", "metric", "attack", "localizer", "wrapper")
 
 
 def registered(kinds: Iterable[str] = COMPONENTS) -> dict[str, list[str]]:
@@ -314,7 +321,7 @@ def render(papers: Sequence[Paper], *, title: str = "Literature map", intro: str
 
 
 INTRO = (f"The papers surveyed for unlearnkit, grouped by kind and, for methods, by the surveys' families, with the components "
-         f"(`unlearnkit methods`, `metrics`, `attacks`, `localizers`, data sources and commands) that implement each. "
+         f"(`unlearnkit methods`, `metrics`, `attacks`, `localizers`, `wrappers`, data sources and commands) that implement each. "
          f"Generated from `src/unlearnkit/data/resources/{RESOURCE}` by `{GENERATOR}`: edit the data file, not this page. "
          f"`unlearnkit papers --family F --kind K` prints a part of it.")
 

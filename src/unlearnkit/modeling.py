@@ -36,6 +36,8 @@ HUB_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?/[A-Za-
 # Seconds to wait for the hub to answer whether a model exists: long enough for a slow link, short next to
 # the minute of retries transformers spends before reporting a dead network.
 HUB_TIMEOUT_SECONDS = 5.0
+# The file that marks an inference-time wrapped model (unlearnkit.inference): a wrapper around another model, never trained.
+WRAPPER_FILE = "wrapper.json"
 # Files of which a folder holding a tokenizer has at least one.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model", "sentencepiece.bpe.model", "tekken.json")
@@ -297,6 +299,12 @@ def _hub_source(name: str) -> ModelSource:
 
 def check_model_folder(folder: Path) -> None:
     """Refuse, with the file to fix, a model folder transformers would fail on with a traceback or load wrongly."""
+    if (folder / WRAPPER_FILE).is_file():
+        raise UnlearnkitError(
+            f"{folder} is a wrapped model ({WRAPPER_FILE}): an inference-time wrapper around another model, which eval, audit, "
+            "real-knowledge and serve accept. This command needs a plain model folder: use the target model the wrapper names "
+            f"('target' in {WRAPPER_FILE})."
+        )
     weights = sorted(folder.glob("*.safetensors"))
     if not weights:
         raise UnlearnkitError(

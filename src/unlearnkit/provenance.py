@@ -25,8 +25,10 @@ from unlearnkit import __version__
 
 
 def environment() -> dict[str, str]:
-    """Versions of Python, unlearnkit and the libraries that shape its numbers."""
+    """Versions of Python, unlearnkit and the libraries that shape its numbers, and torch's CPU thread count (another
+    count sums floats in another order: a training run's weights then differ in their last bits, and the difference grows)."""
     return {
+        "torch_threads": str(torch.get_num_threads()),
         "unlearnkit": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -86,6 +86,13 @@ class AuditConfig:
         default=None,
         metadata={"help": "Linear probe: decoder layer whose output is probed (None: the middle layer)."},
     )
+    spv_num_texts: int = field(default=1000, metadata={"help": "SPV-MIA: self-prompted texts the reference model is fine-tuned on."})
+    spv_reference_learning_rate: float = field(
+        default=5e-5, metadata={"help": "SPV-MIA: learning rate of the reference model's fine-tuning (paper: 5e-5)."})
+    spv_num_neighbours: int = field(default=10, metadata={"help": "SPV-MIA: perturbed neighbours per record (paper: 10)."})
+    spv_reference_base: str | None = field(
+        default=None, metadata={"help": "SPV-MIA: the model the reference starts from (the target's pre-fine-tuning base; "
+                                        "None: a copy of the attacked model)."})
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a float must be finite: nan passes every comparison below
@@ -98,7 +105,9 @@ class AuditConfig:
         require_at_least(1, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, relearn_epochs=self.relearn_epochs,
                          relearn_batch_size=self.relearn_batch_size, in_context_facts=self.in_context_facts,
                          quantization_group_size=self.quantization_group_size, lens_k=self.lens_k)
-        require_positive(relearn_learning_rate=self.relearn_learning_rate)
+        require_positive(relearn_learning_rate=self.relearn_learning_rate, spv_reference_learning_rate=self.spv_reference_learning_rate)
+        require_at_least(2, spv_num_texts=self.spv_num_texts)
+        require_at_least(1, spv_num_neighbours=self.spv_num_neighbours)
         require_at_least(0, probe_layer=self.probe_layer)
         check_seed("seed", self.seed)
         check_choice("quantization_4bit_type", self.quantization_4bit_type, ("fp4", "nf4"))
@@ -168,6 +177,7 @@ class AttackSpec:
     needs: tuple[str, ...] = ()
     requires: DataCheck | None = None
     chance: float = 0.0
+    on_request: str | None = None  # why it runs only when named (its cost); None: it is part of every audit
 
     def missing(self, data: AuditData, config: AuditConfig) -> str | None:
         """Why this attack cannot run on ``data`` with ``config`` (None when it can)."""
@@ -191,18 +201,20 @@ def register_attack(
     needs: tuple[str, ...] = (),
     requires: DataCheck | None = None,
     chance: float = 0.0,
+    on_request: str | None = None,
 ) -> Callable[[AttackFunction], AttackFunction]:
     """Function decorator that registers an attack under ``name``.
 
     ``needs`` names the AuditData sets it requires besides forget; ``requires``
     returns why the data (with the audit's settings) does not suit it (e.g. a
-    missing field), or None; ``chance`` is its recovery without knowledge.
+    missing field), or None; ``chance`` is its recovery without knowledge;
+    ``on_request`` (its cost, e.g. "fine-tunes a reference model per audited model") makes it run only when named.
     """
     if family not in FAMILIES:
         raise ValueError(f"attack family {family!r} must be one of {FAMILIES}.")
 
     def decorate(run: AttackFunction) -> AttackFunction:
-        ATTACKS.register(name)(AttackSpec(name, run, paper, summary, family, needs, requires, chance))
+        ATTACKS.register(name)(AttackSpec(name, run, paper, summary, family, needs, requires, chance, on_request))
         return run
 
     return decorate

@@ -138,13 +138,17 @@ def quantize_weight(weight: torch.Tensor, bits: int, blocksize: int = BITSANDBYT
 
 
 def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Linear | Conv1D]]:
-    """The layers quantisation applies to: every ``nn.Linear`` and ``Conv1D`` but the output head (and any layer sharing its weight)."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    head_weight = getattr(head, "weight", None)
+    """The layers quantisation applies to: every ``nn.Linear`` and ``Conv1D`` but the output heads (and any layer sharing a
+    head's weight). A wrapped model holds several causal LMs (a logit offset's small models, an assistant): each one's
+    head is left alone, as bitsandbytes leaves a loaded model's head."""
+    heads = [module.get_output_embeddings() for module in model.modules() if hasattr(module, "get_output_embeddings")]
+    heads = [head for head in heads if head is not None]
+    head_weights = [getattr(head, "weight", None) for head in heads]
     return [
         (name, module)
         for name, module in model.named_modules()
-        if isinstance(module, (nn.Linear, Conv1D)) and module is not head and module.weight is not head_weight
+        if isinstance(module, (nn.Linear, Conv1D)) and not any(module is head for head in heads)
+        and not any(module.weight is weight for weight in head_weights)
     ]
 
 

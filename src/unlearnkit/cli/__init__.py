@@ -4,7 +4,12 @@ A command only declares its options, resolves them into typed inputs
 (:mod:`unlearnkit.runs.inputs`), calls a runner (:mod:`unlearnkit.runs`) and prints.
 """
 
-from unlearnkit.cli import commands  # noqa: F401 - registers the commands with the app
+from unlearnkit.cli import (
+    commands,  # noqa: F401 - registers the commands with the app
+    filter_command,  # noqa: F401 - registers the filter command
+    recommend,  # noqa: F401 - registers the recommend command
+    serve,  # noqa: F401 - registers the serve command
+)
 from unlearnkit.cli.app import app, main
 
 __all__ = ["app", "main"]

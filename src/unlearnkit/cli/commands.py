@@ -381,6 +381,55 @@ def localize(
 
 
 @app.command()
+def wrap(
+    model: Annotated[str, typer.Option(help="The model to wrap: a model folder, a pretrained model's name, a hub name or "
+                                            "'builtin' (the built-in target). It is read, never changed.")],
+    wrapper: Annotated[str, typer.Option(help="The inference-time wrapper (see `unlearnkit wrappers`).")],
+    forget: Annotated[str, typer.Option(help="What to forget: a built-in split, a QA file or hf:NAME (question, answer).")],
+    output: Output,
+    retain: Annotated[str | None, typer.Option(help="Retain QA data (default for a built-in forget split: its retain split).")] = None,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", help="Wrapper setting KEY=VALUE (repeatable); see `unlearnkit wrappers -v`."
+    )] = None,
+    preset: Preset = "default",
+    cache: Cache = None,
+    prompt_format: PromptStyle = "auto",
+    system_prompt: SystemPrompt = None,
+    date_string: DateString = None,
+    overwrite: Overwrite = False,
+    trust_remote_code: RemoteCode = False,
+) -> None:
+    """Unlearn at inference time: wrap a model so it stops revealing the forget data, its weights untouched."""
+    from unlearnkit.api import wrap as run
+
+    result = run(model=model, wrapper=wrapper, forget=forget, output=output, retain=retain, settings=parse_sets(sets), preset=preset,
+                 cache=cache, prompt_format=prompt_format, system_prompt=system_prompt, date_string=date_string,
+                 overwrite=overwrite, trust_remote_code=trust_remote_code, progress=show_progress())
+    built = {key: value for key, value in result.summary.items() if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    typer.echo(f"{wrapper}: " + ", ".join(f"{key} {value:.4g}" if isinstance(value, float) else f"{key} {value}"
+                                           for key, value in built.items()))
+    typer.echo(f"Results: {output}; the wrapped model is {output}/model (use it as --model with eval, audit, real-knowledge, serve)")
+
+
+@app.command()
+def wrappers(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every setting with its default and help.")] = False,
+) -> None:
+    """List the inference-time unlearning wrappers of `unlearnkit wrap` with their papers."""
+    from unlearnkit.inference import WRAPPERS
+    from unlearnkit.settings import config_help
+
+    for name in WRAPPERS.names():
+        spec = WRAPPERS.get(name)
+        typer.echo(f"{name} ({spec.family})\n    {spec.summary}\n    Paper: {spec.paper}")
+        if verbose:
+            for field_name, type_name, default, text in config_help(spec.config):
+                typer.echo(f"      {field_name} ({type_name}, default {default}): {text}")
+        typer.echo("")
+    typer.echo("Build one with `unlearnkit wrap --wrapper NAME --model M --forget DATA -o DIR`; DIR/model is then a model.")
+
+
+@app.command()
 def localizers(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also list every setting with its default and help.")] = False,
 ) -> None:
@@ -433,6 +482,11 @@ def eval_command(
     privleak_retain_auc: Annotated[float | None, typer.Option(
         help="The retain model's muse_privleak_auc on the same texts (default: MUSE's constant for muse-news / muse-books)."
     )] = None,
+    spv_mia: Annotated[bool, typer.Option(
+        "--spv-mia", help="Also compute SPV-MIA's AUC (mia_spv_auc; needs retain and holdout; costs a generation and a "
+                          "reference fine-tune). Its settings: --spv-set KEY=VALUE.")] = False,
+    spv_sets: Annotated[list[str] | None, typer.Option(
+        "--spv-set", help="SPV-MIA setting KEY=VALUE (repeatable), e.g. reference_learning_rate=1e-3; see docs/spv_mia.md.")] = None,
 ) -> None:
     """Evaluate a model: TOFU-style metrics, forget quality against a retain oracle, model utility."""
     from unlearnkit.api import evaluate
@@ -441,7 +495,8 @@ def eval_command(
                       world_facts=world_facts, holdout=holdout, oracle_reference=oracle_reference, save_reference=save_reference,
                       preset=preset, cache=cache, prompt_format=prompt_format, system_prompt=system_prompt, date_string=date_string,
                       overwrite=overwrite, trust_remote_code=trust_remote_code, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                      privleak_texts=privleak_texts, privleak_retain_auc=privleak_retain_auc, progress=show_progress())
+                      privleak_texts=privleak_texts, privleak_retain_auc=privleak_retain_auc, spv_mia=spv_mia,
+                      spv_mia_settings=parse_sets(spv_sets), progress=show_progress())
     _echo_summary(result.summary)
     typer.echo(f"Results: {output}")
 
@@ -709,7 +764,8 @@ def attacks_command(
         if spec.family != family:
             family = spec.family
             typer.echo(f"[{family}]")
-        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}\n")
+        request = f"\n    Runs only when named (--attacks {name}): it {spec.on_request}." if spec.on_request else ""
+        typer.echo(f"{name}\n    {spec.summary}\n    Paper: {spec.paper}{request}\n")
     if verbose:
         typer.echo("Audit settings (--set KEY=VALUE):")
         for item in fields(AuditConfig):

@@ -61,12 +61,15 @@ MIN_K = 'Shi et al., "Detecting Pretraining Data from Large Language Models", IC
 MIN_K_PP = 'Zhang et al., "Min-K%++: Improved Baseline for Detecting Pre-Training Data from Large Language Models", ICLR 2025'
 GRADNORM = 'Wang et al., "Pandora\'s White-Box: Precise Training Data Detection and Extraction in Large Language Models", 2024'
 MUSE = 'Shi et al., "MUSE: Machine Unlearning Six-Way Evaluation for Language Models", ICLR 2025'
+SPV_MIA = ('Fu et al., "Practical Membership Inference Attacks against Fine-tuned Large Language Models via Self-prompt '
+           'Calibration", NeurIPS 2024')
 
 # Every module that registers metrics, in the order of FAMILIES (imported by metric_catalog()).
 METRIC_MODULES = (
     "unlearnkit.evaluation.metrics",       # tofu
     "unlearnkit.evaluation.memorization",  # memorization
     "unlearnkit.evaluation.mia",           # privacy
+    "unlearnkit.evaluation.spv_mia",       # privacy: SPV-MIA (on request, spv_mia=true)
     "unlearnkit.evaluation.muse",          # muse
     "unlearnkit.evaluation.real_knowledge",  # real_knowledge: forget/neighbour probe accuracy, perplexity, distinct-2
     "unlearnkit.evaluation.general",       # utility (lm-eval's general_<task>_<metric> keys are named per task, not listed)

@@ -40,9 +40,10 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation import metrics
 from unlearnkit.evaluation.mia import DEFAULT_K, GRADIENT_NORM_FORMS, PRIVLEAK_FORMS, check_k, evaluate_membership
 from unlearnkit.evaluation.scoring import answer_avg_nll, greedy_answers
+from unlearnkit.evaluation.spv_mia import SpvMiaConfig, evaluate_spv_mia
 from unlearnkit.io import write_json
 from unlearnkit.provenance import tokenizer_sha256
-from unlearnkit.settings import check_choice, check_field_types, check_value, require_at_least
+from unlearnkit.settings import build_config, check_choice, check_field_types, check_value, require_at_least
 
 logger = logging.getLogger("unlearnkit")
 
@@ -74,6 +75,12 @@ class EvalConfig:
     score_eos: bool = field(default=False, metadata={
         "help": "Score the answer's closing EOS in exact memorization, extraction strength, Min-K%, Min-K%++ and the gradient "
                 "norm (OpenUnlearning leaves it out; the mean NLL always includes it)."})
+    spv_mia: bool = field(default=False, metadata={
+        "help": "Also run SPV-MIA (mia_spv_auc; needs holdout and retain): it samples texts from the model, prompted with "
+                "retain rows, and fine-tunes a reference copy on them, so it costs a generation and a fine-tune."})
+    spv_mia_settings: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "SPV-MIA's settings (unlearnkit.evaluation.spv_mia.SpvMiaConfig: reference_learning_rate, reference_base, "
+                "num_texts, ...); the paper's where not given."})
 
     def __post_init__(self) -> None:
         check_field_types(self)  # a float must be finite: nan passes every comparison below
@@ -87,6 +94,13 @@ class EvalConfig:
         check_k(self.min_k_fraction)
         check_choice("privleak_form", self.privleak_form, PRIVLEAK_FORMS)
         check_choice("gradient_norm_form", self.gradient_norm_form, GRADIENT_NORM_FORMS)
+        if not isinstance(self.spv_mia_settings, dict):
+            raise UnlearnkitError(f"spv_mia_settings needs a mapping of SPV-MIA setting names to values, got {self.spv_mia_settings!r}.")
+        self.spv_config()  # a bad SPV-MIA setting fails now, before any model is loaded
+
+    def spv_config(self) -> SpvMiaConfig:
+        """SPV-MIA's settings: the paper's, with ``spv_mia_settings`` over them and this evaluation's batch size unless given."""
+        return build_config(SpvMiaConfig, {"batch_size": self.batch_size, **self.spv_mia_settings}, what="SPV-MIA setting")
 
     def max_new_tokens_for(self, split: str) -> int:
         """The greedy tokens generated per question of ``split``: max_new_tokens if set, else the split's own cap."""
@@ -124,6 +138,9 @@ def evaluate(
         raise UnlearnkitError(f"Unknown evaluation split(s) {sorted(unknown)}; use {', '.join(EVAL_SPLITS)}.")
     if oracle_reference is not None:
         check_reference_tokenizer(oracle_reference, tokenizer)
+    if config.spv_mia and not all(splits.get(name) for name in ("forget", "holdout", "retain")):
+        raise UnlearnkitError("spv_mia=true needs forget, holdout and retain rows (members, non-members and the rows it prompts "
+                              "the model with); give --holdout and the retain set, or leave spv_mia off.")
     model.eval()
     summary: dict[str, float] = {}
     per_sample: dict[str, list[dict[str, Any]]] = {}
@@ -159,6 +176,12 @@ def evaluate(
         per_sample["holdout"] = [{"question": row["question"], "answer": row["answer"], **scores}
                                  for row, scores in zip(splits["holdout"], result.holdout, strict=True)]
         membership = result.record
+    if config.spv_mia:
+        spv = evaluate_spv_mia(model, tokenizer, fmt, splits["forget"], splits["holdout"], splits["retain"], config.spv_config())
+        summary.update(spv.summary)
+        for split, scores in (("forget", spv.forget), ("holdout", spv.holdout)):
+            for sample, values in zip(per_sample[split], scores, strict=True):
+                sample.update({key: value for key, value in values.items() if key != "question"})
     return EvalResult(summary=summary, per_sample=per_sample, forget_truth_ratios=forget_ratios, membership=membership,
                       not_computed=not_computed(splits, summary, oracle_reference is not None))
 

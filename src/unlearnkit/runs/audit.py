@@ -14,8 +14,9 @@ from unlearnkit.auditing import AuditResult, attack_order, build_audit_config, b
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.descriptions import attack_descriptions
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.inference.loading import load_any_model
 from unlearnkit.io import write_json, write_text
-from unlearnkit.modeling import load_model, load_tokenizer
+from unlearnkit.modeling import load_tokenizer
 from unlearnkit.provenance import environment
 from unlearnkit.report.audit import write_audit_report
 from unlearnkit.report.tables import audit_table
@@ -123,7 +124,8 @@ def run_audit(*, inputs: AuditInputs, options: RunOptions) -> AuditResult:
     for role, source in sources.items():
         if source is not None:
             path = resolve_model_dir(source)
-            models[role] = (merged(load_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
+            # A wrapped model (``wrap``) is attacked as any model: its weights are the target's, its outputs the wrapper's.
+            models[role] = (merged(load_any_model(path, trust_remote_code)), load_tokenizer(path, trust_remote_code))
     data.fmt.check(models["unlearned"][1])  # an impossible prompt format fails before any output exists
     check_audit_layers(config, [network for network, _ in models.values()])
     with results_folder(output, overwrite) as folder:

@@ -16,6 +16,7 @@ from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.evaluator import EvalConfig, check_reference_tokenizer, evaluate, load_reference, save_reference
 from unlearnkit.evaluation.evaluator import oracle_reference as make_reference
 from unlearnkit.evaluation.mia import MUSE_RETAIN_PRIVLEAK_AUC, evaluate_text_privleak
+from unlearnkit.inference.loading import load_any_model
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.provenance import environment
 from unlearnkit.runs.folder import check_output_dir, check_spares_inputs, results_folder, with_reasons, write
@@ -163,7 +164,7 @@ def run_eval(*, inputs: EvalInputs, options: RunOptions, save_reference_to: Path
         check_reference_target(Path(save_reference_to), options.output, options.overwrite)
         if not has_fields(evaluation.splits.get("forget", []), TRUTH_RATIO_FIELDS):
             raise UnlearnkitError("--save-reference needs forget data with paraphrased_answer and perturbed_answer fields.")
-    network = load_model(model.source, options.trust_remote_code)
+    network = load_any_model(model.source, options.trust_remote_code)  # a wrapped model (``wrap``) evaluates as any model
     tokenizer = load_tokenizer(model.source, options.trust_remote_code)
     model.fmt.check(tokenizer)  # an impossible prompt format fails here, before any output exists
     if evaluation.reference is not None:

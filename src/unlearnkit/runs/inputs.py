@@ -25,6 +25,7 @@ from typing import Any
 
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
+from unlearnkit.modeling import WRAPPER_FILE
 
 BUILTIN_MODEL = "builtin"
 # Names of the built-in benchmark's own models, where a command accepts a model.
@@ -203,6 +204,12 @@ def resolve_model(
     return ModelChoice(model_source(name), str(name), prompt_format)
 
 
+def is_wrapped_source(name: str) -> bool:
+    """Whether ``name`` is a wrapped model (``unlearnkit wrap``): its folder, or a wrap results folder holding it in ``model/``."""
+    folder = Path(str(name))
+    return (folder / WRAPPER_FILE).is_file() or (folder / "model" / WRAPPER_FILE).is_file()
+
+
 def model_source(name: str) -> str:
     """Where a model loads from: a pretrained model's converted folder (converting it on first use), else ``name`` itself.
 
@@ -295,6 +302,13 @@ def local_inputs(role: str, value: Any) -> dict[str, Any]:
     _, sep, rest = text.partition(":")
     if sep and "@" in rest and not Path(text).exists():
         found[role] = rest.rpartition("@")[2]  # tofu:forget10@DIR reads DIR
+    wrapper = Path(text) / WRAPPER_FILE
+    if wrapper.is_file():  # a wrapped model reads its target and any other model it names
+        with contextlib.suppress(ValueError, OSError, AttributeError, TypeError):  # the loader reports a damaged wrapper.json
+            record = json.loads(wrapper.read_text(encoding="utf-8"))
+            found[f"the target of {role}"] = record.get("target")
+            for name, source in (record.get("references") or {}).items():
+                found[f"the {name} model of {role}"] = source
     adapter = Path(text) / "adapter_config.json"
     if adapter.is_file():
         with contextlib.suppress(ValueError, OSError, AttributeError):  # the model loader reports a damaged adapter

@@ -140,7 +140,8 @@ def run_real_knowledge(*, inputs: RealKnowledgeInputs, options: RunOptions, cach
     """Evaluate the model (cached), unlearn the forget corpus, evaluate again; write the results folder; returns the summary."""
     from unlearnkit.descriptions import config_descriptions
     from unlearnkit.evaluation.real_knowledge import evaluate_real_knowledge
-    from unlearnkit.modeling import load_model, load_tokenizer
+    from unlearnkit.inference.loading import load_any_model
+    from unlearnkit.modeling import load_tokenizer
     from unlearnkit.provenance import environment, rows_sha256, weights_sha256
     from unlearnkit.runs.folder import check_output_dir, results_folder, write
     from unlearnkit.runs.unlearn import UnlearnInputs, unlearn_into, write_run_report
@@ -150,7 +151,7 @@ def run_real_knowledge(*, inputs: RealKnowledgeInputs, options: RunOptions, cach
     check_output_dir(options.output, options.overwrite, {"--model": model.source})
     check_method_inputs(method.name, method.config, inputs.forget.rows, inputs.retain.rows)
     started = time.perf_counter()
-    network = load_model(model.source, options.trust_remote_code)
+    network = load_any_model(model.source, options.trust_remote_code)  # a wrapped model (``wrap``) as any model
     tokenizer = load_tokenizer(model.source, options.trust_remote_code)
     model.fmt.check(tokenizer)
     check_method_inputs(method.name, method.config, inputs.forget.rows, inputs.retain.rows, network, tokenizer, model.fmt)
