@@ -422,3 +422,15 @@ def test_memprompt_lower_bound_never_skips_a_key_the_exact_distance_would_retrie
             assert found["retrieved"] == (exact[best] < memory.settings.min_sim_threshold)
             if found["retrieved"]:
                 assert found["distance"] == exact[best] and found["key"] == memory.memory[best][0]
+
+
+def test_every_audit_attack_runs_on_a_wrapped_model_unchanged(micro, micro_bench, wrappers):
+    """The audit's attacks take a wrapped model as they take any model (spv_mia, run on request, included)."""
+    model, tokenizer, forget, retain = micro
+    data = AuditData(forget=forget, retain=retain[:16], holdout=micro_bench.split("holdout10"), fmt=FMT)
+    config = AuditConfig(max_new_tokens=8, batch_size=8, spv_num_texts=8, spv_num_neighbours=2, relearn_learning_rate=1e-3)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    for name in ATTACKS.names():
+        outcome = ATTACKS.get(name).run(wrappers["memprompt"], tokenizer, data, config)
+        assert 0.0 <= outcome.recovery <= 1.0, name
+    assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())  # attacks work on copies

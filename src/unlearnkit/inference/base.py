@@ -169,6 +169,10 @@ class WrappedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def can_generate(self) -> bool:
+        """Whether :meth:`generate` works, as transformers' models answer it: always, through the target."""
+        return True
+
     def get_output_embeddings(self) -> nn.Module | None:
         return self.model.get_output_embeddings()
 
