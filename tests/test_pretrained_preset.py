@@ -179,3 +179,27 @@ def test_a_pretrained_preset_does_not_advise_more_epochs(
     with caplog.at_level("WARNING", logger="unlearnkit"):
         prepare(base, tmp_path / "tiny", show_progress=False, jobs=1)  # one epoch: a tiny model from scratch falls short
     assert "raise max_epochs" in caplog.text
+
+
+def test_lora_fine_tuning_starts_from_its_seed_whatever_the_global_random_state(micro_bench) -> None:
+    """The preset's LoRA fine-tune is reproducible: the adapters' random start comes from the seed, not from torch's
+    per-process random state (two preparations of the smollm2 preset once ended with different weights that way)."""
+    import torch
+
+    from unlearnkit.data.encoding import PromptFormat
+    from unlearnkit.finetune import finetune
+    from unlearnkit.modeling import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(micro_bench.target_dir)
+    rows = micro_bench.split("forget10")[:4]
+    config = FinetuneConfig(learning_rate=1e-2, max_epochs=2, batch_size=2, warmup_ratio=0.0, target_accuracy=1.0, seed=3, lora_rank=2)
+    weights = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)  # another process, another random state
+        model = load_model(micro_bench.target_dir)
+        finetune(model, tokenizer, rows, config, PromptFormat("plain"), show_progress=False)
+        weights.append({name: tensor.clone() for name, tensor in model.state_dict().items()})
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+    original = load_model(micro_bench.target_dir).state_dict()
+    assert any(not torch.equal(original[name], weights[0][name]) for name in original)  # the fine-tune did change the model

@@ -164,7 +164,7 @@ def finetune(
     """
     if not rows:
         raise UnlearnkitError("Fine-tuning needs at least one question/answer row.")
-    trained = _with_lora(model, config.lora_rank) if config.lora_rank else model
+    trained = _with_lora(model, config.lora_rank, config.seed) if config.lora_rank else model
     features = [
         encode_text(tokenizer, row["text"], config.max_length) if "question" not in row and "text" in row
         else encode_qa(tokenizer, fmt, row["question"], row["answer"], config.max_length)
@@ -218,7 +218,12 @@ def finetune(
     }
 
 
-def _with_lora(model: PreTrainedModel, rank: int) -> Any:
+def _with_lora(model: PreTrainedModel, rank: int, seed: int) -> Any:
+    from transformers import set_seed
+
     from unlearnkit.parameters import Selection, apply_lora
 
+    # The adapters' A matrices start random: seeded here, since torch seeds each new process differently, two runs
+    # with the same seed would otherwise start (and end) apart.
+    set_seed(seed)
     return apply_lora(model, Selection(), rank=rank, alpha=2 * rank, dropout=0.0)
