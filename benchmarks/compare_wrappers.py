@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--attacks", default="all")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None, help="Also write the rows here.")
+    parser.add_argument("--markdown", type=Path, default=None, help="Also write the tables here (a Markdown fragment).")
     args = parser.parse_args()
     set_threads(args.threads)
     quiet_libraries()
@@ -103,8 +104,37 @@ def main() -> None:
     (args.output / "wrappers.json").write_text(text, encoding="utf-8")
     if args.json is not None:
         args.json.write_text(text, encoding="utf-8")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(result), encoding="utf-8")
     for row in rows:
         print(row["model"], {key: row.get(key) for key in COLUMNS}, row.get("exposed_by", ""), flush=True)
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float) and value != 0 and abs(value) < 1e-3:
+        return f"{value:.1e}"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The comparison as two Markdown tables: the evaluation, and each attack's recovery per model."""
+    rows, audits = result["rows"], result["audit_recovery"]
+    lines = [f"Preset `{result['preset']}`, split `{result['split']}`, {result['threads']} thread(s); "
+             "`benchmarks/compare_wrappers.py`.", "",
+             "| model | settings | " + " | ".join(COLUMNS) + " | exposed by |", "|---|---|" + "---|" * (len(COLUMNS) + 1)]
+    for row in rows:
+        settings = ", ".join(f"{key}={value}" for key, value in row.get("settings", {}).items()) or ("defaults" if "wrapper" in row else "")
+        cells = [number(row.get(column)) for column in COLUMNS]
+        lines.append(f"| {row['model']} | {settings} | " + " | ".join(cells) + f" | {', '.join(row.get('exposed_by', [])) or '–'} |")
+    attacks = sorted({name for recoveries in audits.values() for name in recoveries})
+    models = ["target", "oracle"] + [row["model"] for row in rows if row["model"] not in ("target", "oracle")]
+    lines += ["", "Recovery under each audit attack (answer recall, or an AUC / ranking accuracy where 0.5 is chance):", "",
+              "| attack | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    for attack in attacks:
+        lines.append(f"| {attack} | " + " | ".join(number(audits.get(model, {}).get(attack)) for model in models) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

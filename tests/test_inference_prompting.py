@@ -383,15 +383,15 @@ def test_eco_needs_a_retain_set(micro):
 def test_fast_generation_equals_the_generic_decoding_loop(micro, wrappers, name):
     """generate() runs the target's own cached decoding on the changed prompt; it must decode what the wrapped logits say."""
     from unlearnkit.data.encoding import left_pad_prompts
-    from unlearnkit.inference.base import WrappedModel
 
     _, tokenizer, forget, retain = micro
     wrapped = wrappers[name]
+    assert wrapped.decodes_on_target
     questions = [row["question"] for row in forget[:4] + retain[:4]]
     batch = left_pad_prompts([FMT.prompt_ids(tokenizer, question) for question in questions], tokenizer.pad_token_id)
     options = {"max_new_tokens": 12, "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
     fast = wrapped.generate(**batch, **options)
-    generic = WrappedModel.generate(wrapped, **batch, **options)
+    generic = wrapped.generate_stepwise(batch["input_ids"], batch["attention_mask"], **options)
     assert torch.equal(fast[:, :generic.shape[1]], generic)
     assert bool((fast[:, generic.shape[1]:] == tokenizer.pad_token_id).all())
     if name == "eco":  # the forget rows are flagged and their answers change; the retain rows' are the target's

@@ -21,7 +21,8 @@ safetensors or JSON); the target model is referenced, never copied or changed.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -220,6 +221,20 @@ class WrappedModel(nn.Module):
         """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        if self.decodes_on_target and generator is None:
+            return self._generate_on_target(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, pad_token_id,
+                                            eos_token_id)
+        return self.generate_stepwise(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, pad_token_id,
+                                      eos_token_id, generator)
+
+    @torch.no_grad()
+    def generate_stepwise(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 32, do_sample: bool = False,
+        temperature: float = 1.0, top_p: float = 1.0, pad_token_id: int | None = None,
+        eos_token_id: int | Sequence[int] | None = None, generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`generate` one token at a time from :meth:`next_token_logits` (the wrapped logits): every wrapper's
+        definition of decoding, and its path when it has no faster one."""
         eos = _eos_ids(eos_token_id if eos_token_id is not None else getattr(self.generation_config, "eos_token_id", None))
         pad = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
         ids, mask = input_ids, attention_mask
@@ -235,6 +250,36 @@ class WrappedModel(nn.Module):
             if bool(finished.all()):
                 break
         return ids
+
+    # Input-side wrappers decode with the target's own cached ``generate`` --------------------------------------------
+    # A wrapper that changes only what the target is shown (not its logits) sets ``decodes_on_target``: generation then
+    # runs the target's ``generate`` (its key/value cache) on :meth:`target_prompt` inside :meth:`target_decoding`,
+    # instead of recomputing the wrapped logits of the whole sequence for every new token.
+    decodes_on_target: ClassVar[bool] = False
+
+    def target_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The left-padded (ids, mask) the target decodes from for these left-padded prompts (by default: themselves)."""
+        return input_ids, attention_mask
+
+    @contextmanager
+    def target_decoding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+        """What stays in force while the target decodes from ``input_ids`` (by default nothing)."""
+        yield
+
+    def _generate_on_target(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, do_sample: bool, temperature: float,
+        top_p: float, pad_token_id: int | None, eos_token_id: int | Sequence[int] | None,
+    ) -> torch.Tensor:
+        """(B, T + new) ids: the given prompts, then what the target generates from :meth:`target_prompt` of them."""
+        pad = pad_token_id if pad_token_id is not None else (self.tokenizer.pad_token_id or 0)
+        ids, mask = self.target_prompt(input_ids, attention_mask, pad)
+        options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
+                                   "eos_token_id": eos_token_id, "use_cache": True}
+        if do_sample:
+            options.update(temperature=temperature, top_p=top_p)
+        with self.target_decoding(ids, mask):
+            generated = self.model.generate(input_ids=ids, attention_mask=mask, **options)
+        return torch.cat([input_ids, generated[:, ids.shape[1]:]], dim=1)
 
     # Saving and loading ---------------------------------------------------------------------------------------------
     def referenced_models(self) -> dict[str, str]:

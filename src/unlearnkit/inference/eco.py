@@ -366,35 +366,13 @@ class ECO(WrappedModel):
         with self._corrupting(targets, input_ids.shape[1]):
             return causal_lm_logits(self.model, input_ids, attention_mask)
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        pad_token_id: int | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        """Decode with the target's own ``generate`` (its key/value cache), the flagged questions corrupted in the prompt's
-        pass: the continuation's tokens are never corrupted, as in the generic loop. A private ``generator`` (seeded
-        sampling) takes the generic loop."""
-        if generator is not None:
-            return super().generate(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, pad_token_id,
-                                    eos_token_id, generator)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        pad = pad_token_id if pad_token_id is not None else (self.tokenizer.pad_token_id or 0)
-        options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
-                                   "eos_token_id": eos_token_id, "use_cache": True}
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
+    decodes_on_target = True  # the corruption acts on the prompt's embeddings only: the target decodes, the hook in force
+
+    @contextmanager
+    def target_decoding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
+        """The flagged questions corrupted in the prompt's pass; each decoding step's single new token is left alone."""
         with self._corrupting(self._targets(input_ids, attention_mask), input_ids.shape[1]):
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **options)
+            yield
 
     @contextmanager
     def forcing(self, strength: float | None = None) -> Iterator[ECO]:

@@ -188,41 +188,15 @@ class PromptInsertionWrapper(WrappedModel):
             logits = logits.index_copy(0, kept_index, plain.to(logits.dtype))
         return logits
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        pad_token_id: int | None = None,
-        eos_token_id: int | Sequence[int] | None = None,
-        generator: torch.Generator | None = None,
-        **_: Any,
-    ) -> torch.Tensor:
-        """Decode with the target's own ``generate`` (its key/value cache) on the rebuilt prompts: the inserted tokens only
-        change the prompt, so each row's continuation is the target's on its rebuilt prompt. Returns (B, T + new) ids
-        after the given left-padded ``input_ids``. A private ``generator`` (seeded sampling) takes the generic loop."""
-        if generator is not None:
-            return super().generate(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_p, pad_token_id,
-                                    eos_token_id, generator)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+    decodes_on_target = True  # the inserted tokens change only the prompt: the target decodes from the rebuilt one
+
+    def target_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rebuilt prompts, left-padded: each row with its inserted tokens after the head."""
         rows = strip_padding(input_ids, attention_mask)
         head = len(self.layout.head)
-        new_rows = [row[:head] + inserted + row[head:] if inserted else row for row, inserted in zip(rows, self.row_insertions(rows),
-                                                                                                     strict=True)]
-        pad = pad_token_id if pad_token_id is not None else (self.tokenizer.pad_token_id or 0)
-        new_ids, new_mask = left_pad(new_rows, pad, input_ids.device)
-        options: dict[str, Any] = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
-                                   "eos_token_id": eos_token_id, "use_cache": True}
-        if do_sample:
-            options.update(temperature=temperature, top_p=top_p)
-        generated = self.model.generate(input_ids=new_ids, attention_mask=new_mask, **options)
-        return torch.cat([input_ids, generated[:, new_ids.shape[1]:]], dim=1)
-
+        rebuilt = [row[:head] + inserted + row[head:] if inserted else row
+                   for row, inserted in zip(rows, self.row_insertions(rows), strict=True)]
+        return left_pad(rebuilt, pad_token_id, input_ids.device)
 
 def check_qa_rows(rows: Sequence[dict], where: str) -> None:
     for index, row in enumerate(rows, start=1):
