@@ -434,3 +434,16 @@ def test_every_audit_attack_runs_on_a_wrapped_model_unchanged(micro, micro_bench
         outcome = ATTACKS.get(name).run(wrappers["memprompt"], tokenizer, data, config)
         assert 0.0 <= outcome.recovery <= 1.0, name
     assert all(torch.equal(before[name], tensor) for name, tensor in model.state_dict().items())  # attacks work on copies
+
+
+@pytest.mark.parametrize("name", ["icul", "memprompt", "eco"])
+def test_latent_attacks_read_the_targets_hidden_states_under_a_prompt_wrapper(micro, wrappers, name):
+    """A white-box attacker reads the weights with prompts of their own: the logit lens on a wrapper that changes only the
+    prompt reads what it reads on the target (its own forward re-pads rebuilt rows, whose positions the lens cannot index)."""
+    model, tokenizer, forget, retain = micro
+    data = AuditData(forget=forget, retain=retain[:8], fmt=FMT)
+    config = AuditConfig(batch_size=8)
+    for attack in ("logit_lens_head", "logit_lens_delta"):
+        on_target = ATTACKS.get(attack).run(model, tokenizer, data, config)
+        on_wrapper = ATTACKS.get(attack).run(wrappers[name], tokenizer, data, config)
+        assert on_wrapper.recovery == on_target.recovery and on_wrapper.per_sample == on_target.per_sample

@@ -220,6 +220,14 @@ def register_attack(
     return decorate
 
 
+def hidden_state_model(model: PreTrainedModel) -> PreTrainedModel:
+    """The model whose hidden states the latent attacks read. An inference-time wrapper that changes only the prompt
+    names its target (``latent_model``): a white-box attacker reads the weights with prompts of their own, and the
+    wrapper's own forward runs on rebuilt, re-padded sequences whose positions the attacks cannot index. Any other
+    model is read as it is."""
+    return getattr(model, "latent_model", model)
+
+
 def entity_key(row: dict, entity_field: str) -> str | None:
     """The entity ``row`` is about, as a grouping key (its ``entity_field`` as JSON); None when that field is missing or empty."""
     value = row.get(entity_field)

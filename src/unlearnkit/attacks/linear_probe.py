@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack
+from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, hidden_state_model, register_attack
 from unlearnkit.attacks.logit_lens import recorded_layers
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.parameters import check_layers_exist, decoder_layers
@@ -110,6 +110,7 @@ def statement_features(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], layer: int, batch_size: int
 ) -> torch.Tensor:
     """(N, H) float32: decoder layer ``layer``'s output averaged over each text's own tokens (special tokens left out)."""
+    model = hidden_state_model(model)
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     features = []

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, register_attack
+from unlearnkit.attacks.base import AttackOutcome, AuditConfig, AuditData, hidden_state_model, register_attack
 from unlearnkit.attacks.knowledge import fact_location, recall_rule
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
@@ -157,6 +157,7 @@ def lens_distributions(
     position is read. Yielded lazily: the (L, V) distributions of all rows
     at once would not fit in memory for a large vocabulary and many layers.
     """
+    model = hidden_state_model(model)
     layers = parse_layers(config.lens_layers) or tuple(range(len(decoder_layers(model)[1])))
     check_layers_exist(model, layers, "lens_layers")
     inputs_of = layers[:1] if with_input and len(layers) == 1 else ()

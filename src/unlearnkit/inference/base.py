@@ -170,6 +170,12 @@ class WrappedModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    @property
+    def latent_model(self) -> nn.Module:
+        """What the audit's latent attacks (logit lens, linear probe) read the hidden states of: the wrapper itself, whose
+        forward runs the target on the positions given; a wrapper that changes only the prompt names the target."""
+        return self
+
     def can_generate(self) -> bool:
         """Whether :meth:`generate` works, as transformers' models answer it: always, through the target."""
         return True

@@ -368,6 +368,11 @@ class ECO(WrappedModel):
 
     decodes_on_target = True  # the corruption acts on the prompt's embeddings only: the target decodes, the hook in force
 
+    @property
+    def latent_model(self) -> nn.Module:
+        """The target: a white-box attacker reads its hidden states with prompts of their own (the change is to the prompt)."""
+        return self.model
+
     @contextmanager
     def target_decoding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Iterator[None]:
         """The flagged questions corrupted in the prompt's pass; each decoding step's single new token is left alone."""

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from unlearnkit.data.encoding import PromptFormat
@@ -189,6 +190,11 @@ class PromptInsertionWrapper(WrappedModel):
         return logits
 
     decodes_on_target = True  # the inserted tokens change only the prompt: the target decodes from the rebuilt one
+
+    @property
+    def latent_model(self) -> nn.Module:
+        """The target: a white-box attacker reads its hidden states with prompts of their own (the change is to the prompt)."""
+        return self.model
 
     def target_prompt(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The rebuilt prompts, left-padded: each row with its inserted tokens after the head."""
