@@ -11,7 +11,7 @@ For each query row of forget10 (the forget authors' facts), every training row o
   about another author;
 * chance: what a random ranking scores on average (k / training rows), and the seconds (fit + scores, one thread).
 
-    python benchmarks/influence_recall.py --presets micro --markdown /tmp/influence_recall.md
+    python benchmarks/influence_recall.py --presets micro --markdown influence_recall.md
 """
 
 from __future__ import annotations
