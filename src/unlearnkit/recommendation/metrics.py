@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from unlearnkit.evaluation.mia import roc_auc as membership_roc_auc
+
 # p(yes) above this predicts "yes" (the reference: accuracy_score(gold, pred > 0.5)).
 THRESHOLD = 0.5
 EPS = float(np.finfo(np.float64).eps)
@@ -40,26 +42,12 @@ def _arrays(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.nda
 
 
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
-    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties counted 1/2.
-
-    Computed as the Mann–Whitney statistic from average ranks. Undefined (ValueError) with one class only.
-    """
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties counted 1/2
+    (the package's AUC, :func:`unlearnkit.evaluation.mia.roc_auc`, on the two classes). ValueError with one class only."""
     y, p = _arrays(labels, scores)
-    positives, negatives = int(y.sum()), int((1 - y).sum())
-    if positives == 0 or negatives == 0:
+    if y.all() or not y.any():
         raise ValueError("AUC needs both a positive and a negative label.")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p), dtype=np.float64)
-    sorted_scores = p[order]
-    start = 0
-    while start < len(p):  # tied scores share the mean of their 1-based ranks
-        end = start
-        while end + 1 < len(p) and sorted_scores[end + 1] == sorted_scores[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
-        start = end + 1
-    rank_sum = ranks[y == 1].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return membership_roc_auc(p[y == 1], p[y == 0])
 
 
 def accuracy(labels: Sequence[int] | np.ndarray, p_yes: Sequence[float] | np.ndarray, threshold: float = THRESHOLD) -> float:
