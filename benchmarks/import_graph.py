@@ -27,7 +27,7 @@ LAYERS = [
     (2, ("losses", "gradients", "evaluation", "methods", "attacks", "unlearning", "finetune", "metrics")),
     (3, ("benchmark", "builtin")),
     (4, ("report",)),
-    (5, ("jobs", "auditing", "sequential", "bench", "runs", "serving")),
+    (5, ("jobs", "auditing", "sequential", "bench", "runs", "serving", "tuning")),
     (6, ("api",)),
     # The literature map lists the commands, so it reads the command line.
     (7, ("cli", "__main__", "literature")),

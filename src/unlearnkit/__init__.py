@@ -10,7 +10,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-API = ("load_data", "unlearn", "evaluate", "audit", "localize", "forget", "write_report", "influence", "wrap", "Results", "Report")
+API = ("load_data", "unlearn", "evaluate", "audit", "localize", "forget", "write_report", "influence", "wrap", "tune", "Results", "Report")
 __all__ = [*API, "__version__"]
 
 

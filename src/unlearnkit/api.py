@@ -558,3 +558,58 @@ def _log_into_results_folders() -> None:
 
 def _results(output: Path) -> Results:
     return Results(output, json.loads((output / "summary.json").read_text(encoding="utf-8")))
+
+
+def tune(
+    *,
+    method: str,
+    output: PathLike,
+    preset: str = "default",
+    split: str = "forget10",
+    holdout_split: str = "auto",
+    trials: int = 20,
+    jobs: int = 1,
+    space: Sequence[str] | None = None,
+    objective: str = "forget_quality",
+    subject_to: str = "model_utility>=0.95*oracle",
+    settings: Mapping[str, Any] | None = None,
+    seeds: Sequence[int] = (0,),
+    eval_every: int | None = None,
+    eval_rows: int = 0,
+    pruner: str = "median",
+    prune_after: int = 5,
+    sampler_seed: int = 0,
+    cache: PathLike | None = None,
+    threads: int | None = None,
+    keep_models: bool = False,
+    progress: bool = True,
+) -> Results:
+    """``unlearnkit tune``: search ``method``'s hyperparameters on the built-in benchmark into the study folder ``output``.
+
+    ``space``: ``--space`` entries, e.g. ``["learning_rate=log:1e-5:1e-3", "beta=float:0.05:1"]`` (None: the method's
+    default space); ``settings``: fixed settings (``--set``). Rerunning on the same folder resumes the study (``trials``
+    is its total). The result's ``summary`` is ``best.json``: the chosen trial, its settings, its metrics on the tuned
+    split and on ``holdout_split`` (docs/tuning.md).
+    """
+    from unlearnkit.runs.inputs import Builtin
+    from unlearnkit.runs.tune import TuneOptions, resolve_tune, run_tune
+    from unlearnkit.tuning.plan import check_counts
+
+    _check_text(method=method, split=split, holdout_split=holdout_split, objective=objective, pruner=pruner)
+    output = _path(output)
+    check_counts(trials, jobs, prune_after, eval_every, eval_rows)
+    if isinstance(space, str) or (space is not None and not all(isinstance(entry, str) for entry in space)):
+        raise UnlearnkitError(f"space must be a list of 'NAME=KIND:ARGS' strings, e.g. ['learning_rate=log:1e-5:1e-3']; got {space!r}.")
+    if isinstance(seeds, (str, int)) or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds):
+        raise UnlearnkitError(f"seeds must be a list of whole numbers, e.g. [0, 1, 2]; got {seeds!r}.")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UnlearnkitError(f"threads must be a whole number, 1 or more; got {threads!r}.")
+    builtin = Builtin(preset, _optional_path(cache), progress)
+    plan, holdout = resolve_tune(builtin=builtin, method=method, split=split, holdout=holdout_split, space=space, objective=objective,
+                                 subject_to=subject_to, fixed={key: str(value) for key, value in _settings(settings).items()},
+                                 seeds=list(seeds), eval_every=eval_every, eval_rows=eval_rows, pruner=pruner,
+                                 prune_after=prune_after, sampler_seed=sampler_seed)
+    _log_into_results_folders()
+    outcome = run_tune(plan=plan, holdout=holdout, builtin=builtin, output=output,
+                       options=TuneOptions(trials, jobs, threads, progress, keep_models))
+    return Results(outcome.output, outcome.best)

@@ -34,10 +34,11 @@ from typing import Any
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 RESOURCE = "literature.json"
-KINDS = ("regulation", "survey", "method", "evaluation attack", "benchmark", "dataset", "metric", "localization", "editing")
+KINDS = ("regulation", "survey", "method", "evaluation attack", "benchmark", "dataset", "metric", "localization", "editing",
+         "tuning")
 KIND_HEADINGS = {"regulation": "Regulations", "survey": "Surveys", "method": "Methods", "evaluation attack": "Evaluation attacks",
                  "benchmark": "Benchmarks", "dataset": "Datasets", "metric": "Metrics", "localization": "Localization",
-                 "editing": "Model editing"}
+                 "editing": "Model editing", "tuning": "Hyperparameter tuning"}
 # The method families of the surveys (Liu et al. 2024; Si et al. 2023; Blanco-Justicia et al. 2024), in the order they are listed.
 FAMILIES = ("objective/gradient-based", "task arithmetic", "localization-informed", "editing", "influence/second-order",
             "input-based/in-context", "logit-offset/inference-time", "adapter/parameter-efficient", "robustness/distillation",

@@ -774,3 +774,86 @@ def eul_retain_loss(retain_kl: Tensor, retain_nll: Tensor, alpha: float, lambda_
     if retain_kl.dim() != 0 or retain_nll.dim() != 0:
         raise ValueError("retain_kl and retain_nll must be scalars (batch means).")
     return alpha * retain_kl + lambda_task * retain_nll
+
+
+# ---------------------------------------------------------------------------
+# Smoothed and entropy-maximising unlearning: SAM-NPO's pooled NPO form, ME.
+# ---------------------------------------------------------------------------
+
+
+def pooled_npo_loss(sequence_nll: Tensor, reference_sequence_nll: Tensor, token_count: Tensor, beta: float) -> Tensor:
+    """NPO on the batch's pooled per-token NLLs: ``−(2/β) · log σ(β · (ℓ̄_θ − ℓ̄_ref))`` (scalar).
+
+    ``ℓ̄ = Σ_i ℓ_i / Σ_i |y_i|`` is the mean NLL over every answer token of the batch, the
+    causal-LM ``outputs.loss``: one margin for the whole batch, where :func:`npo_loss` has one per
+    sequence, each a sequence-sum. This is the form of Fan et al.'s SAM code for NPO.
+
+    Args:
+        sequence_nll: ``(B,)`` sequence-sum NLL ``ℓ_θ`` of the trained model.
+        reference_sequence_nll: ``(B,)`` sequence-sum NLL ``ℓ_ref`` of the reference (detached here).
+        token_count: ``(B,)`` answer tokens ``|y|`` per sequence (:func:`sequence_token_count`).
+        beta: inverse temperature, > 0.
+
+    Reference: Fan et al., "Towards LLM Unlearning Resilient to Relearning Attacks: A
+    Sharpness-Aware Minimization Perspective and Beyond", ICML 2025 (NPO: Zhang et al., COLM 2024).
+    """
+    _check_same_shape(sequence_nll=sequence_nll, reference_sequence_nll=reference_sequence_nll, token_count=token_count)
+    tokens = _scored_count(token_count)
+    return npo_loss((sequence_nll.sum() / tokens).reshape(1), (reference_sequence_nll.detach().sum() / tokens).reshape(1), beta)
+
+
+def uniform_kl_loss(logits: Tensor, labels: Tensor, probability_floor: float = 0.0) -> Tensor:
+    """Maximising-entropy (ME) loss ``KL(U ‖ p_θ)``, averaged over the scored positions (scalar).
+
+    ``L = mean_t Σ_v (1/V) (log(1/V) − log p_θ(v | x, y_<t)) = mean_t (−log V − mean_v log p_θ(v))``:
+    0 exactly when the prediction is uniform (a model that has never seen the fact guesses),
+    positive otherwise. With ``probability_floor = 0`` it is :func:`uniform_cross_entropy_loss`
+    ``− log V``. A floor ``ε > 0`` scores ``log(p + ε)`` instead of ``log p``, as the authors'
+    code does (``ε = 1e-12``): a token whose probability is far below ``ε`` then adds a bounded
+    term and almost no gradient.
+
+    Args:
+        logits: ``(B, T, V)`` next-token logits.
+        labels: ``(B, T)`` labels; only which positions are ``-100`` matters (their values do not).
+        probability_floor: finite ``ε >= 0`` added to every probability before the log.
+
+    Reference: Yuan et al., "A Closer Look at Machine Unlearning for Large Language Models",
+    ICLR 2025 (arXiv:2410.08109).
+    """
+    if not (math.isfinite(probability_floor) and probability_floor >= 0):
+        raise ValueError(f"probability_floor must be a finite number >= 0; got {probability_floor}.")
+    scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
+    # The floor's form takes the softmax first, as the authors' code; without it, log_softmax keeps the far tail exact.
+    log_p = scored_logits.log_softmax(dim=-1) if probability_floor == 0 else (scored_logits.softmax(dim=-1) + probability_floor).log()
+    return (-math.log(scored_logits.shape[-1]) - log_p.mean(dim=-1)).mean()
+
+
+def forward_kl_distillation_loss(student_logits: Tensor, teacher_logits: Tensor, attention_mask: Tensor) -> Tensor:
+    """Forward ``KL(p_T ‖ p_S)`` per next-token position, averaged over the non-pad positions (scalar).
+
+    ``KL_t = Σ_v p_T(v) · (log p_T(v) − log p_S(v))`` with both distributions the softmax of the
+    full-vocabulary logits at temperature 1, and ``L = Σ_t m_t KL_t / Σ_t m_t`` with ``m`` the
+    attention mask: every real token's position counts once, prompt and answer alike, padding
+    not at all. Unlike :func:`kl_to_reference`, no label pattern chooses the positions: the
+    distillation matches the teacher on the whole text.
+
+    Args:
+        student_logits: ``(B, T, V)`` logits of the model being trained.
+        teacher_logits: ``(B, T, V)`` logits of the frozen teacher (detached here).
+        attention_mask: ``(B, T)`` 1 at real tokens, 0 at padding.
+
+    Reference: Lee, Foote et al., "Distillation Robustifies Unlearning", NeurIPS 2025 (arXiv:2506.06278).
+    """
+    if student_logits.dim() != 3 or teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"student_logits (B, T, V) = {tuple(student_logits.shape)} and teacher_logits "
+                         f"{tuple(teacher_logits.shape)} must have the same 3-D shape; run both models on the same batch.")
+    if attention_mask.shape != student_logits.shape[:2]:
+        raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must be (B, T) = {tuple(student_logits.shape[:2])}.")
+    log_p_student = F.log_softmax(at_least_float32(student_logits), dim=-1)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits.detach()), dim=-1)
+    kl_per_position = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)  # (B, T)
+    mask = attention_mask.to(kl_per_position.dtype)
+    count = mask.sum()
+    if count.item() == 0:
+        raise ValueError("attention_mask has no real token: a batch needs at least one position to distil.")
+    return (kl_per_position * mask).sum() / count

@@ -9,6 +9,7 @@ from unlearnkit.cli import (
     filter_command,  # noqa: F401 - registers the filter command
     recommend,  # noqa: F401 - registers the recommend command
     serve,  # noqa: F401 - registers the serve command
+    tune,  # noqa: F401 - registers the tune command
 )
 from unlearnkit.cli.app import app, main
 

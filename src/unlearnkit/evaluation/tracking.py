@@ -330,6 +330,8 @@ class EvalTracker(TrainerCallback):
 
     ``references`` holds known summaries a constraint may compare with, e.g.
     ``{"oracle": oracle_summary}``; ``target`` (the step-0 evaluation) is added here.
+    ``listeners`` are called with each evaluation's curve entry taken while training goes on (not the step-0
+    baseline, not the last step's); one may raise to stop the run.
     """
 
     def __init__(
@@ -341,6 +343,7 @@ class EvalTracker(TrainerCallback):
         eval_config: EvalConfig = EvalConfig(),
         oracle_reference: Mapping[str, Any] | None = None,
         references: Mapping[str, Mapping[str, float]] | None = None,
+        listeners: Sequence[Callable[[dict[str, Any]], None]] = (),
     ) -> None:
         if not config.enabled:
             raise UnlearnkitError("EvalTracker needs TrackingConfig.every > 0.")
@@ -356,6 +359,9 @@ class EvalTracker(TrainerCallback):
             and config.max_rows else oracle_reference
         )
         self.criterion = config.criterion()
+        # Called with each evaluation taken before the last step (its curve entry); one may raise to stop the run,
+        # as a hyperparameter search pruning an unpromising trial does (unlearnkit.tuning).
+        self.listeners = tuple(listeners)
         self.references: dict[str, Mapping[str, float]] = dict(references or {})
         if self.criterion is not None:
             self._check_reported(reportable_metrics(self.splits, eval_config, self.oracle_reference))
@@ -391,6 +397,9 @@ class EvalTracker(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
         if state.global_step % self.config.every == 0:
             self._evaluate_and_select(model, state, control)
+            if state.global_step < state.max_steps and not control.should_training_stop:
+                for listener in self.listeners:
+                    listener(self.curve[-1])
 
     def on_train_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 - Trainer callback signature
         if not self.curve or self.curve[-1]["step"] != state.global_step:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -279,11 +280,13 @@ def run_demo(
     options: RunOptions,
     eval_config: EvalConfig | None = None,
     tracking: TrackingConfig = TrackingConfig(),
+    listeners: Sequence[Callable[[dict[str, Any]], None]] = (),
 ) -> dict[str, dict[str, float]]:
     """The whole experiment on the built-in benchmark; returns ``{"target"|"oracle"|"unlearned": summary}``.
 
     ``method`` is resolved with the benchmark's settings for it (:func:`unlearnkit.runs.inputs.resolve_method`);
     ``eval_config`` defaults to the built-in benchmark's (:data:`unlearnkit.builtin.EVAL_CONFIG`).
+    ``listeners`` receive each evaluation during training (see :class:`EvalTracker`; only with ``tracking`` on).
     """
     from unlearnkit.builtin import EVAL_CONFIG, check_forget_split
 
@@ -322,7 +325,7 @@ def run_demo(
     if tracking.enabled:
         # Forget quality during training uses the oracle reference of the final evaluation.
         tracker = EvalTracker(tokenizer, inputs.evaluation.splits, tracking, builtin.prompt_format, eval_config, reference,
-                              {"oracle": inputs.oracle_summary})
+                              {"oracle": inputs.oracle_summary}, listeners)
         run_config["eval_during_training"] = asdict(tracking)
     with results_folder(options.output, options.overwrite, identity=run_config, resume=options.resume) as folder:
         unlearned, unlearn_seconds = unlearn_into(folder, run_config, tracker, network, tokenizer, inputs, options, inline)
