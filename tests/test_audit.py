@@ -262,3 +262,18 @@ def test_direct_extraction_and_membership_have_known_answers(micro_bench) -> Non
     same = AuditData(forget=own, holdout=own, fmt=fmt)
     outcome = ATTACKS.get("membership").run(model, tokenizer, same, config)
     assert outcome.recovery == 0.5 and all(value == 0.5 for value in outcome.details.values())
+
+
+def test_builtin_audit_settings_follow_each_preset_learning_rates() -> None:
+    """The tiny presets relearn at their shared unlearning rate; the pretrained preset keeps the methods' own rate
+    (it sets none of its own: reading it once crashed `audit --preset smollm2`) and SPV-MIA's paper rate."""
+    from unlearnkit.attacks import AuditConfig
+    from unlearnkit.auditing import build_audit_config, builtin_audit_settings
+    from unlearnkit.builtin import PRESETS
+
+    assert builtin_audit_settings(PRESETS["default"])["relearn_learning_rate"] == 5e-4
+    assert builtin_audit_settings(PRESETS["micro"])["spv_reference_learning_rate"] == 1e-3
+    pretrained = build_audit_config(builtin_audit_settings(PRESETS["smollm2"]))
+    assert pretrained.relearn_learning_rate == 1e-5
+    assert pretrained.relearn_epochs == 2
+    assert pretrained.spv_reference_learning_rate == AuditConfig().spv_reference_learning_rate

@@ -45,6 +45,7 @@ from unlearnkit.attacks.base import DEFAULT_ENTITY_FIELD, FAMILIES, entity_key
 from unlearnkit.builtin import MAX_NEW_TOKENS, BuiltinBenchmark
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.io import write_json
+from unlearnkit.methods.base import MethodConfig
 from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
@@ -58,15 +59,19 @@ UNINFORMATIVE = "uninformative on this data"
 
 
 def builtin_audit_settings(benchmark: BuiltinBenchmark) -> dict[str, Any]:
-    """Audit settings for the built-in benchmark's tiny models.
+    """Audit settings for a built-in benchmark's models.
 
-    The relearning attack fine-tunes at the benchmark's own unlearning learning
-    rate (the authors' 1e-5 hardly moves a tiny model), two epochs over the
-    attacker's half of the forget set; answers are generated as in evaluation (the built-in splits' cap); SPV-MIA's
-    reference fine-tunes at 1e-3 (at the paper's 5e-5 a copy of a tiny model hardly moves from the model it calibrates).
+    The relearning attack fine-tunes at the benchmark's own unlearning learning rate (on the tiny models the shared
+    override, as the authors' 1e-5 hardly moves them; on a pretrained preset, which keeps the methods' own rates, the
+    methods' default), two epochs over the attacker's half of the forget set; answers are generated as in evaluation
+    (the built-in splits' cap). SPV-MIA's reference fine-tunes at 1e-3 on the tiny models (at the paper's 5e-5 a copy
+    of a tiny model hardly moves from the model it calibrates) and at the paper's rate on a pretrained one.
     """
-    return {"relearn_learning_rate": dict(benchmark.unlearn_overrides)["learning_rate"], "relearn_epochs": 2,
-            "max_new_tokens": MAX_NEW_TOKENS, "spv_reference_learning_rate": 1e-3}
+    learning_rate = dict(benchmark.unlearn_overrides).get("learning_rate", MethodConfig.learning_rate)
+    settings: dict[str, Any] = {"relearn_learning_rate": learning_rate, "relearn_epochs": 2, "max_new_tokens": MAX_NEW_TOKENS}
+    if benchmark.base_model is None:
+        settings["spv_reference_learning_rate"] = 1e-3
+    return settings
 
 
 def attack_order(names: Sequence[str] | None = None) -> list[str]:

@@ -200,9 +200,10 @@ def _wrappers() -> list[str]:
 
 
 def _datasets() -> list[str]:
+    from unlearnkit.data.catalog import CATALOG
     from unlearnkit.data.schemas import BENCHMARKS
 
-    return sorted(BENCHMARKS)
+    return sorted([*BENCHMARKS, *CATALOG])
 
 
 def _commands() -> list[str]:

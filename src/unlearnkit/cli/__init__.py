@@ -6,6 +6,7 @@ A command only declares its options, resolves them into typed inputs
 
 from unlearnkit.cli import (
     commands,  # noqa: F401 - registers the commands with the app
+    datasets_command,  # noqa: F401 - registers the datasets command
     filter_command,  # noqa: F401 - registers the filter command
     recommend,  # noqa: F401 - registers the recommend command
     serve,  # noqa: F401 - registers the serve command
