@@ -21,23 +21,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from compare_wrappers import parse_runs  # the same LABEL=NAME:KEY=VALUE;... run syntax
 from unlearnkit import api
 from unlearnkit.runtime import quiet_libraries, set_threads
 
 DEFAULT_RUNS = "npo,sam_npo,sam_npo-rho0.1=sam_npo:rho=0.1,me_gd,undo,undo-npo=undo:unlearn_method=npo"
 METRICS = ("forget_quality", "model_utility")
-
-
-def parse_runs(text: str) -> list[tuple[str, str, dict[str, str]]]:
-    runs = []
-    for item in text.split(","):
-        label, sep, rest = item.partition("=")
-        if not sep:
-            runs.append((item, item, {}))
-            continue
-        method, _, pairs = rest.partition(":")
-        runs.append((label, method, dict(pair.split("=", 1) for pair in pairs.split(";") if pair)))
-    return runs
 
 
 def step(folder: Path, run: Any, label: str) -> dict[str, Any]:
