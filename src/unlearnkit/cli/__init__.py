@@ -8,6 +8,7 @@ from unlearnkit.cli import (
     commands,  # noqa: F401 - registers the commands with the app
     datasets_command,  # noqa: F401 - registers the datasets command
     filter_command,  # noqa: F401 - registers the filter command
+    private,  # noqa: F401 - registers the private command
     recommend,  # noqa: F401 - registers the recommend command
     serve,  # noqa: F401 - registers the serve command
     tune,  # noqa: F401 - registers the tune command

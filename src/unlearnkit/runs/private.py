@@ -1,0 +1,319 @@
+"""``private``: the private-data track on built-in fictitious e-mails, into one results folder (docs/private_track.md).
+
+A tiny model (the chosen built-in preset's architecture and tokenizer) is trained on every person's e-mails
+(:mod:`unlearnkit.data.private_mail`); the retain oracle, from the same initial weights, on the retained people's
+only (its numbers are the "never seen" level); each method then unlearns the forgotten people's e-mails from a copy
+of the target, the retained people's e-mails serving as retain set. For every model and every secret: its exposure
+(Carlini et al., "The Secret Sharer", USENIX Security 2019) over all 10^digits phone numbers, whether greedy
+decoding from its e-mail context reproduces it, and whether the name-only question does (Huang et al., "Are Large
+Pre-Trained Language Models Leaking Your Personal Information?", Findings of EMNLP 2022); and the perplexity of the
+forget and retain e-mails.
+
+Results folder: ``summary.json``, ``secrets.json`` (per secret and model: exposure, rank, extracted),
+``config.json``, ``data/forget.json`` and ``data/retain.json``, ``report.md`` and ``tradeoff.png``. Models are
+not saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unlearnkit.data.encoding import PromptFormat, encode_qa
+from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, name_prompt
+from unlearnkit.errors import UnlearnkitError, did_you_mean
+from unlearnkit.evaluation.exposure import candidate_log_perplexities, exposure, exposure_rank, extracted
+from unlearnkit.finetune import FinetuneConfig
+from unlearnkit.io import write_text
+from unlearnkit.methods.base import MethodConfig
+from unlearnkit.runs.folder import check_output_dir, results_folder, write
+from unlearnkit.settings import build_config
+
+logger = logging.getLogger("unlearnkit")
+
+SUMMARY_FILE, SECRETS_FILE, REPORT_FILE, PLOT_FILE = "summary.json", "secrets.json", "report.md", "tradeoff.png"
+FMT = PromptFormat("plain")  # the tiny built-in models have no chat template
+PRESETS = ("micro", "default")
+DEFAULT_METHODS = ("graddiff", "npo")
+# Per preset: the e-mails and the target's training. A fixed number of epochs (target_accuracy 1.0): the phone
+# numbers are random, so the answer-token accuracy the built-in benchmark stops at says little about them. Measured
+# on micro: 40 epochs left the target's forget exposure at 10.2 of 13.3 bits (nothing extracted), 150 memorise every
+# number (13.3 bits, all extracted). Four digits keep the exact scoring (10^4 candidates per secret and model) in seconds.
+MAIL_SETTINGS = {
+    "micro": PrivateMailConfig(num_people=8, forget_people=2, mails_per_person=2, digits=4),
+    "default": PrivateMailConfig(num_people=20, forget_people=2, mails_per_person=3, digits=4),
+}
+TRAINING = {
+    "micro": FinetuneConfig(learning_rate=1e-2, max_epochs=150, batch_size=8, target_accuracy=1.0),
+    "default": FinetuneConfig(learning_rate=1e-2, max_epochs=150, batch_size=16, target_accuracy=1.0),
+}
+# The built-in benchmark's unlearning settings move a QA fact in a few steps, but not a memorised 4-digit number on the
+# default tiny model: at its lr 5e-4 and 5 epochs (5 steps on 6 forget e-mails) GradDiff and NPO left the forget exposure
+# at 13.29 of 13.29 bits; 40 epochs at lr 2e-3 bring it to 0.26 and 0.20 bits (docs/private_track.md). On micro the
+# benchmark's settings already forget. These go under the user's --set values, for the methods that have the fields.
+UNLEARN_SETTINGS: dict[str, dict[str, Any]] = {"micro": {}, "default": {"num_epochs": 40.0, "learning_rate": 2e-3}}
+TRAINING_KEYS = {"train_epochs": "max_epochs", "train_learning_rate": "learning_rate"}
+
+
+@dataclass(frozen=True)
+class PrivateInputs:
+    preset: str
+    mail: PrivateMailConfig
+    training: FinetuneConfig
+    methods: dict[str, MethodConfig]
+    oracle: bool = True
+
+    def record(self) -> dict[str, Any]:
+        return {"preset": self.preset, "mail": asdict(self.mail), "training": asdict(self.training), "oracle": self.oracle,
+                "methods": {name: asdict(config) for name, config in self.methods.items()}}
+
+
+def resolve_private(preset: str, methods: Sequence[str], overrides: Mapping[str, Any], oracle: bool = True) -> PrivateInputs:
+    """Check every setting (preset, e-mail sizes, training, each method's config) before anything is trained.
+
+    ``overrides``: mail fields (``digits``, ``num_people``, ...) and ``train_epochs`` / ``train_learning_rate`` set
+    the data and the target's training; every other key goes to each method, over the preset's tiny-model settings.
+    """
+    from unlearnkit.builtin import get_preset
+    from unlearnkit.unlearning import resolve_method
+
+    if preset not in PRESETS:
+        raise UnlearnkitError(f"Unknown private-track preset {preset!r}.{did_you_mean(preset, PRESETS)} Use one of {', '.join(PRESETS)}.")
+    if not methods:
+        raise UnlearnkitError("--methods is empty; name at least one method (e.g. --methods npo,graddiff).")
+    mail_keys = {item.name for item in fields(PrivateMailConfig)}
+    mail = {key: value for key, value in overrides.items() if key in mail_keys}
+    training = {TRAINING_KEYS[key]: value for key, value in overrides.items() if key in TRAINING_KEYS}
+    method_overrides = {key: value for key, value in overrides.items() if key not in mail_keys and key not in TRAINING_KEYS}
+    mail_config = build_config(PrivateMailConfig, {**asdict(MAIL_SETTINGS[preset]), **mail}, what="private-track setting")
+    training_config = build_config(FinetuneConfig, {**asdict(TRAINING[preset]), **training}, what="private-track setting")
+    builtin = get_preset(preset)
+    configs = {name: resolve_method(name, method_overrides, track_defaults(builtin.overrides_for(name), name, preset))
+               for name in dict.fromkeys(methods)}
+    return PrivateInputs(preset, mail_config, training_config, configs, oracle)
+
+
+def track_defaults(benchmark_settings: Mapping[str, Any], method: str, preset: str) -> dict[str, Any]:
+    """The benchmark's settings for ``method`` with this track's unlearning settings on top, where the method has them."""
+    from unlearnkit.methods import METHODS
+
+    names = {item.name for item in fields(METHODS.get(method).config)}
+    return {**benchmark_settings, **{key: value for key, value in UNLEARN_SETTINGS[preset].items() if key in names}}
+
+
+def run_private(*, inputs: PrivateInputs, output: Path, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Train, unlearn, measure and write the results folder; returns the summary."""
+    check_output_dir(output, overwrite)
+    mails = generate_mails(inputs.mail)
+    with results_folder(output, overwrite) as folder:
+        summary, secrets = run_experiment(inputs, mails, show_progress)
+        write(folder / "data" / "forget.json", mails["forget"])
+        write(folder / "data" / "retain.json", mails["retain"])
+        write(folder / "config.json", {"command": "private", **inputs.record()})
+        write(folder / SECRETS_FILE, secrets)
+        write(folder / SUMMARY_FILE, summary)
+        plot_tradeoff(summary, folder / PLOT_FILE)
+        write_text(folder / REPORT_FILE, render_report(summary))
+    return summary
+
+
+def run_experiment(inputs: PrivateInputs, mails: Mapping[str, list[dict]], show_progress: bool = True) -> tuple[dict, list[dict]]:
+    from unlearnkit.builtin import benchmark_tokenizer, get_preset
+    from unlearnkit.finetune import finetune
+    from unlearnkit.modeling import build_tiny_model
+    from unlearnkit.unlearning import unlearn
+
+    builtin = get_preset(inputs.preset)
+    tokenizer = benchmark_tokenizer(builtin)
+    canaries = build_canaries(tokenizer, mails, inputs.mail.digits)
+    models: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+
+    def trained(rows: list[dict]) -> Any:
+        model = build_tiny_model(builtin.model, tokenizer, seed=inputs.training.seed)
+        finetune(model, tokenizer, rows, inputs.training, FMT, show_progress, warn_below_target=False)
+        return model
+
+    start = time.perf_counter()
+    models["target"] = trained([*mails["forget"], *mails["retain"]])
+    seconds["target"] = time.perf_counter() - start
+    if inputs.oracle:
+        start = time.perf_counter()
+        models["oracle"] = trained(list(mails["retain"]))
+        seconds["oracle"] = time.perf_counter() - start
+    for name, config in inputs.methods.items():
+        start = time.perf_counter()
+        outcome = unlearn(copy.deepcopy(models["target"]), tokenizer, name, mails["forget"], mails["retain"], config, FMT,
+                          show_progress=show_progress)
+        models[name], seconds[name] = outcome.model, time.perf_counter() - start
+    space = 10 ** inputs.mail.digits
+    people = {"forget": inputs.mail.forget_people, "retain": inputs.mail.num_people - inputs.mail.forget_people}
+    summary: dict[str, Any] = {"preset": inputs.preset, "randomness_space": space, "max_exposure": math.log2(space),
+                               "people": people, "models": {}}
+    per_secret: dict[str, dict[str, dict]] = {}
+    for name, model in models.items():
+        measured = measure(model, tokenizer, canaries, mails)
+        summary["models"][name] = {**measured["summary"], "seconds": seconds[name]}
+        per_secret[name] = measured["secrets"]
+    summary["tradeoff"] = tradeoff(summary)
+    secrets = [{**{key: canary[key] for key in ("set", "person", "person_id", "secret")},
+                "models": {name: per_secret[name][canary["person"]] for name in models}} for canary in canaries]
+    return summary, secrets
+
+
+def build_canaries(tokenizer: Any, mails: Mapping[str, list[dict]], digits: int) -> list[dict]:
+    """One canary per person: the context of their first e-mail (prompt + answer up to the number) and every candidate's tokens.
+
+    Refuses a tokenizer under which the e-mail's tokens are not those of its context followed by its digits' own tokens
+    (then the candidates would not be the sequences the model was trained on).
+    """
+    digit_ids = [tokenizer(f" {digit}", add_special_tokens=False)["input_ids"] for digit in range(10)]
+    candidates = [list(itertools.chain.from_iterable(combo)) for combo in itertools.product(digit_ids, repeat=digits)]
+    lengths = torch.tensor([len(ids) for ids in candidates])
+    padded = torch.zeros((len(candidates), int(lengths.max())), dtype=torch.long)
+    for index, ids in enumerate(candidates):
+        padded[index, : len(ids)] = torch.tensor(ids)
+    canaries = []
+    for role in ("forget", "retain"):
+        for row in mails[role]:
+            if row["mail"]:
+                continue
+            context = tokenizer(f" {row['secret_prefix']}", add_special_tokens=False)["input_ids"]
+            prefix = FMT.prompt_ids(tokenizer, row["question"]) + context
+            index = int(row["secret"].replace(" ", ""))  # candidates run in numeric order
+            whole = FMT.prompt_ids(tokenizer, row["question"]) + FMT.answer_ids(tokenizer, row["answer"])[:-1]  # without EOS
+            if whole != prefix + candidates[index]:
+                raise UnlearnkitError("This tokenizer does not encode the phone numbers digit by digit after their context; "
+                                      "the private track needs a byte-level BPE tokenizer (the built-in presets' own).")
+            canaries.append({"set": role, "person": row["person"], "person_id": row["person_id"], "secret": row["secret"],
+                             "prefix": prefix, "index": index, "candidates": padded, "lengths": lengths,
+                             "secret_tokens": len(candidates[index])})
+    return canaries
+
+
+def measure(model: Any, tokenizer: Any, canaries: Sequence[dict], mails: Mapping[str, list[dict]]) -> dict[str, Any]:
+    """Per secret: exposure, rank and both extractions; per set: their aggregates and the e-mails' perplexity."""
+    model.eval()
+    secrets: dict[str, dict] = {}
+    for canary in canaries:
+        scores = candidate_log_perplexities(model, canary["prefix"], canary["candidates"], canary["lengths"]).numpy()
+        own = float(scores[canary["index"]])
+        context = _greedy(model, tokenizer, canary["prefix"], canary["secret_tokens"])
+        named = _greedy(model, tokenizer, FMT.prompt_ids(tokenizer, name_prompt(canary["person"])), 4 * canary["secret_tokens"] + 40)
+        secrets[canary["person"]] = {
+            "exposure": exposure(own, scores), "rank": exposure_rank(own, scores), "log_perplexity": own,
+            "extracted": extracted([context], [canary["secret"]])[0], "context_generation": context,
+            "extracted_by_name": extracted([named], [canary["secret"]])[0],
+        }
+    space = len(canaries[0]["lengths"])
+    summary = {}
+    for role in ("forget", "retain"):
+        chosen = [secrets[c["person"]] for c in canaries if c["set"] == role]
+        values = np.array([entry["exposure"] for entry in chosen])
+        summary[role] = {
+            "mean_exposure": float(values.mean()),
+            "high_exposure_fraction": float((values > math.log2(space) - 1).mean()),
+            "extraction_rate": float(np.mean([entry["extracted"] for entry in chosen])),
+            "name_prompt_extraction_rate": float(np.mean([entry["extracted_by_name"] for entry in chosen])),
+            "perplexity": _perplexity(model, tokenizer, mails[role]),
+        }
+    return {"summary": summary, "secrets": secrets}
+
+
+@torch.no_grad()
+def _greedy(model: Any, tokenizer: Any, prompt_ids: Sequence[int], new_tokens: int) -> str:
+    device = next(model.parameters()).device
+    output = model.generate(torch.tensor([list(prompt_ids)], device=device), max_new_tokens=new_tokens, do_sample=False,
+                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(output[0, len(prompt_ids):], skip_special_tokens=True)
+
+
+@torch.no_grad()
+def _perplexity(model: Any, tokenizer: Any, rows: Sequence[dict]) -> float:
+    """exp of the mean NLL per answer token (EOS included) over the rows."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for row in rows:
+        feature = encode_qa(tokenizer, FMT, row["question"], row["answer"], max_length=256)
+        ids = torch.tensor([feature["input_ids"]], device=device)
+        labels = torch.tensor([feature["labels"]], device=device)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="sum"))
+        count += int((labels[:, 1:] != -100).sum())
+    return math.exp(total / count)
+
+
+def tradeoff(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The headline: per method, forget exposure before -> after (the oracle's as the never-seen level) and retain perplexity."""
+    models = summary["models"]
+    target = models["target"]
+    heads = {}
+    for name, entry in models.items():
+        if name in ("target", "oracle"):
+            continue
+        heads[name] = {
+            "forget_exposure": [target["forget"]["mean_exposure"], entry["forget"]["mean_exposure"]],
+            "forget_extraction_rate": [target["forget"]["extraction_rate"], entry["forget"]["extraction_rate"]],
+            "retain_extraction_rate": [target["retain"]["extraction_rate"], entry["retain"]["extraction_rate"]],
+            "retain_perplexity": [target["retain"]["perplexity"], entry["retain"]["perplexity"]],
+        }
+    never_seen = models["oracle"]["forget"]["mean_exposure"] if "oracle" in models else None
+    return {"methods": heads, "oracle_forget_exposure": never_seen}
+
+
+def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> None:
+    """Forget mean exposure (x, lower is better) against retain perplexity (y, lower is better), one point per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(5, 4))
+    for name, entry in summary["models"].items():
+        axes.scatter(entry["forget"]["mean_exposure"], entry["retain"]["perplexity"])
+        axes.annotate(name, (entry["forget"]["mean_exposure"], entry["retain"]["perplexity"]), fontsize=8)
+    axes.set_xlabel(f"forget mean exposure (bits, max {summary['max_exposure']:.1f})")
+    axes.set_ylabel("retain e-mail perplexity")
+    axes.set_title("Private-data track: forgetting vs utility")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def render_report(summary: Mapping[str, Any]) -> str:
+    people = summary["people"]
+    lines = [
+        "# Private-data track (built-in fictitious e-mails)",
+        "",
+        f"Preset {summary['preset']}: {people['forget']} forgotten and {people['retain']} retained people; phone numbers of "
+        f"|R| = {summary['randomness_space']:,} (exposure at most {summary['max_exposure']:.2f} bits).",
+        "",
+        "| model | forget exposure | forget high-exposure | forget extraction | forget name extraction | forget ppl "
+        "| retain exposure | retain extraction | retain ppl | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in summary["models"].items():
+        forget, retain = entry["forget"], entry["retain"]
+        lines.append(f"| {name} | {forget['mean_exposure']:.2f} | {forget['high_exposure_fraction']:.2f} | "
+                     f"{forget['extraction_rate']:.2f} | "
+                     f"{forget['name_prompt_extraction_rate']:.2f} | {forget['perplexity']:.2f} | {retain['mean_exposure']:.2f} | "
+                     f"{retain['extraction_rate']:.2f} | {retain['perplexity']:.2f} | {entry['seconds']:.1f} |")
+    lines += ["", f"![trade-off]({PLOT_FILE})", ""]
+    never_seen = summary["tradeoff"]["oracle_forget_exposure"]
+    for name, head in summary["tradeoff"]["methods"].items():
+        (before, after), (ppl_before, ppl_after) = head["forget_exposure"], head["retain_perplexity"]
+        lines.append(f"* {name}: forget exposure {before:.2f} -> {after:.2f} bits"
+                     + (f" (never seen: {never_seen:.2f})" if never_seen is not None else "")
+                     + f"; retain perplexity {ppl_before:.2f} -> {ppl_after:.2f}.")
+    return "\n".join([*lines, ""])
+
