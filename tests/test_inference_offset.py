@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.helpers import FMT
+from unlearnkit import losses
 from unlearnkit.attacks import ATTACKS
 from unlearnkit.attacks.base import AuditConfig, AuditData
 from unlearnkit.errors import UnlearnkitError
@@ -21,7 +22,7 @@ from unlearnkit.inference.base import causal_lm_logits, left_pad
 from unlearnkit.inference.delta_unlearning import DeltaUnlearning, DeltaUnlearningConfig, offset_logits
 from unlearnkit.inference.loading import load_wrapped, save_wrapped
 from unlearnkit.inference.offsets import check_same_tokenizer
-from unlearnkit.inference.uld import ULD, ULDConfig, assistant_from, training_sets, uld_logits, uniform_kl
+from unlearnkit.inference.uld import ULD, ULDConfig, assistant_from, training_sets, uld_logits
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.settings import build_config
 
@@ -113,12 +114,12 @@ def test_uld_mask_is_per_position_over_the_vocabulary() -> None:
 def test_uniform_kl_is_zero_for_a_uniform_prediction_and_matches_the_definition() -> None:
     labels = torch.tensor([[-100, 1, 2]])
     flat = torch.zeros(1, 3, 4)
-    assert abs(float(uniform_kl(flat, labels))) < 1e-6
+    assert abs(float(losses.uniform_kl_loss(flat, labels))) < 1e-6
     logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, -1.0, 0.5], [0.3, 0.1, 0.0, -2.0]]])
     # Positions 0 and 1 predict the two answer tokens: KL(U || p) = sum_v (1/V) (log(1/V) - log p(v)).
     log_p = torch.log_softmax(logits[0, :2], dim=-1)
     expected = ((math.log(1 / 4) - log_p) / 4).sum(dim=-1).mean()
-    assert torch.allclose(uniform_kl(logits, labels), expected)
+    assert torch.allclose(losses.uniform_kl_loss(logits, labels), expected)
 
 
 # --- settings and bad input ----------------------------------------------------------------------------------------

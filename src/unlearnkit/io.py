@@ -26,14 +26,20 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
+    """Write ``text`` as UTF-8 to ``path`` atomically."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a unique sibling, then a rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A unique name in the same folder keeps os.replace an atomic rename; open(..., "x") creates it with the
     # umask's permissions, where tempfile.mkstemp's would be private (0600) and surprise whoever shares the results.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as handle:
-            handle.write(text)
+        with open(tmp, "xb") as handle:
+            handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

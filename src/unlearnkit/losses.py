@@ -201,15 +201,20 @@ def kl_to_reference(logits: Tensor, reference_logits: Tensor, labels: Tensor, po
             f"logits {tuple(logits.shape)}; run both models on the same batch."
         )
     if positions == "all":
-        log_p = F.log_softmax(at_least_float32(logits), dim=-1)
-        log_p_ref = F.log_softmax(at_least_float32(reference_logits.detach()), dim=-1)
-        kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)  # (B, T)
-        return kl_per_position.mean()
-    log_p = F.log_softmax(at_least_float32(logits[:, :-1]), dim=-1)
-    log_p_ref = F.log_softmax(at_least_float32(reference_logits[:, :-1].detach()), dim=-1)
-    kl_per_position = (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)  # (B, T-1)
+        return forward_kl_per_position(logits, reference_logits).mean()
+    kl_per_position = forward_kl_per_position(logits[:, :-1], reference_logits[:, :-1])  # (B, T-1)
     mask = _shifted_mask(labels)
     return (kl_per_position * mask).sum() / _scored_count(mask)
+
+
+def forward_kl_per_position(logits: Tensor, reference_logits: Tensor) -> Tensor:
+    """``KL(p_ref ‖ p_θ)`` at each position, ``(B, T, V)`` logits -> ``(B, T)``; the reference is detached.
+
+    ``KL_t = Σ_v p_ref(v) · (log p_ref(v) − log p_θ(v))``, both softmaxes at temperature 1 in at least float32.
+    """
+    log_p = F.log_softmax(at_least_float32(logits), dim=-1)
+    log_p_ref = F.log_softmax(at_least_float32(reference_logits.detach()), dim=-1)
+    return (log_p_ref.exp() * (log_p_ref - log_p)).sum(dim=-1)
 
 
 def npo_loss(sequence_nll: Tensor, reference_sequence_nll: Tensor, beta: float) -> Tensor:
@@ -822,9 +827,11 @@ def uniform_kl_loss(logits: Tensor, labels: Tensor, probability_floor: float = 0
     """
     if not (math.isfinite(probability_floor) and probability_floor >= 0):
         raise ValueError(f"probability_floor must be a finite number >= 0; got {probability_floor}.")
+    if probability_floor == 0:
+        return uniform_cross_entropy_loss(logits, labels) - math.log(logits.shape[-1])
     scored_logits, _ = _scored_positions(logits, labels)  # (N, V)
-    # The floor's form takes the softmax first, as the authors' code; without it, log_softmax keeps the far tail exact.
-    log_p = scored_logits.log_softmax(dim=-1) if probability_floor == 0 else (scored_logits.softmax(dim=-1) + probability_floor).log()
+    # The floor's form takes the softmax first, as the authors' code does.
+    log_p = (scored_logits.softmax(dim=-1) + probability_floor).log()
     return (-math.log(scored_logits.shape[-1]) - log_p.mean(dim=-1)).mean()
 
 
@@ -849,9 +856,7 @@ def forward_kl_distillation_loss(student_logits: Tensor, teacher_logits: Tensor,
                          f"{tuple(teacher_logits.shape)} must have the same 3-D shape; run both models on the same batch.")
     if attention_mask.shape != student_logits.shape[:2]:
         raise ValueError(f"attention_mask {tuple(attention_mask.shape)} must be (B, T) = {tuple(student_logits.shape[:2])}.")
-    log_p_student = F.log_softmax(at_least_float32(student_logits), dim=-1)
-    log_p_teacher = F.log_softmax(at_least_float32(teacher_logits.detach()), dim=-1)
-    kl_per_position = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=-1)  # (B, T)
+    kl_per_position = forward_kl_per_position(student_logits, teacher_logits)  # (B, T)
     mask = attention_mask.to(kl_per_position.dtype)
     count = mask.sum()
     if count.item() == 0:

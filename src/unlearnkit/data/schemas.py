@@ -44,7 +44,6 @@ subsets. Every missing field raises :class:`UnlearnkitError` naming it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,6 +265,8 @@ def _read_local(source: SchemaSource) -> list[dict]:
 
 
 def _read_file(path: Path, source: SchemaSource) -> list[dict]:
+    from unlearnkit.data.catalog.reading import json_rows
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -273,21 +274,11 @@ def _read_file(path: Path, source: SchemaSource) -> list[dict]:
 
             return pq.read_table(path).to_pylist()
         text = path.read_text(encoding="utf-8")
-        if suffix == ".txt":
-            return [{"text": text}]
-        if suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError:
-            # TOFU's hub files are JSON Lines under a .json name.
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError, ValueError) as error:
+    except (UnicodeDecodeError, OSError, ValueError) as error:
         raise UnlearnkitError(f"Could not parse {path} ({source}): {error}") from None
-    if isinstance(data, dict) and isinstance(data.get("data"), list):
-        data = data["data"]
-    if not isinstance(data, list):
-        raise UnlearnkitError(f"{path} must hold a list of rows (or JSON Lines) for {source}.")
+    if suffix == ".txt":
+        return [{"text": text}]
+    data = json_rows(text, path)  # TOFU's hub files are JSON Lines under a .json name
     if source.spec.kind == TEXT and all(isinstance(item, str) for item in data):
         return [{"text": item} for item in data]  # a JSON list of documents
     return data

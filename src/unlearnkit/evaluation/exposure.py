@@ -17,9 +17,9 @@ prefix: the prefix is the same for every candidate and the base of the logarithm
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
@@ -99,7 +99,9 @@ def candidate_log_perplexities(
         counted = torch.arange(batch.shape[1], device=device) < lengths[start:start + batch_size, None].to(device)  # (B, L)
         nll = -first_log_probs[batch[:, 0]]
         if batch.shape[1] > 1:
-            cache = _repeated_cache(model, prefix, batch.shape[0])
+            # A copy per batch: a forward pass extends its cache in place.
+            cache = copy.deepcopy(shared.past_key_values)
+            cache.batch_repeat_interleave(batch.shape[0])
             positions = torch.arange(prefix.shape[1], prefix.shape[1] + batch.shape[1] - 1, device=device).expand(batch.shape[0], -1)
             # Tokens 0..L-2 of the secret, after the cached prefix, predict tokens 1..L-1.
             logits = model(input_ids=batch[:, :-1], past_key_values=cache, position_ids=positions, use_cache=True).logits
@@ -108,10 +110,3 @@ def candidate_log_perplexities(
             nll = nll - (token_log_probs * counted[:, 1:]).sum(-1)
         scores.append(nll.cpu())
     return torch.cat(scores)
-
-
-def _repeated_cache(model: PreTrainedModel, prefix: torch.Tensor, copies: int) -> Any:
-    """A fresh cache of the prefix, repeated ``copies`` times (a cache is extended in place by each forward pass)."""
-    cache = model(input_ids=prefix, use_cache=True).past_key_values
-    cache.batch_repeat_interleave(copies)
-    return cache

@@ -84,15 +84,6 @@ def uld_logits(target: torch.Tensor, assistant: torch.Tensor, weight: float, thr
     return target + weight * masked
 
 
-def uniform_kl(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """``KL(U ‖ p)`` averaged over the positions that predict answer tokens (scalar); U uniform over the V logits.
-
-    ``KL(U ‖ p) = Σ_v (1/V) log((1/V) / p(v)) = −log V − (1/V) Σ_v log p(v)``: the uniform
-    cross-entropy minus its minimum ``log V``, so it is 0 exactly when p is uniform.
-    """
-    return losses.uniform_cross_entropy_loss(logits, labels) - math.log(logits.shape[-1])
-
-
 @dataclass
 class ULDConfig:
     """Settings of ULD (Ji et al., NeurIPS 2024); defaults are the authors' TOFU settings."""
@@ -277,7 +268,7 @@ def train_assistant(
         retain_batch = batch_of(retain, pair[1], pad, device)
         remember = losses.mean_nll(causal_lm_logits(assistant, forget_batch["input_ids"], forget_batch["attention_mask"]),
                                    forget_batch["labels"])
-        flat = uniform_kl(causal_lm_logits(assistant, retain_batch["input_ids"], retain_batch["attention_mask"]),
+        flat = losses.uniform_kl_loss(causal_lm_logits(assistant, retain_batch["input_ids"], retain_batch["attention_mask"]),
                           retain_batch["labels"])
         return remember + settings.uniform_weight * flat
 

@@ -286,9 +286,14 @@ def shrink_and_perturb(weight: torch.Tensor, alpha: float, beta: float, generato
     return mixed.to(weight.dtype)
 
 
+def retain_gap(student_ce: float, teacher_ce: float) -> float:
+    """How far the student's retain CE is above the teacher's, relatively: ``(CE_S − CE_T) / CE_T``."""
+    return (student_ce - teacher_ce) / max(teacher_ce, TEACHER_CE_FLOOR)
+
+
 def recovered(student_ce: float, teacher_ce: float, threshold: float) -> bool:
     """The authors' stopping rule: the student's retain CE is within ``threshold`` of the teacher's, relatively."""
-    return (student_ce - teacher_ce) / max(teacher_ce, TEACHER_CE_FLOOR) < threshold
+    return retain_gap(student_ce, teacher_ce) < threshold
 
 
 def full_sequence(example: Mapping[str, list[int]]) -> dict[str, list[int]]:
@@ -414,10 +419,9 @@ class UNDO(UnlearnTrainer):
     def check_recovery(self, control: Any) -> None:
         """Compare the student's retain CE with the teacher's; stop the Trainer once within ``retain_threshold``."""
         student_ce = self.retain_ce(self.model)
-        gap = (student_ce - self.teacher_retain_ce) / max(self.teacher_retain_ce, TEACHER_CE_FLOOR)
-        done = recovered(student_ce, self.teacher_retain_ce, self.method_config.retain_threshold)
+        gap = retain_gap(student_ce, self.teacher_retain_ce)
         self.log({"undo_student_retain_ce": student_ce, "undo_teacher_retain_ce": self.teacher_retain_ce, "undo_retain_gap": gap})
-        if done:
+        if recovered(student_ce, self.teacher_retain_ce, self.method_config.retain_threshold):
             logger.info("undo: step %d, student retain CE %.4g within %.1f%% of the teacher's %.4g; distillation done",
                         self.state.global_step, student_ce, 100 * self.method_config.retain_threshold, self.teacher_retain_ce)
             control.should_training_stop = True

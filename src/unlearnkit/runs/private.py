@@ -29,10 +29,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearnkit.data.encoding import PromptFormat, encode_qa
+from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, name_prompt
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 from unlearnkit.evaluation.exposure import candidate_log_perplexities, exposure, exposure_rank, extracted
+from unlearnkit.evaluation.scoring import answer_nll, greedy_token_continuations
 from unlearnkit.finetune import FinetuneConfig
 from unlearnkit.io import write_text
 from unlearnkit.methods.base import MethodConfig
@@ -60,7 +61,7 @@ TRAINING = {
 # The built-in benchmark's unlearning settings move a QA fact in a few steps, but not a memorised 4-digit number on the
 # default tiny model: at its lr 5e-4 and 5 epochs (5 steps on 6 forget e-mails) GradDiff and NPO left the forget exposure
 # at 13.29 of 13.29 bits; 40 epochs at lr 2e-3 bring it to 0.26 and 0.20 bits (docs/private_track.md). On micro the
-# benchmark's settings already forget. These go under the user's --set values, for the methods that have the fields.
+# benchmark's settings already forget. These go under the user's --set values.
 UNLEARN_SETTINGS: dict[str, dict[str, Any]] = {"micro": {}, "default": {"num_epochs": 40.0, "learning_rate": 2e-3}}
 TRAINING_KEYS = {"train_epochs": "max_epochs", "train_learning_rate": "learning_rate"}
 
@@ -98,17 +99,15 @@ def resolve_private(preset: str, methods: Sequence[str], overrides: Mapping[str,
     mail_config = build_config(PrivateMailConfig, {**asdict(MAIL_SETTINGS[preset]), **mail}, what="private-track setting")
     training_config = build_config(FinetuneConfig, {**asdict(TRAINING[preset]), **training}, what="private-track setting")
     builtin = get_preset(preset)
-    configs = {name: resolve_method(name, method_overrides, track_defaults(builtin.overrides_for(name), name, preset))
+    configs = {name: resolve_method(name, method_overrides, track_defaults(builtin.overrides_for(name), preset))
                for name in dict.fromkeys(methods)}
     return PrivateInputs(preset, mail_config, training_config, configs, oracle)
 
 
-def track_defaults(benchmark_settings: Mapping[str, Any], method: str, preset: str) -> dict[str, Any]:
-    """The benchmark's settings for ``method`` with this track's unlearning settings on top, where the method has them."""
-    from unlearnkit.methods import METHODS
-
-    names = {item.name for item in fields(METHODS.get(method).config)}
-    return {**benchmark_settings, **{key: value for key, value in UNLEARN_SETTINGS[preset].items() if key in names}}
+def track_defaults(benchmark_settings: Mapping[str, Any], preset: str) -> dict[str, Any]:
+    """The benchmark's settings for a method with this track's unlearning settings on top (every method has them:
+    they are :class:`~unlearnkit.methods.base.MethodConfig` fields)."""
+    return {**benchmark_settings, **UNLEARN_SETTINGS[preset]}
 
 
 def run_private(*, inputs: PrivateInputs, output: Path, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -205,15 +204,16 @@ def measure(model: Any, tokenizer: Any, canaries: Sequence[dict], mails: Mapping
     """Per secret: exposure, rank and both extractions; per set: their aggregates and the e-mails' perplexity."""
     model.eval()
     secrets: dict[str, dict] = {}
-    for canary in canaries:
+    contexts = _greedy(model, tokenizer, [canary["prefix"] for canary in canaries], [canary["secret_tokens"] for canary in canaries])
+    named = _greedy(model, tokenizer, [FMT.prompt_ids(tokenizer, name_prompt(canary["person"])) for canary in canaries],
+                    [4 * canary["secret_tokens"] + 40 for canary in canaries])
+    for canary, context, by_name in zip(canaries, contexts, named, strict=True):
         scores = candidate_log_perplexities(model, canary["prefix"], canary["candidates"], canary["lengths"]).numpy()
         own = float(scores[canary["index"]])
-        context = _greedy(model, tokenizer, canary["prefix"], canary["secret_tokens"])
-        named = _greedy(model, tokenizer, FMT.prompt_ids(tokenizer, name_prompt(canary["person"])), 4 * canary["secret_tokens"] + 40)
         secrets[canary["person"]] = {
             "exposure": exposure(own, scores), "rank": exposure_rank(own, scores), "log_perplexity": own,
             "extracted": extracted([context], [canary["secret"]])[0], "context_generation": context,
-            "extracted_by_name": extracted([named], [canary["secret"]])[0],
+            "extracted_by_name": extracted([by_name], [canary["secret"]])[0],
         }
     space = len(canaries[0]["lengths"])
     summary = {}
@@ -230,27 +230,16 @@ def measure(model: Any, tokenizer: Any, canaries: Sequence[dict], mails: Mapping
     return {"summary": summary, "secrets": secrets}
 
 
-@torch.no_grad()
-def _greedy(model: Any, tokenizer: Any, prompt_ids: Sequence[int], new_tokens: int) -> str:
-    device = next(model.parameters()).device
-    output = model.generate(torch.tensor([list(prompt_ids)], device=device), max_new_tokens=new_tokens, do_sample=False,
-                            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(output[0, len(prompt_ids):], skip_special_tokens=True)
+def _greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[str]:
+    """Greedy continuation of each prompt (token ids), up to its own number of new tokens, decoded."""
+    continuations = greedy_token_continuations(model, prompts, limits, tokenizer.pad_token_id, tokenizer.eos_token_id)
+    return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in continuations]
 
 
-@torch.no_grad()
 def _perplexity(model: Any, tokenizer: Any, rows: Sequence[dict]) -> float:
     """exp of the mean NLL per answer token (EOS included) over the rows."""
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for row in rows:
-        feature = encode_qa(tokenizer, FMT, row["question"], row["answer"], max_length=256)
-        ids = torch.tensor([feature["input_ids"]], device=device)
-        labels = torch.tensor([feature["labels"]], device=device)
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="sum"))
-        count += int((labels[:, 1:] != -100).sum())
-    return math.exp(total / count)
+    nll, tokens = answer_nll(model, tokenizer, FMT, [(row["question"], row["answer"]) for row in rows], max_length=256)
+    return math.exp(nll.sum() / tokens.sum())
 
 
 def tradeoff(summary: Mapping[str, Any]) -> dict[str, Any]:

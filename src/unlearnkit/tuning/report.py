@@ -6,15 +6,13 @@ run of the command, so that they describe every trial run so far.
 
 from __future__ import annotations
 
-import os
 import shlex
-import uuid
 from collections.abc import Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
-from unlearnkit.io import write_json, write_text
+from unlearnkit.io import write_bytes, write_json, write_text
 from unlearnkit.report.tables import HEADLINE_METRICS, compact_number, format_table
 from unlearnkit.tuning.objective import Objective, choose_best, pareto_front
 from unlearnkit.tuning.plan import TunePlan
@@ -119,7 +117,7 @@ def write_summary(output: Path, plan: TunePlan, references: Mapping[str, Mapping
     write_json(output / TRIALS_FILE, {"objective": str(plan.goal.criterion), "split": plan.split, "trials": list(records)})
     write_json(output / BEST_FILE, dict(best))
     png = tradeoff_png(plan, references, records, best)
-    _write_bytes(output / PLOT_FILE, png)
+    write_bytes(output / PLOT_FILE, png)
     write_text(output / "report.md", report_markdown(plan, records, best))
     write_text(output / "report.html", report_html(plan, records, best, png))
 
@@ -248,14 +246,3 @@ def _setting_text(value: Any) -> str | None:
 
 def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and value == value and value not in (float("inf"), float("-inf"))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (a unique sibling, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

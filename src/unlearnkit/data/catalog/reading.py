@@ -76,12 +76,18 @@ def read_file(path: Path) -> list:
     if name.endswith(".csv"):
         csv.field_size_limit(2**31 - 1)  # a CSV cell may hold a whole e-mail
         return list(csv.DictReader(io.StringIO(text)))
-    if name.endswith(".jsonl"):
+    return json_rows(text, path)
+
+
+def json_rows(text: str, path: Path) -> list:
+    """The rows of a JSON file's ``text``: a JSON list, an object whose ``data`` is one, or JSON Lines (also under a
+    ``.json`` name, as some hub repositories store them)."""
+    if path.name.lower().endswith(".jsonl"):
         return _json_lines(text, path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        return _json_lines(text, path)  # JSON Lines under a .json name, as some hub repositories store them
+        return _json_lines(text, path)
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
