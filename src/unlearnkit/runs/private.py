@@ -16,7 +16,6 @@ not saved.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
 import math
@@ -29,22 +28,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, name_prompt
-from unlearnkit.errors import UnlearnkitError, did_you_mean
+from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.exposure import candidate_log_perplexities, exposure, exposure_rank, extracted
 from unlearnkit.evaluation.scoring import answer_nll, greedy_token_continuations
 from unlearnkit.finetune import FinetuneConfig
 from unlearnkit.io import write_text
 from unlearnkit.methods.base import MethodConfig
 from unlearnkit.runs.folder import check_output_dir, results_folder, write
+from unlearnkit.runs.track import PLAIN as FMT
+from unlearnkit.runs.track import check_tiny_preset, plot_tradeoff, resolve_track_methods, split_overrides, train_tiny, unlearn_each
 from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
 
 SUMMARY_FILE, SECRETS_FILE, REPORT_FILE, PLOT_FILE = "summary.json", "secrets.json", "report.md", "tradeoff.png"
-FMT = PromptFormat("plain")  # the tiny built-in models have no chat template
-PRESETS = ("micro", "default")
 DEFAULT_METHODS = ("graddiff", "npo")
 # Per preset: the e-mails and the target's training. A fixed number of epochs (target_accuracy 1.0): the phone
 # numbers are random, so the answer-token accuracy the built-in benchmark stops at says little about them. Measured
@@ -85,29 +83,13 @@ def resolve_private(preset: str, methods: Sequence[str], overrides: Mapping[str,
     ``overrides``: mail fields (``digits``, ``num_people``, ...) and ``train_epochs`` / ``train_learning_rate`` set
     the data and the target's training; every other key goes to each method, over the preset's tiny-model settings.
     """
-    from unlearnkit.builtin import get_preset
-    from unlearnkit.unlearning import resolve_method
-
-    if preset not in PRESETS:
-        raise UnlearnkitError(f"Unknown private-track preset {preset!r}.{did_you_mean(preset, PRESETS)} Use one of {', '.join(PRESETS)}.")
-    if not methods:
-        raise UnlearnkitError("--methods is empty; name at least one method (e.g. --methods npo,graddiff).")
-    mail_keys = {item.name for item in fields(PrivateMailConfig)}
-    mail = {key: value for key, value in overrides.items() if key in mail_keys}
-    training = {TRAINING_KEYS[key]: value for key, value in overrides.items() if key in TRAINING_KEYS}
-    method_overrides = {key: value for key, value in overrides.items() if key not in mail_keys and key not in TRAINING_KEYS}
+    check_tiny_preset(preset, "private")
+    mail, training, method_overrides = split_overrides(overrides, {item.name for item in fields(PrivateMailConfig)}, TRAINING_KEYS)
+    training = {TRAINING_KEYS[key]: value for key, value in training.items()}
     mail_config = build_config(PrivateMailConfig, {**asdict(MAIL_SETTINGS[preset]), **mail}, what="private-track setting")
     training_config = build_config(FinetuneConfig, {**asdict(TRAINING[preset]), **training}, what="private-track setting")
-    builtin = get_preset(preset)
-    configs = {name: resolve_method(name, method_overrides, track_defaults(builtin.overrides_for(name), preset))
-               for name in dict.fromkeys(methods)}
+    configs = resolve_track_methods(preset, methods, method_overrides, UNLEARN_SETTINGS[preset])
     return PrivateInputs(preset, mail_config, training_config, configs, oracle)
-
-
-def track_defaults(benchmark_settings: Mapping[str, Any], preset: str) -> dict[str, Any]:
-    """The benchmark's settings for a method with this track's unlearning settings on top (every method has them:
-    they are :class:`~unlearnkit.methods.base.MethodConfig` fields)."""
-    return {**benchmark_settings, **UNLEARN_SETTINGS[preset]}
 
 
 def run_private(*, inputs: PrivateInputs, output: Path, overwrite: bool = False, show_progress: bool = True) -> dict[str, Any]:
@@ -121,40 +103,27 @@ def run_private(*, inputs: PrivateInputs, output: Path, overwrite: bool = False,
         write(folder / "config.json", {"command": "private", **inputs.record()})
         write(folder / SECRETS_FILE, secrets)
         write(folder / SUMMARY_FILE, summary)
-        plot_tradeoff(summary, folder / PLOT_FILE)
+        plot_private_tradeoff(summary, folder / PLOT_FILE)
         write_text(folder / REPORT_FILE, render_report(summary))
     return summary
 
 
 def run_experiment(inputs: PrivateInputs, mails: Mapping[str, list[dict]], show_progress: bool = True) -> tuple[dict, list[dict]]:
     from unlearnkit.builtin import benchmark_tokenizer, get_preset
-    from unlearnkit.finetune import finetune
-    from unlearnkit.modeling import build_tiny_model
-    from unlearnkit.unlearning import unlearn
 
-    builtin = get_preset(inputs.preset)
-    tokenizer = benchmark_tokenizer(builtin)
+    tokenizer = benchmark_tokenizer(get_preset(inputs.preset))
     canaries = build_canaries(tokenizer, mails, inputs.mail.digits)
     models: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-
-    def trained(rows: list[dict]) -> Any:
-        model = build_tiny_model(builtin.model, tokenizer, seed=inputs.training.seed)
-        finetune(model, tokenizer, rows, inputs.training, FMT, show_progress, warn_below_target=False)
-        return model
-
     start = time.perf_counter()
-    models["target"] = trained([*mails["forget"], *mails["retain"]])
+    models["target"] = train_tiny(inputs.preset, tokenizer, [*mails["forget"], *mails["retain"]], inputs.training, show_progress)
     seconds["target"] = time.perf_counter() - start
     if inputs.oracle:
         start = time.perf_counter()
-        models["oracle"] = trained(list(mails["retain"]))
+        models["oracle"] = train_tiny(inputs.preset, tokenizer, mails["retain"], inputs.training, show_progress)
         seconds["oracle"] = time.perf_counter() - start
-    for name, config in inputs.methods.items():
-        start = time.perf_counter()
-        outcome = unlearn(copy.deepcopy(models["target"]), tokenizer, name, mails["forget"], mails["retain"], config, FMT,
-                          show_progress=show_progress)
-        models[name], seconds[name] = outcome.model, time.perf_counter() - start
+    for name, model, took in unlearn_each(models["target"], tokenizer, inputs.methods, mails["forget"], mails["retain"], show_progress):
+        models[name], seconds[name] = model, took
     space = 10 ** inputs.mail.digits
     people = {"forget": inputs.mail.forget_people, "retain": inputs.mail.num_people - inputs.mail.forget_people}
     summary: dict[str, Any] = {"preset": inputs.preset, "randomness_space": space, "max_exposure": math.log2(space),
@@ -260,23 +229,11 @@ def tradeoff(summary: Mapping[str, Any]) -> dict[str, Any]:
     return {"methods": heads, "oracle_forget_exposure": never_seen}
 
 
-def plot_tradeoff(summary: Mapping[str, Any], path: Path) -> None:
+def plot_private_tradeoff(summary: Mapping[str, Any], path: Path) -> None:
     """Forget mean exposure (x, lower is better) against retain perplexity (y, lower is better), one point per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5, 4))
-    for name, entry in summary["models"].items():
-        axes.scatter(entry["forget"]["mean_exposure"], entry["retain"]["perplexity"])
-        axes.annotate(name, (entry["forget"]["mean_exposure"], entry["retain"]["perplexity"]), fontsize=8)
-    axes.set_xlabel(f"forget mean exposure (bits, max {summary['max_exposure']:.1f})")
-    axes.set_ylabel("retain e-mail perplexity")
-    axes.set_title("Private-data track: forgetting vs utility")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    points = {name: (entry["forget"]["mean_exposure"], entry["retain"]["perplexity"]) for name, entry in summary["models"].items()}
+    plot_tradeoff(points, path, xlabel=f"forget mean exposure (bits, max {summary['max_exposure']:.1f})",
+                  ylabel="retain e-mail perplexity", title="Private-data track: forgetting vs utility")
 
 
 def render_report(summary: Mapping[str, Any]) -> str:
