@@ -92,8 +92,11 @@ def main() -> None:
         if args.cache:
             command += ["--cache", str(args.cache)]
         environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+        load_before = os.getloadavg()[0]
         done = subprocess.run(command, capture_output=True, text=True, check=True, env=environment)
         results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        # One-minute load average of the machine around the measurement (the localizer itself adds about --threads).
+        results[name]["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         print(name, f"{results[name]['seconds']:.1f} s", flush=True)
     record = {"model": MODEL, "prompt_format": "chat", "rows": len(rows), "row_source": source, "threads": args.threads,
               "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), CPU only", "machine_note": args.machine_note,
@@ -115,8 +118,9 @@ def markdown(record: dict) -> str:
     ]
     if record["machine_note"]:
         lines += [record["machine_note"], ""]
-    lines += ["| localizer | seconds | minutes | peak memory (GiB) | selected | settings that differ from the defaults |",
-              "|---|---:|---:|---:|---|---|"]
+    lines += ["| localizer | seconds | minutes | peak memory (GiB) | load average (start, end) | selected | "
+              "settings that differ from the defaults |",
+              "|---|---:|---:|---:|---|---|---|"]
     for name, result in record["results"].items():
         from unlearnkit.localization import LOCALIZERS
 
@@ -128,8 +132,9 @@ def markdown(record: dict) -> str:
             shown += f", {selected['neurons']} neurons"
         if selected["weight_masks"]:
             shown += f", weights of {selected['weight_masks']} matrices"
-        lines.append(f"| {name} | {result['seconds']:.0f} | {result['seconds'] / 60:.1f} | {result['peak_rss_gib']:.2f} | {shown} | "
-                     f"{changed} |")
+        load = ", ".join(f"{value:.1f}" for value in result.get("load_average", [])) or "not recorded"
+        lines.append(f"| {name} | {result['seconds']:.0f} | {result['seconds'] / 60:.1f} | {result['peak_rss_gib']:.2f} | {load} | "
+                     f"{shown} | {changed} |")
     return "\n".join(lines) + "\n"
 
 

@@ -141,13 +141,11 @@ def test_attributions_are_complete_per_layer_and_token() -> None:
         assert abs(expected) > 1e-6  # the check compares something
 
 
-def test_layer_attribution_matches_a_step_by_step_transcription_with_and_without_the_prefix_cache() -> None:
+def step_by_step_attribution(model: LlamaForCausalLM, layer: int, example: dict, steps: int) -> torch.Tensor:
     """An independent transcription: one forward per step, the layer's activation at the token's position set to j beta / m."""
-    model = tiny_llama(seed=1)
-    steps, layer = 5, 1
-    ids = torch.tensor(EXAMPLE["input_ids"])
-    expected = torch.zeros(64, dtype=torch.float64)
-    for position, token in answer_targets(EXAMPLE["labels"]):
+    ids = torch.tensor(example["input_ids"])
+    expected = torch.zeros(model.config.intermediate_size, dtype=torch.float64)
+    for position, token in answer_targets(example["labels"]):
         for j in range(1, steps + 1):
             kept: dict[str, torch.Tensor] = {}
 
@@ -167,6 +165,14 @@ def test_layer_attribution_matches_a_step_by_step_transcription_with_and_without
             finally:
                 handle.remove()
             expected += (kept["beta"] * gradient).double() / steps
+    return expected
+
+
+def test_layer_attribution_matches_a_step_by_step_transcription_with_and_without_the_prefix_cache() -> None:
+    model = tiny_llama(seed=1)
+    steps, layer = 5, 1
+    ids = torch.tensor(EXAMPLE["input_ids"])
+    expected = step_by_step_attribution(model, layer, EXAMPLE, steps)
     (projection,) = feed_forward_projections(model, [layer])
     for reuse_prefix in (True, False):
         settings = DEPNLocalizerConfig(steps=steps, reuse_prefix=reuse_prefix, interpolation_batch=3)  # chunks straddle tokens
@@ -179,6 +185,45 @@ def test_layer_attribution_matches_a_step_by_step_transcription_with_and_without
         attribution, passes = layer_attribution(model, projection, ids, answer_targets(EXAMPLE["labels"]), settings, cache)
         assert torch.allclose(attribution.double(), expected, atol=1e-7, rtol=1e-4)
         assert passes == math.ceil(2 * steps / 3)
+
+
+LONGER = {"input_ids": [1, 9, 4, 5, 7, 2, 8, 3, 6], "labels": [-100, -100, -100, 5, 7, 2, 8, -100, 6]}  # answer tokens with a gap
+
+
+@pytest.mark.parametrize("interpolation_batch", [20, 3])
+def test_all_token_paths_in_one_pass_from_the_layer_up_equal_the_step_by_step_transcription(interpolation_batch: int) -> None:
+    """The fast path (every answer token's path in one masked pass, lower layers skipped) against one forward per step and token."""
+    model = tiny_llama(seed=4, layers=3)
+    blocks = list(model.model.layers)
+    steps = 7
+    settings = DEPNLocalizerConfig(steps=steps, interpolation_batch=interpolation_batch)
+    found = detect_privacy_neurons(model, [EXAMPLE, LONGER], settings)
+    assert found.forward_passes == 2 * 3 * math.ceil(steps / interpolation_batch)  # one pass per row, layer and batch of steps
+    assert list(model.model.layers) == blocks  # the skipped layers are put back
+    for row, example in enumerate((EXAMPLE, LONGER)):
+        for layer in range(3):
+            expected = step_by_step_attribution(model, layer, example, steps)
+            assert torch.allclose(found.attribution[row, layer].double(), expected, atol=1e-9, rtol=1e-4), (row, layer)
+            assert expected.abs().max() > 1e-6
+    # And the plain path (whole sequences, one token per pass) gives the same numbers.
+    plain_settings = DEPNLocalizerConfig(steps=steps, reuse_prefix=False, interpolation_batch=steps)
+    plain = detect_privacy_neurons(model, [EXAMPLE, LONGER], plain_settings)
+    assert plain.forward_passes == (2 + 5) * 3  # one pass per answer token and layer
+    assert torch.allclose(found.attribution, plain.attribution, atol=1e-9, rtol=1e-4)
+
+
+def test_a_long_answer_is_split_into_passes_within_the_logit_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unlearnkit.localization import depn
+
+    model = tiny_llama(seed=4, layers=2)
+    settings = DEPNLocalizerConfig(steps=4)
+    whole = detect_privacy_neurons(model, [LONGER], settings)
+    monkeypatch.setattr(depn, "LOGIT_BUDGET", 2 * 4 * 40)  # 4 sequences x 2 tokens x 40 vocabulary: 5 answer tokens in 3 passes
+    split = detect_privacy_neurons(model, [LONGER], settings)
+    assert (whole.forward_passes, split.forward_passes) == (2, 2 * 3)
+    assert torch.allclose(split.attribution, whole.attribution, atol=1e-9, rtol=1e-5)
+    expected = step_by_step_attribution(model, 1, LONGER, 4)
+    assert torch.allclose(split.attribution[0, 1].double(), expected, atol=1e-9, rtol=1e-4)
 
 
 def test_scaling_every_answer_position_together_is_complete_for_the_joint_path() -> None:

@@ -177,6 +177,35 @@ def test_batched_trace_equals_rome_run_by_run(tokenizer, reuse_prefix):
     assert any(abs(trace.effects[kind][token, layer].item()) > 1e-5 for kind, token, layer in checked)  # not all zero
 
 
+def test_restorations_run_only_from_the_first_layer_they_change(tokenizer, monkeypatch):
+    """The layer-skipping path equals the whole-model reruns (checked run by run above) and computes fewer layer-tokens."""
+    from unlearnkit.localization import causal_trace
+
+    model = build_tiny_model(TinyModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=5, num_heads=2),
+                             tokenizer, seed=1).eval()
+    config = CausalTraceConfig(samples=3, window=3)
+    row = encode_rows(tokenizer, ROWS[1:], PLAIN, config)[0]
+    noise = row_noise(config, row.span[1] - row.span[0], 32, std=1.5)
+    computed: dict[int, int] = {}  # layer -> token states it computed
+    for index, block in enumerate(model.model.layers):
+        block.register_forward_pre_hook(lambda module, args, index=index: computed.__setitem__(
+            index, computed.get(index, 0) + args[0].shape[0] * args[0].shape[1]))
+
+    def run():
+        computed.clear()
+        trace = trace_row(model, find_sites(model), row, noise, ("hidden", "mlp", "attn"), window=3, batch_size=7)
+        return trace, dict(computed)
+
+    skipping, skipping_work = run()
+    monkeypatch.setattr(causal_trace, "supports_layer_skipping", lambda model: False)
+    whole, whole_work = run()
+    for kind in ("hidden", "mlp", "attn"):
+        assert torch.allclose(skipping.effects[kind], whole.effects[kind], atol=1e-6), kind
+        assert skipping.effects[kind].abs().max() > 1e-5
+    assert skipping_work[4] == whole_work[4]  # the top layer runs for every restoration
+    assert skipping_work[0] < whole_work[0] / 2 and sum(skipping_work.values()) < 0.8 * sum(whole_work.values())
+
+
 # ------------------------------------------------------------------------------------------- a planted fact
 
 

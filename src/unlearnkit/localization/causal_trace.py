@@ -32,7 +32,12 @@ Exact shortcuts (the numbers are those of the plain computation, see the tests):
 * restoring a state at token ``t`` leaves every earlier token as in the
   corrupted run, so each restoration reruns only tokens ``t..`` on top of the
   corrupted run's key/value cache (``reuse_prefix``), many restorations and
-  noise samples in one batch (``batch_size`` sequences per forward pass).
+  noise samples in one batch (``batch_size`` sequences per forward pass);
+* on Llama-style models a restoration also reruns only the layers from the
+  first one it changes (layer ``l`` for ``hidden``, the window's first layer
+  for ``mlp``/``attn``), on the corrupted run's inputs to that layer; the
+  restorations are ordered by that layer so a batch starts where its first
+  one does (:mod:`unlearnkit.localization.partial_runs`).
 
 Named differences from the reference:
 
@@ -62,6 +67,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit.data.encoding import PromptFormat
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.localization.base import Localization, LocatedSelection, config_settings, model_signature, register_localizer
+from unlearnkit.localization.partial_runs import recording_layer_inputs, starting_at_layer, supports_layer_skipping
 from unlearnkit.localization.subjects import subject_of, subject_token_span
 from unlearnkit.parameters import decoder_layers
 from unlearnkit.settings import check_choice, check_field_types, check_seed, require_at_least, require_positive
@@ -110,8 +116,8 @@ class CausalTraceConfig:
     seed: int = field(default=1, metadata={"help": "Seed of every row's noise (ROME: 1)."})
     reuse_prefix: bool = field(
         default=True,
-        metadata={"help": "Rerun only the tokens from the restored one on, over the corrupted run's cache (exact; "
-                          "false reruns whole prompts)."})
+        metadata={"help": "Rerun only the tokens from the restored one on, over the corrupted run's cache, and on "
+                          "Llama-style models only the layers from the first restored one (exact; false reruns whole prompts)."})
 
     def __post_init__(self) -> None:
         check_field_types(self)
@@ -353,7 +359,11 @@ def trace_row(model: PreTrainedModel, sites: Sites, row: EncodedRow, noise: Tens
     if row.target_ids is None:
         targets = logits[0, -1:].argmax(dim=-1)
     p_clean = answer_probability(logits, targets).item()
-    corrupted, cache = probabilities(ids.expand(samples, -1), _Patch(noise=noise, subject_positions=(start, end)))
+    # With layer skipping, a restoration reruns only the layers from the first one it changes, on the corrupted run's inputs to it.
+    skipping = reuse_prefix and supports_layer_skipping(model)
+    corrupted_inputs: dict[int, Tensor] = {}  # layer -> (S, T, d) the corrupted runs' input to it (noise included)
+    with recording_layer_inputs(model, corrupted_inputs) if skipping else contextlib.nullcontext():
+        corrupted, cache = probabilities(ids.expand(samples, -1), _Patch(noise=noise, subject_positions=(start, end)))
     p_corrupted = corrupted.mean()
 
     restorations = [(kind, layer) for kind in kinds for layer in range(num_layers)]
@@ -371,13 +381,17 @@ def trace_row(model: PreTrainedModel, sites: Sites, row: EncodedRow, noise: Tens
             effects[kind][:] = math.nan
             effects[kind][:start] = 0.0
     entries = len(restorations) * samples
+    # The first layer each restoration changes; with layer skipping a batch holds entries of one such layer and starts there.
+    first_layer = torch.tensor([layer if kind == "hidden" else window_layers(layer, window, num_layers)[0] for kind, layer in restorations],
+                               device=device)
+    batches = _entry_batches(first_layer.repeat_interleave(samples) if skipping else torch.zeros(entries, dtype=torch.long, device=device),
+                              batch_size)
     for position in traced:
         first = position if reuse_prefix else 0
         restored = torch.empty(entries, device=device)
-        for chunk in range(0, entries, batch_size):
-            entry = torch.arange(chunk, min(chunk + batch_size, entries), device=device)
+        for entry in batches:
             restoration, sample = entry // samples, entry % samples
-            patch = _Patch(noise=noise[sample], subject_positions=(max(start - first, 0), max(end - first, 0)),
+            patch = _Patch(noise=None if skipping else noise[sample], subject_positions=(max(start - first, 0), max(end - first, 0)),
                            restore_position=position - first)
             for kind_index, kind in enumerate(kinds):
                 chosen = kind_of[restoration] == kind_index
@@ -389,11 +403,23 @@ def trace_row(model: PreTrainedModel, sites: Sites, row: EncodedRow, noise: Tens
                     if mask.any():
                         patch.restore[(kind, layer)] = (mask, clean.record[(kind, layer)][position])
             prefix = _cache_prefix(cache, sample, first, model.config) if first else None
-            restored[entry], _ = probabilities(ids[:, first:].expand(len(entry), -1), patch, prefix)
+            if skipping:
+                layer = int(first_layer[restoration].min())
+                with _hooks(sites, patch), starting_at_layer(model, layer):
+                    output = model(inputs_embeds=corrupted_inputs[layer][sample, first:], past_key_values=prefix,
+                                   use_cache=prefix is not None, logits_to_keep=len(targets))
+                restored[entry] = answer_probability(output.logits, targets)
+            else:
+                restored[entry], _ = probabilities(ids[:, first:].expand(len(entry), -1), patch, prefix)
         effect = indirect_effect(restored.view(len(restorations), samples), corrupted)
         for (kind, layer), value in zip(restorations, effect.tolist(), strict=True):
             effects[kind][position, layer] = value
     return RowTrace(p_clean, p_corrupted.item(), effects)
+
+
+def _entry_batches(group: Tensor, batch_size: int) -> list[Tensor]:
+    """Entry indices in batches of at most ``batch_size``, each within one value of ``group`` (E,), groups in increasing order."""
+    return [chunk for value in torch.unique(group) for chunk in torch.split((group == value).nonzero().flatten(), batch_size)]
 
 
 # ------------------------------------------------------------------------------------------- rows and prompts

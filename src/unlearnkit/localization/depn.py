@@ -19,7 +19,11 @@ P(y_t | x, y_<t) is read at the position before it, and only that position's
 activations are scaled (``token_paths="each"``). The row's attribution is the
 sum over its answer tokens (the closing EOS included, as the project scores it).
 The m interpolation steps of one (layer, token) are one batch of one forward
-and one backward pass (``interpolation_batch`` sequences per pass).
+and one backward pass (``interpolation_batch`` sequences per pass). On
+Llama-style models (:mod:`unlearnkit.localization.partial_runs`) one pass
+carries every answer token's path of a row at once, kept apart by the
+attention mask, and starts at the attributed layer
+(:func:`stacked_layer_attributions`): the same numbers, about three times faster.
 
 Filtering and aggregation (the authors' ``2_pn_aggregator.py``):
 
@@ -66,6 +70,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from unlearnkit.data.encoding import IGNORE_INDEX, PromptFormat, encode_qa
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.localization.base import Localization, LocatedSelection, config_settings, model_signature, register_localizer
+from unlearnkit.localization.partial_runs import (
+    additive_mask,
+    recording_layer_inputs,
+    repeated_cache,
+    starting_at_layer,
+    supports_layer_skipping,
+    takes_custom_masks,
+)
 from unlearnkit.parameters import check_layers_exist, decoder_layers, parse_layers
 from unlearnkit.settings import check_choice, check_field_types, require_at_least, require_fraction
 
@@ -73,6 +85,8 @@ logger = logging.getLogger("unlearnkit")
 
 CITATION = 'Wu et al., "DEPN: Detecting and Editing Privacy Neurons in Pretrained Language Models", EMNLP 2023'
 TOKEN_PATHS = ("each", "together")
+# Most logits (sequences x tokens x vocabulary) one pass of the one-pass path computes: about 256 MB in float32.
+LOGIT_BUDGET = 2**26
 # Where a decoder block keeps the linear layer whose input is the FFN's intermediate activation.
 DOWN_PROJECTIONS = ("mlp.down_proj", "mlp.c_proj", "mlp.dense_4h_to_h", "mlp.fc2")
 
@@ -101,12 +115,14 @@ class DEPNSettings:
     )
     interpolation_batch: int = field(
         default=20,
-        metadata={"help": "Interpolated sequences per forward/backward pass (20: the m steps of one token in one pass)."},
+        metadata={"help": "Interpolated sequences per forward/backward pass (20: all m steps in one pass; on Llama-style "
+                          "models each sequence carries every answer token's path, see reuse_prefix)."},
     )
     reuse_prefix: bool = field(
         default=True,
-        metadata={"help": "Run only the scaled positions on top of the example's cached keys/values (same result, far fewer "
-                          "tokens; false: whole sequences, for models without a croppable cache)."},
+        metadata={"help": "Run only the scaled positions on top of the example's cached keys/values, on Llama-style models "
+                          "from the attributed layer up with all answer tokens in one pass (same result, far fewer tokens; "
+                          "false: whole sequences, one token per pass)."},
     )
 
     def check_depn_settings(self) -> None:
@@ -302,6 +318,71 @@ def _forward(
     return model(input_ids=batch, **extra).logits
 
 
+def stacked_layer_attributions(
+    model: nn.Module, projections: Sequence[FeedForwardProjection], input_ids: torch.Tensor, targets: Sequence[tuple[int, int]],
+    settings: DEPNSettings,
+) -> tuple[torch.Tensor, int]:
+    """One example's per-token-path attributions of every layer in ``projections`` (L, d_ff), as :func:`layer_attribution`.
+
+    The same numbers, computed faster (``token_paths="each"`` on a model of
+    :data:`~unlearnkit.localization.partial_runs.LAYER_SKIPPING_MODELS`):
+
+    * the paths of every answer token ride in one sequence: position ``p_i``
+      holds path i, and a custom attention mask lets it see only the clean
+      keys/values of positions ``< p_i`` and itself, never another path's
+      scaled position, so the K paths stay independent (their objectives add,
+      their gradients do not mix); one pass per ``interpolation_batch`` steps
+      and layer instead of one per answer token;
+    * the pass starts at the attributed layer, from its input states recorded
+      in one clean run: the layers below never see a scaled activation;
+    * an answer whose logits would pass :data:`LOGIT_BUDGET` is split into
+      several passes (the paths being independent, the result is the same).
+    """
+    device = input_ids.device
+    positions = [position for position, _ in targets]  # (K,) positions predicting each answer token
+    tokens = torch.tensor([token for _, token in targets], device=device)
+    length, count = len(input_ids), len(positions)
+    layer_inputs: dict[int, torch.Tensor] = {}
+    with torch.no_grad(), recording_layer_inputs(model, layer_inputs):
+        clean = model(input_ids=input_ids.unsqueeze(0), use_cache=True, logits_to_keep=1)
+    dtype = layer_inputs[0].dtype
+    vocabulary = model.get_output_embeddings().weight.shape[0]
+    scales_all = interpolation_scales(settings.steps).float().to(device)
+    attribution = torch.zeros(len(projections), projections[0].width, dtype=torch.float32)
+    passes = 0
+    for slot, projection in enumerate(projections):
+        gradient_sum = torch.zeros(count, projection.width, dtype=torch.float32, device=device)  # (K, d_ff)
+        activation = torch.zeros_like(gradient_sum)
+        for scales in torch.split(scales_all, settings.interpolation_batch):
+            copies = len(scales)
+            # Paths are independent, so a long answer's tokens may go in several passes: the logits stay within the budget.
+            group_size = max(1, LOGIT_BUDGET // (copies * vocabulary))
+            for group in torch.split(torch.arange(count, device=device), group_size):
+                index = torch.tensor(positions, device=device)[group]  # (k,)
+                # Query i (at position p_i) sees cached keys k < p_i and its own new key (cache slot length + i).
+                allowed = torch.cat([torch.arange(length, device=device)[None, :] < index[:, None],
+                                     torch.eye(len(group), dtype=torch.bool, device=device)], dim=1)
+                hook = _ScaledActivation(scales[:, None].expand(copies, len(group)))
+                handle = projection.module.register_forward_pre_hook(hook)
+                try:
+                    with starting_at_layer(model, projection.layer):
+                        logits = model(inputs_embeds=layer_inputs[projection.layer][:, index].expand(copies, -1, -1),
+                                       position_ids=index[None].expand(copies, -1),
+                                       attention_mask=additive_mask(allowed[None, None].expand(copies, 1, -1, -1), dtype),
+                                       past_key_values=repeated_cache(clean.past_key_values, copies, None, model.config),
+                                       use_cache=True).logits  # (n, k, V)
+                finally:
+                    handle.remove()
+                wanted = tokens[group].expand(copies, -1).unsqueeze(-1)
+                probability = torch.log_softmax(logits.float(), dim=-1).gather(-1, wanted).exp()
+                (gradient,) = torch.autograd.grad(probability.sum(), hook.scaled)  # (n, k, d_ff)
+                gradient_sum[group] += gradient.float().sum(dim=0)
+                activation[group] = hook.actual[0].float()
+                passes += 1
+        attribution[slot] = riemann_attribution(activation, gradient_sum, settings.steps).sum(dim=0).cpu()
+    return attribution, passes
+
+
 @torch.no_grad()
 def example_cache(model: nn.Module, input_ids: torch.Tensor) -> Any:
     """The key/value cache of one whole example (batch 1), or None when the model keeps no croppable cache."""
@@ -393,6 +474,7 @@ def detect_privacy_neurons(
         raise UnlearnkitError(f"DEPN expects one FFN width across layers; this model's down projections take {sorted(widths)}.")
     started = time.perf_counter()
     keeps_logits = "logits_to_keep" in _forward_parameters(model)
+    stacked = settings.token_paths == "each" and settings.reuse_prefix and supports_layer_skipping(model) and takes_custom_masks(model)
     device = next(model.parameters()).device
     attribution = torch.zeros(len(examples), len(projections), widths.pop())
     passes = 0
@@ -406,6 +488,10 @@ def detect_privacy_neurons(
             if not targets:
                 raise UnlearnkitError(f"Forget example {row + 1} has no answer token to attribute; give it a non-empty answer.")
             input_ids = torch.tensor(example["input_ids"], device=device)
+            if stacked:
+                attribution[row], count = stacked_layer_attributions(model, projections, input_ids, targets, settings)
+                passes += count
+                continue
             cache = example_cache(model, input_ids) if settings.reuse_prefix else None
             for slot, projection in enumerate(projections):
                 scores, count = layer_attribution(model, projection, input_ids, targets, settings, cache, keeps_logits)
