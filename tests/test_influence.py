@@ -89,7 +89,9 @@ def test_kronecker_estimators_equal_the_exact_fisher_on_one_example(estimator: s
     for name, module in tracked(model).items():
         exact = exact_fisher(model, module, [2], [4])
         assert torch.allclose(dense(factors, name), exact, atol=1e-6, rtol=1e-4), name
-        A, S = factors.tensors[name]["activation_covariance"].double(), factors.tensors[name]["gradient_covariance"].double()
+        layer = {role: tensor.double() for role, tensor in factors.tensors[name].items()}
+        A = layer["q_activation"] @ torch.diag(layer["eig_activation"]) @ layer["q_activation"].T  # A = Q_A diag(e_A) Q_Aᵀ
+        S = layer["q_gradient"] @ torch.diag(layer["eig_gradient"]) @ layer["q_gradient"].T
         assert torch.allclose(torch.kron(S, A), exact, atol=1e-6, rtol=1e-4)  # S ⊗ A itself is the Fisher: Kronecker structure exact
 
 

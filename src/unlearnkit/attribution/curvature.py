@@ -52,17 +52,20 @@ class CovarianceSums:
     rows: int = 0
 
     @classmethod
-    def zeros(cls, d_out: int, d_in: int) -> CovarianceSums:
-        # float64: sums over many tokens of products of activations lose precision in float32.
-        return cls(torch.zeros(d_in, d_in, dtype=torch.float64), torch.zeros(d_out, d_out, dtype=torch.float64))
+    def zeros(cls, d_out: int, d_in: int, dtype: torch.dtype = torch.float64) -> CovarianceSums:
+        """Empty sums. float64 by default; float32 halves the memory (SmolLM2-135M's MLPs: 1.0 GB instead of 1.9) for a
+        relative rounding error of about 1e-7 per batch added (each batch is first summed on its own)."""
+        return cls(torch.zeros(d_in, d_in, dtype=dtype), torch.zeros(d_out, d_out, dtype=dtype))
 
     def add(self, activations: Tensor, pseudo_gradients: Tensor, mask: Tensor) -> None:
         """activations ``(B, T, d_in')``, pseudo_gradients ``(B, T, d_out)``, mask ``(B, T)`` (1 on real tokens, 0 on padding)."""
-        weight = mask.to("cpu", torch.float64).unsqueeze(-1)
-        a = activations.to("cpu", torch.float64) * weight
-        s = pseudo_gradients.to("cpu", torch.float64) * weight
-        self.activation += torch.einsum("bti,btj->ij", a, a)
-        self.gradient += torch.einsum("bto,btp->op", s, s)
+        # One batch's sums in float32 (a few hundred tokens: float32 keeps ~7 digits there, at half float64's time), added
+        # to the running sums in their own dtype.
+        weight = mask.to("cpu", torch.float32).unsqueeze(-1)
+        a = (activations.to("cpu", torch.float32) * weight).flatten(0, -2)  # (B*T, d_in')
+        s = (pseudo_gradients.to("cpu", torch.float32) * weight).flatten(0, -2)  # (B*T, d_out)
+        self.activation += (a.T @ a).to(self.activation.dtype)
+        self.gradient += (s.T @ s).to(self.gradient.dtype)
         self.tokens += int(mask.sum())
         self.rows += int(mask.shape[0])
 
@@ -114,6 +117,38 @@ def ekfac_square_sums(gradients: Tensor, basis: Eigenbasis) -> Tensor:
     ``Λ = E_rows[(Q_Sᵀ dW Q_A)²]``, the Fisher's exact diagonal in that basis (K-FAC's ``e_S e_Aᵀ`` is not).
     """
     return to_eigenbasis(gradients.to("cpu", torch.float64), basis).square().sum(dim=0)
+
+
+def token_rotation_is_cheaper(tokens: int, d_out: int, d_in: int) -> bool:
+    """Whether rotating each token's ``s`` and ``a`` (``T (d_out² + d_in²)`` multiply-adds, then ``T d_out d_in`` to sum the
+    outer products) costs less than rotating the dense row gradient (``T d_out d_in`` to form it, then
+    ``d_out d_in (d_out + d_in)``): true while the row has fewer tokens than about ``d_out d_in / max(d_out, d_in)``."""
+    return tokens * (d_out * d_out + d_in * d_in) < d_out * d_in * (d_out + d_in)
+
+
+def rotated_token_factors(activations: Tensor, pseudo_gradients: Tensor, basis: Eigenbasis) -> tuple[Tensor, Tensor]:
+    """Each token's factors in the Kronecker eigenbasis: ``u_t = Q_Sᵀ s_t`` and ``v_t = Q_Aᵀ a_t``, so that a row's rotated
+    gradient ``Q_Sᵀ dW Q_A = Σ_t u_t v_tᵀ`` (:func:`row_gradients` of ``(v, u)``).
+
+    activations ``(B, T, d_in')``, pseudo_gradients ``(B, T, d_out)`` -> ``(u (B, T, d_out), v (B, T, d_in'))``, in the
+    inputs' dtype.
+    """
+    dtype = activations.dtype
+    return pseudo_gradients @ basis.q_gradient.to(dtype), activations @ basis.q_activation.to(dtype)
+
+
+def rotated_row_gradients(activations: Tensor, pseudo_gradients: Tensor, basis: Eigenbasis) -> Tensor:
+    """``Q_Sᵀ dW_b Q_A`` for each row, ``(B, d_out, d_in')``, by the cheaper of two routes that give the same matrix
+    (:func:`token_rotation_is_cheaper`): ``Σ_t (Q_Sᵀ s_t)(Q_Aᵀ a_t)ᵀ`` over tokens, or the dense gradient rotated.
+
+    For a language model's MLP (d ~ 10³, rows of ~10² tokens) the token route is several times cheaper.
+    activations ``(B, T, d_in')``, pseudo_gradients ``(B, T, d_out)``; the result in the inputs' dtype.
+    """
+    tokens, d_out, d_in = activations.shape[1], pseudo_gradients.shape[-1], activations.shape[-1]
+    if token_rotation_is_cheaper(tokens, d_out, d_in):
+        u, v = rotated_token_factors(activations, pseudo_gradients, basis)
+        return row_gradients(v, u)
+    return to_eigenbasis(row_gradients(activations, pseudo_gradients), basis)
 
 
 def default_damping(eigenvalues: Tensor) -> float:

@@ -23,6 +23,8 @@ Choices (the paper leaves them open for QA rows):
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +37,9 @@ from unlearnkit.attribution import curvature
 from unlearnkit.data.encoding import PromptFormat, encode_qa, pad_batch
 from unlearnkit.errors import UnlearnkitError, did_you_mean
 from unlearnkit.parameters import check_layers_exist, decoder_layers, parse_layers
-from unlearnkit.settings import check_field_types, check_seed, require_at_least, require_non_negative
+from unlearnkit.settings import check_field_types, check_seed, require_at_least, require_non_negative, require_positive
+
+logger = logging.getLogger("unlearnkit")
 
 ESTIMATORS = ("ekfac", "kfac", "diagonal", "tracin")
 ESTIMATOR_HELP = {
@@ -47,6 +51,8 @@ ESTIMATOR_HELP = {
 # A training set larger than this needs --set max_train_rows=N: every row costs a forward and backward pass per pass
 # over the data (three for EK-FAC), and the score matrix grows with it.
 DEFAULT_MAX_TRAIN_ROWS = 5000
+# The issue's aim for EK-FAC on SmolLM2-135M's MLPs (80M weights): its factors and score pass fit in about 3 GB.
+DEFAULT_MEMORY_LIMIT_GB = 4.0
 
 
 @dataclass
@@ -68,6 +74,10 @@ class InfluenceConfig:
     max_train_rows: int = field(
         default=DEFAULT_MAX_TRAIN_ROWS, metadata={"help": "Refuse a larger training set (time and the score matrix grow with it); "
                                                           "raise it, or sample the training rows."})
+    memory_limit_gb: float = field(
+        default=DEFAULT_MEMORY_LIMIT_GB, metadata={"help": "Refuse a run whose attribution tensors (factors while fitted and kept, "
+                                                           "the queries' gradient factors, one batch's signals, the score matrix; "
+                                                           "not the model itself) are estimated above this many GB."})
     group_field: str | None = field(
         default=None, metadata={"help": "Row field naming the entity a row is about, for top-k recall (None: 'author' when every "
                                         "query and training row has it)."})
@@ -76,6 +86,7 @@ class InfluenceConfig:
     def __post_init__(self) -> None:
         check_field_types(self)
         require_non_negative(damping=self.damping)
+        require_positive(memory_limit_gb=self.memory_limit_gb)
         require_at_least(1, fisher_samples=self.fisher_samples, batch_size=self.batch_size, max_train_rows=self.max_train_rows)
         require_at_least(2, max_length=self.max_length)
         check_seed("seed", self.seed)
@@ -262,8 +273,8 @@ def encode_rows(tokenizer: Any, fmt: PromptFormat, rows: Sequence[Mapping[str, A
 class Factors:
     """The fitted curvature of every tracked layer: tensors by layer name, then by role.
 
-    * ``ekfac``/``kfac``: ``activation_covariance`` (A), ``gradient_covariance`` (S), ``q_activation``, ``q_gradient`` and
-      ``eigenvalues`` (Λ, ``(d_out, d_in')``);
+    * ``ekfac``/``kfac``: ``q_activation`` (Q_A), ``eig_activation`` (e_A), ``q_gradient`` (Q_S), ``eig_gradient`` (e_S), the
+      eigendecompositions of A and S (each covariance is ``Q diag(e) Qᵀ``), and ``eigenvalues`` (Λ, ``(d_out, d_in')``);
     * ``diagonal``: ``diagonal`` (``E[dW ⊙ dW]``, ``(d_out, d_in')``);
     * ``tracin``: nothing.
 
@@ -276,12 +287,29 @@ class Factors:
     rows: int
     tokens: int
 
+    def basis(self, name: str) -> curvature.Eigenbasis | None:
+        """The layer's Kronecker eigenbasis (``ekfac``, ``kfac``), None where the estimator works in the weights' own basis."""
+        if self.estimator not in ("ekfac", "kfac"):
+            return None
+        layer = self.tensors[name]
+        return curvature.Eigenbasis(layer["q_activation"], layer.get("eig_activation", torch.zeros(0)), layer["q_gradient"],
+                                    layer.get("eig_gradient", torch.zeros(0)))
+
+    def divide(self, name: str, matrices: Tensor) -> Tensor:
+        """``V ⊘ (Λ + λ)`` in the layer's :meth:`basis` (``V ⊘ (diag + λ)`` for ``diagonal``, V for tracin); V ``(..., d_out, d_in')``,
+        the result in V's dtype. Rotated back, this is :meth:`inverse_product`."""
+        layer = self.tensors.get(name, {})
+        if self.estimator in ("ekfac", "kfac"):
+            return matrices / (layer["eigenvalues"].to(matrices.dtype) + self.damping[name])
+        if self.estimator == "diagonal":
+            return matrices / (layer["diagonal"].to(matrices.dtype) + self.damping[name])
+        return matrices
+
     def inverse_product(self, name: str, matrices: Tensor) -> Tensor:
         """``(G + λI)⁻¹ V`` for the layer ``name``; V ``(..., d_out, d_in')``. The identity for tracin."""
         layer = self.tensors.get(name, {})
         if self.estimator in ("ekfac", "kfac"):
-            basis = curvature.Eigenbasis(layer["q_activation"], torch.zeros(0), layer["q_gradient"], torch.zeros(0))
-            return curvature.eigen_inverse_product(matrices, basis, layer["eigenvalues"], self.damping[name])
+            return curvature.eigen_inverse_product(matrices, self.basis(name), layer["eigenvalues"], self.damping[name])
         if self.estimator == "diagonal":
             return curvature.diagonal_inverse_product(matrices, layer["diagonal"], self.damping[name])
         return matrices
@@ -302,42 +330,86 @@ def fit_factors(model: nn.Module, modules: Mapping[str, nn.Linear], batches: Seq
         for batch in batches:
             yield from batch_signals(model, modules, batch, generator, config.fisher_samples)
 
-    tensors: dict[str, dict[str, Tensor]] = {name: {} for name in modules}
-    rows = tokens = 0
     with only_tracked_trainable(model, modules):
         if estimator == "diagonal":
-            squares = {name: torch.zeros(layer_shape(module), dtype=torch.float64) for name, module in modules.items()}
-            for signals in passes():
-                for name in modules:
-                    squares[name] += signals.row_gradients(name).to("cpu", torch.float64).square().sum(dim=0)
-                rows += int(signals.mask.shape[0])
-                tokens += int(signals.mask.sum())
-            for name in modules:
-                tensors[name]["diagonal"] = (squares[name] / max(rows, 1)).float()
+            tensors, rows, tokens = _fit_diagonal(modules, passes())
         else:
-            sums = {name: curvature.CovarianceSums.zeros(*layer_shape(module)) for name, module in modules.items()}
-            for signals in passes():
-                for name in modules:
-                    sums[name].add(signals.activations[name], signals.gradients[name], signals.mask)
-            bases = {}
-            for name in modules:
-                activation, gradient = sums[name].factors()
-                bases[name] = curvature.eigenbasis(activation, gradient)
-                tensors[name].update(activation_covariance=activation.float(), gradient_covariance=gradient.float(),
-                                     q_activation=bases[name].q_activation.float(), q_gradient=bases[name].q_gradient.float())
-            first = next(iter(modules))
-            rows, tokens = sums[first].rows, sums[first].tokens
-            if estimator == "kfac":
-                for name in modules:
-                    tensors[name]["eigenvalues"] = curvature.kfac_eigenvalues(bases[name]).float()
-            else:
-                squares = {name: torch.zeros(layer_shape(module), dtype=torch.float64) for name, module in modules.items()}
-                for signals in passes():
-                    for name in modules:
-                        squares[name] += curvature.ekfac_square_sums(signals.row_gradients(name), bases[name])
-                for name in modules:
-                    tensors[name]["eigenvalues"] = (squares[name] / max(rows, 1)).float()
+            tensors, rows, tokens = _fit_kronecker_bases(modules, passes(), kfac=estimator == "kfac")
+            if estimator == "ekfac":
+                _fit_ekfac_eigenvalues(modules, passes(), tensors, rows)
     return Factors(estimator, tensors, layer_damping(estimator, tensors, config.damping), rows, tokens)
+
+
+def _fit_diagonal(modules: Mapping[str, nn.Linear], signals_pass: Iterator[Signals]) -> tuple[dict[str, dict[str, Tensor]], int, int]:
+    """``diag(F) = E_rows[dW ⊙ dW]`` per layer, one pass."""
+    squares = {name: torch.zeros(layer_shape(module), dtype=torch.float64) for name, module in modules.items()}
+    rows = tokens = 0
+    for signals in signals_pass:
+        for name in modules:
+            squares[name] += signals.row_gradients(name).to("cpu", torch.float64).square().sum(dim=0)
+        rows += int(signals.mask.shape[0])
+        tokens += int(signals.mask.sum())
+    return {name: {"diagonal": (squares[name] / max(rows, 1)).float()} for name in modules}, rows, tokens
+
+
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """One torch thread for a while. LAPACK's threaded eigendecomposition spins when the cores are busy: on a shared 2-core
+    machine one 1536 x 1536 ``eigh`` took 25 s with two threads and 0.8 s with one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit_kronecker_bases(modules: Mapping[str, nn.Linear], signals_pass: Iterator[Signals],
+                         kfac: bool) -> tuple[dict[str, dict[str, Tensor]], int, int]:
+    """A and S of every layer (one pass), then their eigendecompositions, kept in float32; with ``kfac``, Λ = e_S e_Aᵀ too.
+
+    Each layer's sums are released as soon as its eigendecomposition is done, so memory holds the sums of the
+    layers not yet decomposed and the float32 bases of those that are, never both for every layer.
+    """
+    started = time.perf_counter()
+    sums = {name: curvature.CovarianceSums.zeros(*layer_shape(module), dtype=torch.float32) for name, module in modules.items()}
+    for signals in signals_pass:
+        for name in modules:
+            sums[name].add(signals.activations[name], signals.gradients[name], signals.mask)
+    logger.info("influence factors: A and S of %d layer(s) in %.1f s", len(modules), time.perf_counter() - started)
+    started = time.perf_counter()
+    first = next(iter(modules))
+    rows, tokens = sums[first].rows, sums[first].tokens
+    tensors: dict[str, dict[str, Tensor]] = {}
+    for name in modules:
+        with single_threaded():
+            basis = curvature.eigenbasis(*sums.pop(name).factors())
+        tensors[name] = {"q_activation": basis.q_activation.float(), "eig_activation": basis.eig_activation.float(),
+                         "q_gradient": basis.q_gradient.float(), "eig_gradient": basis.eig_gradient.float()}
+        if kfac:
+            tensors[name]["eigenvalues"] = curvature.kfac_eigenvalues(basis).float()
+    logger.info("influence factors: eigendecompositions in %.1f s", time.perf_counter() - started)
+    return tensors, rows, tokens
+
+
+def _fit_ekfac_eigenvalues(modules: Mapping[str, nn.Linear], signals_pass: Iterator[Signals], tensors: dict[str, dict[str, Tensor]],
+                           rows: int) -> None:
+    """EK-FAC's Λ = E_rows[(Q_Sᵀ dW Q_A)²] per layer (George et al., NeurIPS 2018), a second pass, into ``tensors``.
+
+    Each row's rotated gradient comes from its tokens' rotated factors (:func:`curvature.rotated_row_gradients`), in float32
+    with the float32 bases the scores use; the squares are summed in float32 (1e-7 relative per batch, half the memory).
+    """
+    bases = {name: curvature.Eigenbasis(layer["q_activation"], layer["eig_activation"], layer["q_gradient"], layer["eig_gradient"])
+             for name, layer in tensors.items()}
+    started = time.perf_counter()
+    squares = {name: torch.zeros(layer_shape(module), dtype=torch.float32) for name, module in modules.items()}
+    for signals in signals_pass:
+        for name in modules:
+            rotated = curvature.rotated_row_gradients(signals.activations[name].cpu(), signals.gradients[name].cpu(), bases[name])
+            squares[name] += rotated.square_().sum(dim=0)  # in place: no second (B, d_out, d_in') buffer per layer
+    for name in modules:
+        tensors[name]["eigenvalues"] = (squares.pop(name) / max(rows, 1)).float()
+    logger.info("influence factors: EK-FAC eigenvalues in %.1f s", time.perf_counter() - started)
 
 
 def layer_damping(estimator: str, tensors: Mapping[str, Mapping[str, Tensor]], damping: float | None) -> dict[str, float]:
@@ -360,27 +432,116 @@ def data_gradients(model: nn.Module, modules: Mapping[str, nn.Linear],
                 yield {name: signals.row_gradients(name).cpu() for name in modules}
 
 
+@dataclass
+class QueryFactors:
+    """Every query row's gradient, per layer, as its tokens' factors in the estimator's basis: ``u`` ``(B, T, d_out)`` and
+    ``v`` ``(B, T, d_in')`` per query batch (``Q_Sᵀ dW Q_A = Σ_t u_t v_tᵀ``; ``u = s``, ``v = a`` without a basis), float32.
+
+    A row's gradient has rank at most its token count T, so its factors hold ``T (d_out + d_in')`` numbers per layer where
+    the dense preconditioned gradient holds ``d_out d_in'`` (SmolLM2-135M's MLPs, 60 tokens: 0.05 GB per query against 0.32).
+    """
+
+    parts: dict[str, list[tuple[Tensor, Tensor]]]
+    norms: Tensor  # (Q,): each query gradient's norm over every tracked layer (the basis is orthonormal: the same in it)
+
+    def preconditioned(self, name: str, factors: Factors) -> Iterator[Tensor]:
+        """Per query batch, ``(Q_Sᵀ dW_q Q_A) ⊘ (Λ + λ)`` of the layer: ``(B_q, d_out, d_in')`` float32."""
+        for u, v in self.parts[name]:
+            yield factors.divide(name, curvature.row_gradients(v, u))
+
+
+def query_factors(model: nn.Module, modules: Mapping[str, nn.Linear], batches: Sequence[Mapping[str, Tensor]],
+                  factors: Factors) -> QueryFactors:
+    """The queries' :class:`QueryFactors`: one forward and backward pass over them, rotations in float64 (few rows)."""
+    parts: dict[str, list[tuple[Tensor, Tensor]]] = {name: [] for name in modules}
+    squares = []
+    with only_tracked_trainable(model, modules):
+        for batch in batches:
+            for signals in batch_signals(model, modules, batch):
+                square = torch.zeros(signals.mask.shape[0], dtype=torch.float64)
+                for name in modules:
+                    a, s, basis = signals.activations[name].cpu(), signals.gradients[name].cpu(), factors.basis(name)
+                    u, v = (s, a) if basis is None else curvature.rotated_token_factors(a.double(), s.double(), basis)
+                    parts[name].append((u.float(), v.float()))
+                    square += signals.row_gradients(name).cpu().double().square().flatten(1).sum(1)
+                squares.append(square)
+    return QueryFactors(parts, torch.sqrt(torch.cat(squares)) if squares else torch.zeros(0, dtype=torch.float64))
+
+
 def influence_scores(model: nn.Module, modules: Mapping[str, nn.Linear], query_batches: Sequence[Mapping[str, Tensor]],
                      train_batches: Sequence[Mapping[str, Tensor]], factors: Factors, normalize: bool = False) -> Tensor:
     """``scores[q, z] = Σ_layers ⟨(G + λI)⁻¹ grad_q, grad_z⟩``: ``(queries, training rows)``, float64.
 
-    The query gradients are preconditioned once and kept; the training gradients stream by batch, so memory holds
-    ``queries x tracked parameters`` numbers, never the training set's gradients. With ``normalize`` (tracin), the cosine:
-    each score divided by both gradients' norms over every tracked layer.
+    Streamed, layer by layer within each training batch: a layer's preconditioned query gradients are rebuilt from the
+    queries' token factors (:class:`QueryFactors`), scored against the batch's rotated gradients of that layer, and
+    dropped, since ``⟨Q_S (R_q ⊘ (Λ + λ)) Q_Aᵀ, dW_z⟩ = ⟨R_q ⊘ (Λ + λ), Q_Sᵀ dW_z Q_A⟩`` with ``R_q = Q_Sᵀ dW_q Q_A``. Memory
+    holds the queries' factors and one layer's dense gradients, never every layer's, nor the training set's. With
+    ``normalize`` (tracin), the cosine: each score divided by both gradients' norms over every tracked layer.
     """
-    names = list(modules)
-    query_parts = [dict(part) for part in data_gradients(model, modules, query_batches)]
-    preconditioned = {name: factors.inverse_product(name, torch.cat([part[name] for part in query_parts])) for name in names}
-    query_norms = torch.sqrt(sum(torch.cat([part[name] for part in query_parts]).double().square().flatten(1).sum(1) for name in names))
-    del query_parts
-    columns = []
-    for part in data_gradients(model, modules, train_batches):
-        block = sum(torch.einsum("qoi,boi->qb", preconditioned[name].double(), part[name].double()) for name in names)
+    return scores_by_estimator(model, modules, query_batches, train_batches, {factors.estimator: factors}, normalize)[factors.estimator]
+
+
+def scores_by_estimator(model: nn.Module, modules: Mapping[str, nn.Linear], query_batches: Sequence[Mapping[str, Tensor]],
+                        train_batches: Sequence[Mapping[str, Tensor]], factor_sets: Mapping[str, Factors], normalize: bool = False,
+                        seconds: dict[str, float] | None = None) -> dict[str, Tensor]:
+    """:func:`influence_scores` for several fitted factors at once, sharing each training batch's forward and backward pass.
+
+    ``seconds`` (when given) receives each estimator's own compute time (its query factors and its scoring), apart from
+    the shared passes.
+    """
+    timing = seconds if seconds is not None else {}
+    queries = {}
+    for key, factors in factor_sets.items():
+        started = time.perf_counter()
+        queries[key] = query_factors(model, modules, query_batches, factors)
+        timing[key] = timing.get(key, 0.0) + time.perf_counter() - started
+    columns: dict[str, list[Tensor]] = {key: [] for key in factor_sets}
+    started = time.perf_counter()
+    with only_tracked_trainable(model, modules):
+        for batch in train_batches:
+            for signals in batch_signals(model, modules, batch):
+                for key, block in _score_batch(signals, modules, queries, factor_sets, normalize, timing).items():
+                    columns[key].append(block)
+    logger.info("influence scores: %d training batch(es) in %.1f s (%s)", len(train_batches), time.perf_counter() - started,
+                ", ".join(f"{key} {value:.1f} s with its queries" for key, value in timing.items()))
+    return {key: torch.cat(parts, dim=1) if parts else torch.zeros(int(queries[key].norms.shape[0]), 0, dtype=torch.float64)
+            for key, parts in columns.items()}
+
+
+def _score_batch(signals: Signals, modules: Mapping[str, nn.Linear], queries: Mapping[str, QueryFactors],
+                 factor_sets: Mapping[str, Factors], normalize: bool, timing: dict[str, float]) -> dict[str, Tensor]:
+    """One training batch's columns of each estimator's score matrix: ``(Q, B)`` float64 each.
+
+    Layer by layer; the batch's gradient of a layer is rotated once per distinct eigenbasis (K-FAC and EK-FAC fitted
+    together share theirs) and dropped before the next layer.
+    """
+    rows = int(signals.mask.shape[0])
+    blocks = {key: torch.zeros(int(queries[key].norms.shape[0]), rows, dtype=torch.float64) for key in factor_sets}
+    squares = torch.zeros(rows, dtype=torch.float64)
+    for name in modules:
+        a, s = signals.activations[name].cpu(), signals.gradients[name].cpu()
+        rotated: dict[int | None, Tensor] = {}
+        for key, factors in factor_sets.items():
+            started = time.perf_counter()
+            basis = factors.basis(name)
+            shared = None if basis is None else id(basis.q_gradient)
+            if shared not in rotated:
+                rotated[shared] = curvature.row_gradients(a, s) if basis is None else curvature.rotated_row_gradients(a, s, basis)
+            start = 0
+            for preconditioned in queries[key].preconditioned(name, factors):
+                # Float32 within a layer (no float64 copies of the dense gradients: memory traffic dominates here), float64
+                # across layers.
+                part = torch.einsum("qoi,boi->qb", preconditioned, rotated[shared]).double()
+                blocks[key][start:start + preconditioned.shape[0]] += part
+                start += preconditioned.shape[0]
+            timing[key] += time.perf_counter() - started
         if normalize:
-            train_norms = torch.sqrt(sum(part[name].double().square().flatten(1).sum(1) for name in names))
-            block = block / (query_norms[:, None] * train_norms[None, :]).clamp(min=1e-30)
-        columns.append(block)
-    return torch.cat(columns, dim=1)
+            # The basis is orthonormal: a gradient's norm is the same in it.
+            squares += next(iter(rotated.values())).double().square().flatten(1).sum(1)
+    if normalize:
+        norms = torch.sqrt(squares)[None, :]
+        blocks = {key: block / (queries[key].norms[:, None] * norms).clamp(min=1e-30) for key, block in blocks.items()}
+    return blocks
 
 
 # ------------------------------------------------------------------------------------------- ranking and recall

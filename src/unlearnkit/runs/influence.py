@@ -101,6 +101,20 @@ def resolve_influence(
                            Path(factors) if factors is not None else None, group_field)
 
 
+def estimate_run_memory(inputs: InfluenceInputs, shapes: Mapping[str, tuple[int, int]], train_batches: list,
+                        query_batches: list) -> dict[str, int]:
+    """The run's memory estimate (:mod:`unlearnkit.attribution.memory`), refused above ``memory_limit_gb`` before any pass."""
+    from unlearnkit.attribution import memory
+
+    query_tokens, _ = memory.batch_tokens(query_batches)
+    _, largest = memory.batch_tokens([*train_batches, *query_batches])
+    parts = memory.estimate_bytes(inputs.estimator, shapes, query_tokens=query_tokens, queries=len(inputs.query.rows),
+                                  train_rows=len(inputs.train.rows), largest_batch_tokens=largest,
+                                  largest_batch_rows=inputs.config.batch_size)
+    memory.check_memory(parts, inputs.config.memory_limit_gb, queries=len(inputs.query.rows), train_rows=len(inputs.train.rows))
+    return parts
+
+
 @locks_output
 def run_influence(*, inputs: InfluenceInputs, options: RunOptions) -> dict[str, Any]:
     """Fit (or reuse) the factors, score every (query, training row) pair and write the results folder; returns the summary.
@@ -131,6 +145,7 @@ def run_influence(*, inputs: InfluenceInputs, options: RunOptions) -> dict[str, 
     device = next(network.parameters()).device
     train_batches = attribution.encode_rows(tokenizer, model.fmt, inputs.train.rows, config, device)
     query_batches = attribution.encode_rows(tokenizer, model.fmt, inputs.query.rows, config, device)
+    memory_estimate = estimate_run_memory(inputs, shapes, train_batches, query_batches)
     if inputs.factors is not None:
         manifest = cache.read_manifest(inputs.factors)
         cache.check_manifest(manifest, inputs.factors, estimator=inputs.estimator, config=config, signature=signature, layer_shapes=shapes)
@@ -157,6 +172,7 @@ def run_influence(*, inputs: InfluenceInputs, options: RunOptions) -> dict[str, 
         "damping": fitted.damping,
         "factors_reused": reused is not None,
         "seconds": {"factors": round(fit_seconds, 3), "total": round(seconds, 3)},
+        "memory_estimate_gb": {name: round(value / 1e9, 6) for name, value in memory_estimate.items()},
         "top": [{"query": index, "question": row["question"], "rows": [
             {**entry, "question": inputs.train.rows[entry["index"]]["question"]} for entry in top]}
             for index, (row, top) in enumerate(zip(inputs.query.rows, tops, strict=True))],
