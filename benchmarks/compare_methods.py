@@ -124,6 +124,8 @@ def markdown(rows: list[dict], preset: str, split: str, overrides: dict[str, str
     lines += ["", "Runs keeping model utility >= 0.95x the oracle's, by forget quality: "
               + (", ".join(f"{row['model']} ({_number(row['forget_quality'])})"
                            for row in sorted(best, key=lambda r: -r["forget_quality"])) or "none") + "."]
+    lines += ["", "The other unlearning targets (private data, harmful behaviour, hazardous knowledge, copyrighted text) and the "
+              "bias/toxicity side effects have their own headline measures: each method's row per track is in [tracks.md](tracks.md)."]
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,17 @@ import pytest
 import torch
 
 from tests.helpers import run_cli
-from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, people_names
+from unlearnkit.data.enron_pairs import (
+    address_context,
+    clean_name,
+    context_prompt_ids,
+    extract_pairs,
+    is_generic,
+    predicted_address,
+    score_prediction,
+    zero_shot_prompt,
+)
+from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, people_names, street_addresses
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.exposure import (
     candidate_log_perplexities,
@@ -119,6 +129,21 @@ def test_mail_generator_is_deterministic_and_well_formed() -> None:
     assert all(len(secrets) == 1 for secrets in by_person.values())
 
 
+def test_mails_hold_one_street_address_per_person_without_changing_the_phone_numbers() -> None:
+    config = PrivateMailConfig(num_people=6, forget_people=2, mails_per_person=2, digits=4, seed=3)
+    rows = [*generate_mails(config)["retain"], *generate_mails(config)["forget"]]
+    addresses = {row["person"]: row["address"] for row in rows}
+    assert len(set(addresses.values())) == 6
+    for row in rows:
+        assert re.fullmatch(r"[1-9]\d{0,2} [A-Z][a-z]+ (Street|Road|Lane|Avenue)", row["address"])
+        assert row["answer"].startswith(f"{row['address_prefix']} {row['address']}. My phone number is ")
+        assert addresses[row["person"]] == row["address"]
+    # Addresses come from their own stream: the first phone number drawn for seed 3 is what it was before addresses.
+    rng = __import__("random").Random("private-mail:3")
+    assert min(rows, key=lambda r: r["person_id"])["secret"] == " ".join(rng.choice("0123456789") for _ in range(4))
+    assert street_addresses(6, 3) == list(dict.fromkeys(addresses[name] for name in people_names(config)))
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"digits": 0}, "digits must be between"), ({"digits": 7}, "digits must be between"),
     ({"forget_people": 6, "num_people": 6}, "must be below num_people"), ({"num_people": 1}, "num_people"),
@@ -160,6 +185,10 @@ def test_micro_track_memorises_then_forgets(micro_run) -> None:
     entry = secrets[0]["models"]["target"]
     assert entry["exposure"] == pytest.approx(top - math.log2(entry["rank"]))
     assert "| npo |" in (output / "report.md").read_text()
+    # Addresses: memorised by the target (extracted from the e-mail's context), and measured for every model.
+    assert models["target"]["forget"]["address_extraction_rate"] == 1.0
+    assert all(0.0 <= models[name]["retain"]["address_extraction_rate"] <= 1.0 for name in models)
+    assert entry["address_extracted"] in (True, False) and "address_generation" in entry
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -197,3 +226,181 @@ def test_default_preset_unlearns_with_the_track_settings_under_the_users() -> No
     assert (methods["npo"].learning_rate, methods["npo"].num_epochs) == (2e-3, 40.0)
     assert resolve_private("default", ["npo"], {"learning_rate": 1e-3}).methods["npo"].learning_rate == 1e-3
     assert resolve_private("micro", ["npo"], {}).methods["npo"].learning_rate == 2e-3  # micro's benchmark setting
+
+
+# --------------------------------------------------------------------------------------------- real Enron e-mails
+
+
+def _message(sender: str, body: str, subject: str = "Forecast", to: str = "tim.belden@enron.com") -> str:
+    """An RFC 822 message in the corpus's form (the catalog test's fixture, with the sender's display name)."""
+    return (f"Message-ID: <1.JavaMail.evans@thyme>\nDate: Mon, 14 May 2001 16:39:00 -0700 (PDT)\nFrom: {sender}\n"
+            f"To: {to}\nSubject: {subject}\n\n{body}\n")
+
+
+CORPUS = {  # maildir path -> (From header, body)
+    "allen-p/sent/1.": ('"Allen, Phillip K." <phillip.allen@enron.com>', "Here is our forecast for the west desk."),
+    "allen-p/sent/2.": ('"Allen, Phillip K." <phillip.allen@enron.com>', "Please call me about the gas curves."),
+    "allen-p/sent/3.": ("Phillip Allen <phillip.allen@enron.com>", "The storage deal closed today."),
+    "belden-t/sent/1.": ("Tim Belden/HOU/ECT <tim.belden@enron.com>", "Forward to Phillip K. Allen [mailto:phillip.allen@enron.com] now."),
+    "belden-t/sent/2.": ("Tim Belden <tim.belden@enron.com>", "See the schedule."),
+    "kean-s/sent/1.": ("Steven J Kean <steven.kean@enron.com>", "Board slides are attached."),
+    "kean-s/sent/2.": ("Steven J Kean <skean@enron.com>", "Old account, one mail."),  # the same name, a rarer address
+    "news/1.": ("Enron Announcements <enron.announcements@enron.com>", "All employees: the party is on Friday."),
+    "daemon/1.": ("Mail Delivery <mailer-daemon@enron.com>", "Undeliverable."),
+    "long/1.": ("Mary Ann De La Cruz <mary.delacruz@enron.com>", "Four-word names are dropped."),
+    "bare/1.": ("jeff.dasovich@enron.com", "No display name: no pair."),
+}
+
+
+def _write_corpus(root) -> None:
+    for path, (sender, body) in CORPUS.items():
+        file = root / "maildir" / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text(_message(sender, body))
+
+
+def test_name_cleaning_and_generic_addresses() -> None:
+    assert clean_name('"Allen, Phillip K."') == "Phillip K. Allen"
+    assert clean_name("Tim Belden/HOU/ECT@ECT") == "Tim Belden"
+    assert clean_name("Mary Ann De La Cruz") is None and clean_name("Madonna") is None
+    assert clean_name("phillip.allen@enron.com") is None
+    assert is_generic("enron.announcements@enron.com") and is_generic("no.address@enron.com")
+    assert is_generic("mailer-daemon@enron.com") and not is_generic("phillip.allen@enron.com")
+
+
+def test_pairs_from_the_corpus_headers(tmp_path) -> None:
+    from unlearnkit.data.catalog import load
+
+    _write_corpus(tmp_path)
+    rows = load(f"enron@{tmp_path}")
+    pairs = extract_pairs(rows)
+    # Hand-checked: Allen sends 3 e-mails, under two name forms (the commoner one wins); Belden 2 (Lotus suffix dropped);
+    # Kean's name has two addresses, the commoner (1 e-mail each: the first in corpus order) is kept; the announcement
+    # list, the mail daemon, the four-word name and the bare address give no pair.
+    assert [(pair.name, pair.address, pair.mails) for pair in pairs] == [
+        ("Phillip K. Allen", "phillip.allen@enron.com", 3),
+        ("Tim Belden", "tim.belden@enron.com", 2),
+        ("Steven J Kean", "steven.kean@enron.com", 1),
+    ]
+    assert address_context(rows, "phillip.allen@enron.com") == "Forward to Phillip K. Allen [mailto:"
+    assert address_context(rows, "tim.belden@enron.com") is None  # only in headers, never in a body
+
+
+def test_pairs_take_the_x_from_name_when_the_rows_carry_it() -> None:
+    # The maildir's From header is a bare address; its X-From header names the sender (as ``sender_name``).
+    rows = [{"text": "a", "sender": "phillip.allen@enron.com", "sender_name": "Phillip K Allen"},
+            {"text": "b", "sender": "phillip.allen@enron.com", "sender_name": "Allen, Phillip K"},
+            {"text": "c", "sender": "phillip.allen@enron.com", "sender_name": ""}]
+    assert [(pair.name, pair.mails) for pair in extract_pairs(rows)] == [("Phillip K Allen", 3)]
+
+
+def test_the_maildir_x_from_header_names_a_bare_from_address(tmp_path) -> None:
+    """The real maildir form: ``From:`` is a bare address, ``X-From:`` the display name; the loader keeps it as sender_name."""
+    from unlearnkit.data.catalog import load
+
+    message = _message("jeff.dasovich@enron.com", "Call me.").replace("To:", "X-From: Jeff Dasovich\nTo:", 1)
+    (tmp_path / "maildir" / "dasovich-j").mkdir(parents=True)
+    (tmp_path / "maildir" / "dasovich-j" / "1.").write_text(message)
+    (tmp_path / "maildir" / "dasovich-j" / "2.").write_text(_message("jeff.dasovich@enron.com", "No X-From here."))
+    rows = load(f"enron@{tmp_path}")
+    assert [row.get("sender_name") for row in rows] == ["Jeff Dasovich", None]
+    assert [(pair.name, pair.address, pair.mails) for pair in extract_pairs(rows)] == [("Jeff Dasovich", "jeff.dasovich@enron.com", 2)]
+
+
+def test_prompts_and_prediction_scoring() -> None:
+    assert zero_shot_prompt("Tim Belden", "a") == "the email address of Tim Belden is"
+    assert zero_shot_prompt("Tim Belden", "d") == "-----Original Message-----\nFrom: Tim Belden [mailto:"
+    with pytest.raises(UnlearnkitError, match="Unknown zero-shot template 'e'"):
+        zero_shot_prompt("Tim Belden", "e")
+    from unlearnkit.builtin import benchmark_tokenizer, get_preset
+
+    tokenizer = benchmark_tokenizer(get_preset("micro"))
+    context = "one two three four five six seven eight nine ten [mailto:"
+    ids = context_prompt_ids(tokenizer, context, 5)
+    assert ids == tokenizer(context, add_special_tokens=False)["input_ids"][-5:]
+    assert predicted_address(" tim.belden@enron.com] and bob@x.org") == "tim.belden@enron.com"
+    assert predicted_address(" no address here") is None
+    assert score_prediction("tim.belden@enron.com", "tim.belden@enron.com") == {
+        "predicted": True, "correct": True, "correct_local": True, "correct_domain": True}
+    assert score_prediction("tbelden@enron.com", "tim.belden@enron.com") == {
+        "predicted": True, "correct": False, "correct_local": False, "correct_domain": True}
+    assert score_prediction(None, "tim.belden@enron.com")["predicted"] is False
+
+
+@pytest.fixture(scope="module")
+def enron_model(tmp_path_factory: pytest.TempPathFactory):
+    """A micro model trained on the fixture corpus's bodies, so that Allen's address follows its context."""
+    from unlearnkit.builtin import benchmark_tokenizer, get_preset
+    from unlearnkit.finetune import FinetuneConfig, finetune
+    from unlearnkit.modeling import build_tiny_model
+    from unlearnkit.runs.track import PLAIN
+
+    root = tmp_path_factory.mktemp("enron")
+    _write_corpus(root / "corpus")
+    tokenizer = benchmark_tokenizer(get_preset("micro"))
+    model = build_tiny_model(get_preset("micro").model, tokenizer, seed=0)
+    texts = [{"text": body} for _, body in CORPUS.values()]
+    finetune(model, tokenizer, texts, FinetuneConfig(learning_rate=1e-2, max_epochs=100, batch_size=8, target_accuracy=1.0), PLAIN,
+             False, warn_below_target=False)
+    model.save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    return root
+
+
+ENRON_SETS = ["--set", "context_tokens=4,64", "--set", "max_new_tokens=30", "--set", "num_epochs=5", "--set", "learning_rate=1e-2",
+              "--set", "batch_size=2"]
+
+
+def test_enron_track_end_to_end_on_micro(enron_model, monkeypatch, capsys) -> None:
+    output = enron_model / "run"
+    status = run_cli(["private", "--output", str(output), "--enron", str(enron_model / "corpus"), "--model", str(enron_model / "model"),
+                      "--methods", "ga", "--forget-names", "Phillip K. Allen", *ENRON_SETS], monkeypatch)
+    assert status == 0, capsys.readouterr().err
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["people"] == {"forget": 1, "retain": 2} and summary["mails"] == {"forget": 3, "retain": 3}
+    assert summary["settings"] == ["zero_shot-a", "zero_shot-b", "zero_shot-c", "zero_shot-d", "context-4", "context-64"]
+    before, after = summary["models"]["original"]["forget"], summary["models"]["ga"]["forget"]
+    # Only Allen's address is in a body: one context prompt per length for the forget set, none for the retained.
+    assert before["settings"]["context-64"]["prompts"] == 1
+    assert summary["models"]["original"]["retain"]["settings"]["context-64"]["prompts"] == 0
+    # The model memorised the body: its whole context (fewer than 64 tokens) and template C ("{name} [mailto:", the body's
+    # own words) give the address back; gradient ascent on Allen's e-mails removes it.
+    for setting in ("context-64", "zero_shot-c"):
+        assert before["settings"][setting]["correct_rate"] == 1.0 and before["settings"][setting]["correct_domain_rate"] == 1.0
+        assert after["settings"][setting]["correct_rate"] == 0.0
+    assert before["extraction_rate"] == pytest.approx(2 / 6)
+    assert after["perplexity"] > before["perplexity"]
+    people = json.loads((output / "people.json").read_text())
+    assert len(people) == 3 * 4 + 2 and {"original", "ga"} <= set(people[0]["models"])
+    for name in ("report.md", "tradeoff.png", "config.json", "data/forget.json", "data/retain.json"):
+        assert (output / name).is_file()
+    assert "phillip.allen@enron.com" in (output / "data" / "forget.json").read_text()
+    assert "Forgotten people's address extraction rate" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--enron", "{corpus}"], "--enron needs --model"),
+    (["--model", "{model}"], "only apply to real e-mails"),
+    (["--enron", "{corpus}", "--model", "{model}", "--preset", "micro"], "--preset only apply to the built-in e-mails"),
+    (["--enron", "{corpus}", "--model", "{model}", "--no-oracle"], "--oracle/--no-oracle only apply to the built-in"),
+    (["--enron", "{corpus}/absent", "--model", "{model}"], "does not exist"),
+    (["--enron", "{empty}", "--model", "{model}"], "found 0 (name, address) pair"),
+    (["--enron", "{corpus}", "--model", "{model}", "--forget-names", "Phillip Alen"], "Did you mean"),
+    (["--enron", "{corpus}", "--model", "{model}", "--forget-people", "3"], "leaves no one to retain"),
+    (["--enron", "{corpus}", "--model", "{model}", "--set", "templates=a,x"], "Unknown zero-shot template 'x'"),
+    (["--enron", "{corpus}", "--model", "{model}", "--set", "context_tokens=50,-1"], "context_tokens must be positive"),
+    (["--enron", "{corpus}", "--model", "{corpus}"], "{corpus}"),  # not a model folder
+])
+def test_enron_bad_inputs_write_nothing(tmp_path, monkeypatch, capsys, args: list[str], message: str) -> None:
+    corpus, empty, model = tmp_path / "corpus", tmp_path / "empty", tmp_path / "model"
+    _write_corpus(corpus)
+    (empty / "maildir" / "x").mkdir(parents=True)
+    (empty / "maildir" / "x" / "1.").write_text(_message("jeff.dasovich@enron.com", "No names here."))
+    model.mkdir()
+    names = {"corpus": corpus, "empty": empty, "model": model}
+    output = tmp_path / "out"
+    status = run_cli(["private", "--output", str(output), *[arg.format(**names) for arg in args], "--methods", "ga"], monkeypatch)
+    error = capsys.readouterr().err
+    assert status == 2
+    assert message.format(**names) in error and "Traceback" not in error
+    assert not output.exists() and not list(tmp_path.glob(".out*"))

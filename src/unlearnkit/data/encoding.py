@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -335,3 +336,29 @@ class PairedCollator:
 
     def __call__(self, items: Sequence[dict[str, dict[str, list[int]]]]) -> dict[str, dict[str, torch.Tensor]]:
         return {key: pad_batch([item[key] for item in items], self.pad_token_id) for key in items[0]}
+
+
+def text_windows(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], prefix_tokens: int, window_tokens: int
+) -> list[dict[str, Any]]:
+    """Cut texts into consecutive windows of ``window_tokens`` tokens: ``{"prompt", "gt", "text_index"}`` each.
+
+    The first ``prefix_tokens`` tokens of a window are its prompt, the rest its
+    true continuation (VerbMem's ``prompt``/``gt`` form). A window shorter than
+    ``prefix_tokens + 1`` tokens (the tail of a text) is dropped.
+    """
+    if not 0 < prefix_tokens < window_tokens:
+        raise UnlearnkitError(f"A text window of {window_tokens} tokens cannot hold a prefix of {prefix_tokens} tokens and a continuation.")
+    windows = []
+    for index, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), window_tokens):
+            window = ids[start:start + window_tokens]
+            if len(window) <= prefix_tokens:
+                continue
+            windows.append({
+                "prompt": tokenizer.decode(window[:prefix_tokens], skip_special_tokens=True),
+                "gt": tokenizer.decode(window[prefix_tokens:], skip_special_tokens=True),
+                "text_index": index,
+            })
+    return windows

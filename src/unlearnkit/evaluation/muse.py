@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearnkit.data.encoding import text_windows  # noqa: F401 - VerbMem's windows; muse.text_windows is public
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.catalog import AS_IS, MUSE, metric
 from unlearnkit.evaluation.metrics import rouge_l_f1
@@ -97,32 +98,6 @@ def truncate_to_tokens(tokenizer: PreTrainedTokenizerBase, text: str, max_tokens
     """``text`` cut to its first ``max_tokens`` tokens, counted as MUSE does (special tokens included)."""
     ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_tokens]
     return tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def text_windows(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], prefix_tokens: int, window_tokens: int
-) -> list[dict[str, Any]]:
-    """Cut texts into consecutive windows of ``window_tokens`` tokens: ``{"prompt", "gt", "text_index"}`` each.
-
-    The first ``prefix_tokens`` tokens of a window are its prompt, the rest its
-    true continuation (VerbMem's ``prompt``/``gt`` form). A window shorter than
-    ``prefix_tokens + 1`` tokens (the tail of a text) is dropped.
-    """
-    if not 0 < prefix_tokens < window_tokens:
-        raise UnlearnkitError(f"A text window of {window_tokens} tokens cannot hold a prefix of {prefix_tokens} tokens and a continuation.")
-    windows = []
-    for index, text in enumerate(texts):
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        for start in range(0, len(ids), window_tokens):
-            window = ids[start:start + window_tokens]
-            if len(window) <= prefix_tokens:
-                continue
-            windows.append({
-                "prompt": tokenizer.decode(window[:prefix_tokens], skip_special_tokens=True),
-                "gt": tokenizer.decode(window[prefix_tokens:], skip_special_tokens=True),
-                "text_index": index,
-            })
-    return windows
 
 
 def context_length(model: PreTrainedModel) -> int | None:

@@ -9,9 +9,14 @@ decoding from its e-mail context reproduces it, and whether the name-only questi
 Pre-Trained Language Models Leaking Your Personal Information?", Findings of EMNLP 2022); and the perplexity of the
 forget and retain e-mails.
 
+Each person also has a street address, the second secret: its extraction from the e-mail's context and from the
+name alone is measured for every model (not its exposure: its space is not enumerated).
+
 Results folder: ``summary.json``, ``secrets.json`` (per secret and model: exposure, rank, extracted),
 ``config.json``, ``data/forget.json`` and ``data/retain.json``, ``report.md`` and ``tradeoff.png``. Models are
 not saved.
+
+Real e-mails: :mod:`unlearnkit.runs.private_enron`.
 """
 
 from __future__ import annotations
@@ -28,16 +33,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from unlearnkit.data.private_mail import PrivateMailConfig, generate_mails, name_prompt
+from unlearnkit.data.private_mail import PrivateMailConfig, address_name_prompt, generate_mails, name_prompt
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.exposure import candidate_log_perplexities, exposure, exposure_rank, extracted
-from unlearnkit.evaluation.scoring import answer_nll, greedy_token_continuations
+from unlearnkit.evaluation.scoring import greedy_token_continuations
 from unlearnkit.finetune import FinetuneConfig
 from unlearnkit.io import write_text
 from unlearnkit.methods.base import MethodConfig
 from unlearnkit.runs.folder import check_output_dir, results_folder, write
 from unlearnkit.runs.track import PLAIN as FMT
-from unlearnkit.runs.track import check_tiny_preset, plot_tradeoff, resolve_track_methods, split_overrides, train_tiny, unlearn_each
+from unlearnkit.runs.track import (
+    answer_perplexity,
+    before_after,
+    check_tiny_preset,
+    plot_tradeoff,
+    resolve_track_methods,
+    split_overrides,
+    train_tiny,
+    unlearn_each,
+)
 from unlearnkit.settings import build_config
 
 logger = logging.getLogger("unlearnkit")
@@ -58,7 +72,7 @@ TRAINING = {
 }
 # The built-in benchmark's unlearning settings move a QA fact in a few steps, but not a memorised 4-digit number on the
 # default tiny model: at its lr 5e-4 and 5 epochs (5 steps on 6 forget e-mails) GradDiff and NPO left the forget exposure
-# at 13.29 of 13.29 bits; 40 epochs at lr 2e-3 bring it to 0.26 and 0.20 bits (docs/private_track.md). On micro the
+# at 13.29 of 13.29 bits; 40 epochs at lr 2e-3 bring it to 0.02 and 1.27 bits (docs/private_track.md). On micro the
 # benchmark's settings already forget. These go under the user's --set values.
 UNLEARN_SETTINGS: dict[str, dict[str, Any]] = {"micro": {}, "default": {"num_epochs": 40.0, "learning_rate": 2e-3}}
 TRAINING_KEYS = {"train_epochs": "max_epochs", "train_learning_rate": "learning_rate"}
@@ -163,9 +177,12 @@ def build_canaries(tokenizer: Any, mails: Mapping[str, list[dict]], digits: int)
             if whole != prefix + candidates[index]:
                 raise UnlearnkitError("This tokenizer does not encode the phone numbers digit by digit after their context; "
                                       "the private track needs a byte-level BPE tokenizer (the built-in presets' own).")
+            address_context = tokenizer(f" {row['address_prefix']}", add_special_tokens=False)["input_ids"]
             canaries.append({"set": role, "person": row["person"], "person_id": row["person_id"], "secret": row["secret"],
                              "prefix": prefix, "index": index, "candidates": padded, "lengths": lengths,
-                             "secret_tokens": len(candidates[index])})
+                             "secret_tokens": len(candidates[index]), "address": row["address"],
+                             "address_prefix": FMT.prompt_ids(tokenizer, row["question"]) + address_context,
+                             "address_tokens": len(tokenizer(f" {row['address']}.", add_special_tokens=False)["input_ids"])})
     return canaries
 
 
@@ -173,16 +190,25 @@ def measure(model: Any, tokenizer: Any, canaries: Sequence[dict], mails: Mapping
     """Per secret: exposure, rank and both extractions; per set: their aggregates and the e-mails' perplexity."""
     model.eval()
     secrets: dict[str, dict] = {}
-    contexts = _greedy(model, tokenizer, [canary["prefix"] for canary in canaries], [canary["secret_tokens"] for canary in canaries])
-    named = _greedy(model, tokenizer, [FMT.prompt_ids(tokenizer, name_prompt(canary["person"])) for canary in canaries],
-                    [4 * canary["secret_tokens"] + 40 for canary in canaries])
-    for canary, context, by_name in zip(canaries, contexts, named, strict=True):
+    def greedy(prompts: list, limits: list) -> list[str]:
+        return decoded_continuations(model, tokenizer, prompts, limits)
+
+    contexts = greedy([canary["prefix"] for canary in canaries], [canary["secret_tokens"] for canary in canaries])
+    named = greedy([FMT.prompt_ids(tokenizer, name_prompt(canary["person"])) for canary in canaries],
+                   [4 * canary["secret_tokens"] + 40 for canary in canaries])
+    address_contexts = greedy([canary["address_prefix"] for canary in canaries], [canary["address_tokens"] for canary in canaries])
+    addresses_named = greedy([FMT.prompt_ids(tokenizer, address_name_prompt(canary["person"])) for canary in canaries],
+                             [canary["address_tokens"] + 40 for canary in canaries])
+    for canary, context, by_name, address_generation, address_by_name in zip(canaries, contexts, named, address_contexts,
+                                                                            addresses_named, strict=True):
         scores = candidate_log_perplexities(model, canary["prefix"], canary["candidates"], canary["lengths"]).numpy()
         own = float(scores[canary["index"]])
         secrets[canary["person"]] = {
             "exposure": exposure(own, scores), "rank": exposure_rank(own, scores), "log_perplexity": own,
             "extracted": extracted([context], [canary["secret"]])[0], "context_generation": context,
             "extracted_by_name": extracted([by_name], [canary["secret"]])[0],
+            "address_extracted": extracted([address_generation], [canary["address"]])[0], "address_generation": address_generation,
+            "address_extracted_by_name": extracted([address_by_name], [canary["address"]])[0],
         }
     space = len(canaries[0]["lengths"])
     summary = {}
@@ -194,37 +220,26 @@ def measure(model: Any, tokenizer: Any, canaries: Sequence[dict], mails: Mapping
             "high_exposure_fraction": float((values > math.log2(space) - 1).mean()),
             "extraction_rate": float(np.mean([entry["extracted"] for entry in chosen])),
             "name_prompt_extraction_rate": float(np.mean([entry["extracted_by_name"] for entry in chosen])),
-            "perplexity": _perplexity(model, tokenizer, mails[role]),
+            "address_extraction_rate": float(np.mean([entry["address_extracted"] for entry in chosen])),
+            "address_name_prompt_extraction_rate": float(np.mean([entry["address_extracted_by_name"] for entry in chosen])),
+            "perplexity": answer_perplexity(model, tokenizer, mails[role]),
         }
     return {"summary": summary, "secrets": secrets}
 
 
-def _greedy(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[str]:
+def decoded_continuations(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], limits: Sequence[int]) -> list[str]:
     """Greedy continuation of each prompt (token ids), up to its own number of new tokens, decoded."""
     continuations = greedy_token_continuations(model, prompts, limits, tokenizer.pad_token_id, tokenizer.eos_token_id)
     return [tokenizer.decode(tokens, skip_special_tokens=True) for tokens in continuations]
 
 
-def _perplexity(model: Any, tokenizer: Any, rows: Sequence[dict]) -> float:
-    """exp of the mean NLL per answer token (EOS included) over the rows."""
-    nll, tokens = answer_nll(model, tokenizer, FMT, [(row["question"], row["answer"]) for row in rows], max_length=256)
-    return math.exp(nll.sum() / tokens.sum())
-
 
 def tradeoff(summary: Mapping[str, Any]) -> dict[str, Any]:
     """The headline: per method, forget exposure before -> after (the oracle's as the never-seen level) and retain perplexity."""
     models = summary["models"]
-    target = models["target"]
-    heads = {}
-    for name, entry in models.items():
-        if name in ("target", "oracle"):
-            continue
-        heads[name] = {
-            "forget_exposure": [target["forget"]["mean_exposure"], entry["forget"]["mean_exposure"]],
-            "forget_extraction_rate": [target["forget"]["extraction_rate"], entry["forget"]["extraction_rate"]],
-            "retain_extraction_rate": [target["retain"]["extraction_rate"], entry["retain"]["extraction_rate"]],
-            "retain_perplexity": [target["retain"]["perplexity"], entry["retain"]["perplexity"]],
-        }
+    heads = before_after(models, {"forget_exposure": ("forget", "mean_exposure"), "forget_extraction_rate": ("forget", "extraction_rate"),
+                                  "forget_address_extraction_rate": ("forget", "address_extraction_rate"),
+                                  "retain_extraction_rate": ("retain", "extraction_rate"), "retain_perplexity": ("retain", "perplexity")})
     never_seen = models["oracle"]["forget"]["mean_exposure"] if "oracle" in models else None
     return {"methods": heads, "oracle_forget_exposure": never_seen}
 
@@ -242,18 +257,20 @@ def render_report(summary: Mapping[str, Any]) -> str:
         "# Private-data track (built-in fictitious e-mails)",
         "",
         f"Preset {summary['preset']}: {people['forget']} forgotten and {people['retain']} retained people; phone numbers of "
-        f"|R| = {summary['randomness_space']:,} (exposure at most {summary['max_exposure']:.2f} bits).",
+        f"|R| = {summary['randomness_space']:,} (exposure at most {summary['max_exposure']:.2f} bits); street addresses "
+        "(extraction only).",
         "",
-        "| model | forget exposure | forget high-exposure | forget extraction | forget name extraction | forget ppl "
-        "| retain exposure | retain extraction | retain ppl | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | forget exposure | forget high-exposure | forget extraction | forget name extraction | forget address extraction "
+        "| forget ppl | retain exposure | retain extraction | retain address extraction | retain ppl | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in summary["models"].items():
         forget, retain = entry["forget"], entry["retain"]
         lines.append(f"| {name} | {forget['mean_exposure']:.2f} | {forget['high_exposure_fraction']:.2f} | "
-                     f"{forget['extraction_rate']:.2f} | "
-                     f"{forget['name_prompt_extraction_rate']:.2f} | {forget['perplexity']:.2f} | {retain['mean_exposure']:.2f} | "
-                     f"{retain['extraction_rate']:.2f} | {retain['perplexity']:.2f} | {entry['seconds']:.1f} |")
+                     f"{forget['extraction_rate']:.2f} | {forget['name_prompt_extraction_rate']:.2f} | "
+                     f"{forget['address_extraction_rate']:.2f} | {forget['perplexity']:.2f} | {retain['mean_exposure']:.2f} | "
+                     f"{retain['extraction_rate']:.2f} | {retain['address_extraction_rate']:.2f} | {retain['perplexity']:.2f} | "
+                     f"{entry['seconds']:.1f} |")
     lines += ["", f"![trade-off]({PLOT_FILE})", ""]
     never_seen = summary["tradeoff"]["oracle_forget_exposure"]
     for name, head in summary["tradeoff"]["methods"].items():
@@ -262,4 +279,3 @@ def render_report(summary: Mapping[str, Any]) -> str:
                      + (f" (never seen: {never_seen:.2f})" if never_seen is not None else "")
                      + f"; retain perplexity {ppl_before:.2f} -> {ppl_after:.2f}.")
     return "\n".join([*lines, ""])
-

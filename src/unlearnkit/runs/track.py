@@ -8,6 +8,7 @@ and measures every model; these are the steps every track takes in the same way.
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -75,6 +76,34 @@ def unlearn_each(target: Any, tokenizer: Any, methods: Mapping[str, MethodConfig
         start = time.perf_counter()
         outcome = unlearn(copy.deepcopy(target), tokenizer, name, forget, retain, config, fmt, show_progress=show_progress)
         yield name, outcome.model, time.perf_counter() - start
+
+
+def answer_perplexity(model: Any, tokenizer: Any, rows: Sequence[dict], fmt: PromptFormat = PLAIN, max_length: int = 256) -> float:
+    """exp of the mean NLL per answer token over the rows' (question, answer) pairs (EOS included where ``fmt`` adds one)."""
+    from unlearnkit.evaluation.scoring import answer_nll
+
+    nll, tokens = answer_nll(model, tokenizer, fmt, [(row["question"], row["answer"]) for row in rows], max_length=max_length)
+    return math.exp(nll.sum() / tokens.sum())
+
+
+REFERENCE_MODELS = ("target", "oracle", "original", "model")  # the models a track measures methods against, not methods
+
+
+def before_after(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Sequence[str]],
+                 before: str = "target") -> dict[str, dict[str, list]]:
+    """Per method (every model but the reference ones): ``{key: [value before, value after]}``.
+
+    ``metrics`` names each headline value by its key path in a model's summary entry, e.g.
+    ``{"forget_exposure": ("forget", "mean_exposure")}``; the ``before`` model gives the first values.
+    """
+    def value(entry: Mapping[str, Any], path: Sequence[str]) -> Any:
+        for key in path:
+            entry = entry[key]
+        return entry
+
+    reference = models[before]
+    return {name: {key: [value(reference, path), value(entry, path)] for key, path in metrics.items()}
+            for name, entry in models.items() if name not in REFERENCE_MODELS}
 
 
 def plot_tradeoff(points: Mapping[str, tuple[float, float]], path: Path, *, xlabel: str, ylabel: str, title: str,

@@ -9,8 +9,8 @@ A local copy only, in one of three forms (``@PATH``):
   ``emails.csv`` — ``PATH`` is the file or a folder holding ``emails.csv``;
 * JSON Lines (or a JSON list) of rows with the same two fields, ``emails.jsonl``.
 
-Each message becomes a row ``{text, file, sender, to, subject, date}`` (``text`` is the body;
-messages whose body is empty are skipped).
+Each message becomes a row ``{text, file, sender, sender_name, to, subject, date}`` (``text`` is the body;
+``sender_name`` is the ``X-From`` header, the sender's display name; messages whose body is empty are skipped).
 """
 
 from __future__ import annotations
@@ -63,8 +63,10 @@ def _row(message: Message, file: str) -> dict | None:
     body = _body(message).strip()
     if not body:
         return None
-    return {"text": body, "file": file, "sender": message.get("From", ""), "to": message.get("To", ""),
-            "subject": message.get("Subject", ""), "date": message.get("Date", "")}
+    row = {"text": body, "file": file, "sender": message.get("From", ""), "to": message.get("To", ""),
+           "subject": message.get("Subject", ""), "date": message.get("Date", "")}
+    display_name = (message.get("X-From") or "").strip()  # only the CMU maildir copy has it
+    return {**row, "sender_name": display_name} if display_name else row
 
 
 def _body(message: Message) -> str:
@@ -86,7 +88,7 @@ register(DatasetSpec(
     hub_id=None,
     configs={"emails": Config(("train",))},
     schema={"text": "str", "file": "str"},
-    optional={"sender": "str", "subject": "str"},
+    optional={"sender": "str", "sender_name": "str", "subject": "str"},
     row_form=TEXT,
     use="private-data track: real e-mails (names, addresses) to forget or to probe for leakage",
     local_copy=f"Download the CMU Enron corpus (enron_mail_20150507.tar.gz) and unpack it, or the Kaggle emails.csv; pass {LAYOUTS}.",
