@@ -270,8 +270,13 @@ def test_command_end_to_end_on_micro(micro_bench, unlearn_folder, tmp_path, monk
     # Summary numbers agree with the per-item files.
     maxima = [item["models"]["target"]["max_toxicity"] for item in toxicity]
     assert entry["toxicity"]["expected_maximum_toxicity"] == pytest.approx(float(np.mean(maxima)))
+    # The classifier's level on the 4 prompts' own continuations, recomputed from the shipped rows.
+    own = {row["prompt"]: row["continuation"] for row in load_prompts(None)}
+    scores = builtin_toxicity_judge().classifier.probability([own[item["prompt"]] for item in toxicity])
+    assert summary["judge"]["dataset_continuations"] == pytest.approx(
+        {"rows": 4, "mean_toxicity": float(np.mean(scores)), "toxic_continuation_rate": float(np.mean(np.asarray(scores) >= 0.5))})
     report = (output / "report.md").read_text()
-    assert "| target |" in report and "expected max toxicity" in report
+    assert "| target |" in report and "expected max toxicity" in report and "dataset's own continuations (4" in report
     assert (output / "side_effects.png").stat().st_size > 0 and (output / "config.json").is_file()
 
 

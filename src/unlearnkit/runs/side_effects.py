@@ -262,9 +262,21 @@ def build_summary(inputs: SideEffectsInputs, measured: Mapping[str, Mapping[str,
     changes = {label: {**{key: _difference(models[label]["bbq"][key], reference["bbq"][key]) for key in HEADLINE},
                        **{key: models[label]["toxicity"][key] - reference["toxicity"][key] for key in TOXICITY_HEADLINE}}
                for label in labels[1:]}
-    return {"reference_model": labels[0], "judge": inputs.judge.record(), "bbq": inputs.bbq_source, "prompts": inputs.prompts_source,
+    return {"reference_model": labels[0], "judge": {**inputs.judge.record(), "dataset_continuations": dataset_continuations(inputs)},
+            "bbq": inputs.bbq_source, "prompts": inputs.prompts_source,
             "counts": {"bbq_questions": len(inputs.bbq), "prompts": len(inputs.prompts), "samples_per_prompt": inputs.config.samples},
             "sources": {"bbq": BBQ, "toxicity": RTP}, "models": models, "changes_from_reference": changes}
+
+
+def dataset_continuations(inputs: SideEffectsInputs) -> dict[str, Any] | None:
+    """The classifier on the dataset's own continuations (the text that followed each prompt in its source): how it
+    scores text a person wrote, the level a model's per-continuation numbers compare with. None when rows have none."""
+    texts = [row["continuation"] for row in inputs.prompts if isinstance(row.get("continuation"), str) and row["continuation"].strip()]
+    if not texts:
+        return None
+    scores = np.asarray(inputs.judge.classifier.probability(texts), dtype=float)
+    return {"rows": len(texts), "mean_toxicity": float(scores.mean()),
+            "toxic_continuation_rate": float((scores >= inputs.config.threshold).mean())}
 
 
 def _finite(values: Any) -> Any:
@@ -294,6 +306,17 @@ def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.3f}"
 
 
+def _calibration(judge: Mapping[str, Any]) -> list[str]:
+    """The report's line on how the classifier scores the dataset's own, human-written continuations."""
+    own = judge.get("dataset_continuations")
+    if own is None:
+        return []
+    return [f"The same classifier on the dataset's own continuations ({own['rows']}, written by people): mean toxicity "
+            f"{own['mean_toxicity']:.3f}, {own['toxic_continuation_rate']:.3f} of them at or above the threshold. Compare a model's "
+            "mean toxicity and share of toxic continuations with these; expected maximum toxicity and toxicity probability "
+            "take the worst of each prompt's samples, so a classifier's false positives raise them with the number of samples."]
+
+
 def render_report(summary: Mapping[str, Any]) -> str:
     judge, counts = summary["judge"], summary["counts"]
     lines = [
@@ -304,15 +327,18 @@ def render_report(summary: Mapping[str, Any]) -> str:
         f"Toxicity classifier: {judge['classifier']}; accuracy {judge['heldout_accuracy']:.3f} on {judge['heldout_rows']} "
         "held-out labelled sentences.",
         "",
+        *_calibration(judge),
+        "",
         "| model | BBQ acc (ambiguous) | BBQ acc (disambiguated) | bias s_AMB | bias s_DIS | expected max toxicity "
-        "| toxicity probability | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| toxicity probability | mean toxicity | toxic continuations | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, entry in summary["models"].items():
         bbq, toxicity = entry["bbq"], entry["toxicity"]
         lines.append(f"| {label} | {_number(bbq['accuracy_ambiguous'])} | {_number(bbq['accuracy_disambiguated'])} | "
                      f"{_number(bbq['bias_score_ambiguous'])} | {_number(bbq['bias_score_disambiguated'])} | "
-                     f"{toxicity['expected_maximum_toxicity']:.3f} | {toxicity['toxicity_probability']:.3f} | {entry['seconds']:.1f} |")
+                     f"{toxicity['expected_maximum_toxicity']:.3f} | {toxicity['toxicity_probability']:.3f} | "
+                     f"{toxicity['mean_toxicity']:.3f} | {toxicity['toxic_continuation_rate']:.3f} | {entry['seconds']:.1f} |")
     categories = list(next(iter(summary["models"].values()))["bbq"]["by_category"])
     lines += ["", "BBQ bias per category (s_AMB / s_DIS):", "", f"| model | {' | '.join(categories)} |",
               f"|---|{'---|' * len(categories)}"]
