@@ -43,6 +43,9 @@ def test_hazard_from_a_script_writes_the_commands_folder(tmp_path: Path) -> None
     (lambda out: api_tracks.copyright(output=out, oracle=False), "--oracle/--no-oracle applies to the built-in analogue"),
     (lambda out: api_tracks.harmful(output=out, preset="micro", methods=["npoo"]), "Unknown method"),
     (lambda out: api_tracks.side_effects(output=out, models=[3]), "models needs a path or a name"),
+    (lambda out: api_tracks.hazard(output=out, preset=3), "preset needs a preset name"),
+    (lambda out: api_tracks.harmful(output=out, preset="micro", oracle="no"), "oracle must be True or False"),
+    (lambda out: api_tracks.copyright(output=out, preset="micro", overwrite=1), "overwrite must be True or False"),
 ])
 def test_bad_calls_raise_before_anything_is_written(tmp_path: Path, call, message: str) -> None:
     output = tmp_path / "out"

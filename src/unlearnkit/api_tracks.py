@@ -42,6 +42,7 @@ def private(
     default), or real ones: ``enron`` an Enron corpus (maildir folder, emails.csv or JSON Lines) probed on ``model`` for
     the senders' addresses (``forget_people`` senders with the most e-mails, or ``forget_names``).
     """
+    _check_choices(preset=preset, oracle=oracle, overwrite=overwrite, progress=progress)
     chosen = _names(methods, "methods")
     overrides = _settings(settings)
     names = _names(forget_names, "forget_names", allow_empty=True)
@@ -100,6 +101,7 @@ def harmful(
     Built-in pairs on a tiny model (``preset``), or ``model`` with ``data`` (a catalog source of harmful pairs),
     ``normal`` (question/answer rows to keep) and ``judge`` (a local sequence-classification folder).
     """
+    _check_choices(preset=preset, oracle=oracle, overwrite=overwrite, progress=progress)
     from unlearnkit.data.encoding import PromptFormat
     from unlearnkit.runs.harmful import resolve_harmful, run_harmful
 
@@ -139,6 +141,7 @@ def hazard(
     Built-in fictitious domains on a tiny model (``preset``; ``methods`` default rmu, npo, graddiff), or ``model``
     measured on ``mcq`` (``wmdp:bio@DIR`` or a {question, choices, answer} file) and unlearned on ``forget_corpus``.
     """
+    _check_choices(preset=preset, oracle=oracle, overwrite=overwrite, progress=progress, trust_remote_code=trust_remote_code)
     from unlearnkit.runs.hazard import DEFAULT_METHODS, resolve_hazard, resolve_real_hazard, run_hazard, run_real_hazard
 
     chosen = None if methods is None else _names(methods, "methods", allow_empty=True)
@@ -186,6 +189,7 @@ def copyright(
     ``model`` (default smollm2-135m) with the shipped public-domain passages or ``text`` (your own .txt file or folder);
     or ``preset`` for the built-in analogue on a tiny model (``oracle`` on by default there).
     """
+    _check_choices(preset=preset, oracle=oracle, overwrite=overwrite, progress=progress)
     from unlearnkit.runs.copyright import resolve_copyright, run_copyright
 
     if oracle is not None and preset is None:
@@ -215,6 +219,7 @@ def side_effects(
     ``models``: model folders, pretrained names or unlearn results folders, the first the reference; ``LABEL=MODEL``
     names one in the report.
     """
+    _check_choices(overwrite=overwrite)
     from unlearnkit.runs.side_effects import resolve_side_effects, run_side_effects
 
     if isinstance(models, (str, Path)):
@@ -224,6 +229,16 @@ def side_effects(
     _log_into_results_folders()
     run_side_effects(inputs=inputs, output=_path(output), overwrite=overwrite)
     return _results(_path(output))
+
+
+def _check_choices(**values: Any) -> None:
+    """Flags must be True/False (None: the default) and presets names: a script may pass anything."""
+    for name, value in values.items():
+        if name == "preset":
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise UnlearnkitError(f"preset needs a preset name (a str, e.g. 'micro' or 'default'), got {value!r}.")
+        elif value is not None and not isinstance(value, bool):
+            raise UnlearnkitError(f"{name} must be True or False, got {value!r}.")
 
 
 def _names(values: Any, name: str, allow_empty: bool = False) -> list[str]:
