@@ -389,11 +389,8 @@ def reading(outcome: dict[str, Any]) -> list[str]:
         paragraphs.append(
             f"With {depth} decoder layers the layer-level question shrinks to which of {depth} layers: a located-vs-random-layer "
             "difference here says which layer of this model the method unlearns through best, not whether localization informs "
-            f"unlearning in general{neurons}. A deeper model was not run: the smollm2 preset's target (30 layers, 135M "
-            "parameters) is too slow on these CPU cores for this design (one GradDiff run of its default 5 epochs takes "
-            "minutes and moves its forget probability far less than this forget level at the authors' learning rate, "
-            "docs/methods_smollm2.md; causal tracing alone takes minutes for 20 rows, docs/localization_cost.md), and a run "
-            "needs 5 unlearning runs per localizer.")
+            f"unlearning in general{neurons}. The deeper test is a run on the smollm2 preset's target (30 layers, 135M parameters), "
+            "when one is recorded in this report.")
     return [f"{label}:", *paragraphs]
 
 
