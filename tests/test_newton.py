@@ -14,7 +14,7 @@ from unlearnkit.attribution.scores import Factors
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.scoring import answer_avg_nll
 from unlearnkit.methods import METHODS
-from unlearnkit.methods.newton import choose_step_scale
+from unlearnkit.methods.newton import backtrack_scales, choose_step_scale
 from unlearnkit.modeling import load_model, load_tokenizer
 from unlearnkit.unlearning import resolve_method, unlearn
 
@@ -99,6 +99,18 @@ def test_step_scale_is_the_largest_within_the_retain_bound() -> None:
         choose_step_scale({}, 1.0, 0.1)
 
 
+def test_backtracking_quarters_the_smallest_scale_down_to_the_floor() -> None:
+    assert backtrack_scales(0.0625, 1e-3) == [0.015625, 0.00390625]  # the next, 0.0009765625, is below the floor
+    assert backtrack_scales(1.0, 0.25) == [0.25]  # the floor itself is tried
+    assert backtrack_scales(0.0625, 0.0625) == []  # a floor at the grid's smallest: no backtracking
+
+
+@pytest.mark.parametrize("value", ["0", "-1e-6", "nan", "inf"])
+def test_min_step_scale_must_be_a_positive_number(value: str) -> None:
+    with pytest.raises(UnlearnkitError, match="min_step_scale"):
+        resolve_method("newton", {"min_step_scale": value})
+
+
 # --- Fisher forgetting's noise ---------------------------------------------------------------------------------------
 
 
@@ -154,6 +166,30 @@ def test_newton_steps_only_the_mlp_and_raises_the_forget_nll(micro_bench, curvat
     assert final["newton_curvature_rows"] == len(micro_bench.split("forget10")) + len(micro_bench.split("retain90"))
     assert final["newton_forget_nll_after"] > final["newton_forget_nll_before"]
     assert all(torch.isfinite(parameter).all() for parameter in outcome.model.parameters())
+
+
+def test_newton_backtracks_below_a_grid_that_breaks_the_retain_bound(micro_bench) -> None:
+    # A grid of huge multiples breaks the bound everywhere (the micro model passes 0.25 and fails at 8 with the defaults);
+    # the search quarters 64 until a scale passes, and applies the first that does (the largest below the grid).
+    outcome, _, before_nll, after_nll = run_micro(micro_bench, "newton", step_scales="64,128", min_step_scale="1e-3")
+    tried, final = merged_log(outcome)
+    scales = [entry["newton_scale"] for entry in tried]
+    bound = final["newton_retain_nll_before"] + 0.1
+    assert scales[:2] == [64.0, 128.0] and all(entry["newton_retain_nll"] > bound for entry in tried[:-1])
+    assert scales[2:] == [64.0 * 0.25 ** k for k in range(1, len(scales) - 1)]
+    assert tried[-1]["newton_retain_nll"] <= bound
+    chosen = next(entry for entry in outcome.log_history if "newton_chosen_scale" in entry)
+    assert chosen["newton_scale_passed"] == 1.0 and chosen["newton_chosen_scale"] == scales[-1]
+    assert final["newton_retain_nll_after"] <= bound and after_nll > before_nll
+
+
+def test_newton_without_any_passing_scale_applies_the_smallest_tried(micro_bench, caplog) -> None:
+    outcome, _, _, _ = run_micro(micro_bench, "newton", step_scales="64,128", min_step_scale="16", max_retain_nll_increase="0")
+    tried, _ = merged_log(outcome)
+    assert [entry["newton_scale"] for entry in tried] == [64.0, 128.0, 16.0]
+    chosen = next(entry for entry in outcome.log_history if "newton_chosen_scale" in entry)
+    assert chosen["newton_scale_passed"] == 0.0 and chosen["newton_chosen_scale"] == 16.0
+    assert "min_step_scale" in caplog.text
 
 
 def test_fisher_forgetting_is_the_newton_step_plus_noise(micro_bench) -> None:

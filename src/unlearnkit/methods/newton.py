@@ -32,7 +32,9 @@ Step size on a retain criterion
 A 0.26M-parameter model is far from the quadratic regime and λ is large, so the step is scaled: every ``s`` of
 ``step_scales`` is tried and the LARGEST whose mean retain answer NLL (per row: the mean NLL of its answer tokens; on
 up to ``retain_eval_size`` retain rows, evenly spaced) exceeds the model's before unlearning by at most
-``max_retain_nll_increase`` nats is applied. When none passes, the smallest is applied with a warning.
+``max_retain_nll_increase`` nats is applied. When none passes, the grid's smallest is quartered until a scale passes
+or falls below ``min_step_scale`` (on SmolLM2-135M with Grosse et al.'s damping every grid scale multiplied the
+retain NLL by about 80); when still none passes, the smallest tried is applied with a warning.
 
 ``steps`` > 1 repeats it: each step takes the forget gradient at the current weights and searches the grid again,
 against the same pre-unlearning retain NLL (one budget for all steps); G is refitted at the current weights when
@@ -122,6 +124,10 @@ class NewtonConfig(MethodConfig):
                                        "step scale may cause."})
     retain_eval_size: int = field(
         default=64, metadata={"help": "Retain rows (evenly spaced over the retain set) the step scale is chosen on."})
+    min_step_scale: float = field(
+        default=1e-6, metadata={"help": "When no scale of step_scales keeps the retain NLL within bounds, the smallest is quartered "
+                                        "until one does, down to this floor (equal to the grid's smallest or above it: no "
+                                        "backtracking)."})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +139,8 @@ class NewtonConfig(MethodConfig):
         if not self.modules.strip() or not module_patterns(self.modules):
             raise UnlearnkitError("modules is empty; name the linear layers to step, e.g. modules=mlp.")
         self.scale_candidates()  # a malformed or empty grid fails now, before any loading
+        if not (math.isfinite(self.min_step_scale) and self.min_step_scale > 0):
+            raise UnlearnkitError(f"min_step_scale must be a finite number > 0 (e.g. 1e-6), got {self.min_step_scale!r}.")
         if self.refit_curvature and self.steps == 1:
             raise UnlearnkitError("refit_curvature applies between Newton steps; set steps > 1 or drop it.")
         if self.uses_lora:
@@ -167,6 +175,19 @@ class NewtonConfig(MethodConfig):
 
     def check_model(self, model: PreTrainedModel) -> None:
         tracked_linears(model, self.influence_config())  # refuses a model with no matching nn.Linear (e.g. GPT-2's Conv1D)
+
+
+BACKTRACK_FACTOR = 0.25
+
+
+def backtrack_scales(smallest: float, floor: float) -> list[float]:
+    """The scales tried below the grid when none of it passes: ``smallest`` quartered while it stays >= ``floor``."""
+    scales = []
+    scale = smallest * BACKTRACK_FACTOR
+    while scale >= floor:
+        scales.append(scale)
+        scale *= BACKTRACK_FACTOR
+    return scales
 
 
 def choose_step_scale(retain_nll: Mapping[float, float], baseline_nll: float, max_increase: float) -> tuple[float, bool]:
@@ -286,13 +307,24 @@ class Newton(UnlearnTrainer):
         config: NewtonConfig = self.method_config
         start = {name: layer_matrix(module) for name, module in modules.items()}
         tried: dict[float, float] = {}
-        for scale in config.scale_candidates():
+
+        def try_scale(scale: float) -> None:
             for name, module in modules.items():
                 set_layer_matrix(module, start[name] + scale * directions[name].to(start[name].device))
             forget_nll, retain_nll = self.answer_nll(model)
             tried[scale] = retain_nll
             self.log({"newton_step": float(step), "newton_scale": scale, "newton_forget_nll": forget_nll, "newton_retain_nll": retain_nll})
+
+        for scale in config.scale_candidates():
+            try_scale(scale)
         scale, passed = choose_step_scale(tried, retain_before, config.max_retain_nll_increase)
+        # A step far outside the quadratic regime (a pretrained model, whose curvature is small in most directions, so the
+        # damped inverse is large) breaks the bound at every grid scale: search below the grid before giving up.
+        for smaller in ([] if passed else backtrack_scales(min(tried), config.min_step_scale)):
+            try_scale(smaller)
+            scale, passed = choose_step_scale(tried, retain_before, config.max_retain_nll_increase)
+            if passed:
+                break
         if not passed and step > 1:
             for name, module in modules.items():
                 set_layer_matrix(module, start[name])
@@ -302,8 +334,9 @@ class Newton(UnlearnTrainer):
             return False
         if not passed:
             logger.warning(
-                "%s: every scale in step_scales raises the retain NLL above %.4g (%.4g before unlearning, max_retain_nll_increase "
-                "%g); using the smallest, %g. Add smaller scales or raise max_retain_nll_increase.",
+                "%s: every scale tried (step_scales, then quartered down to min_step_scale) raises the retain NLL above %.4g (%.4g "
+                "before unlearning, max_retain_nll_increase %g); using the smallest, %g. Lower min_step_scale, raise damping or "
+                "max_retain_nll_increase.",
                 config.method_name(), retain_before + config.max_retain_nll_increase, retain_before, config.max_retain_nll_increase,
                 scale)
         for name, module in modules.items():
