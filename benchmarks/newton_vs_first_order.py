@@ -56,10 +56,9 @@ def newton_log(folder: Path) -> dict:
     return {"scale": chosen, **{key.removeprefix("newton_"): final[key] for key in keys}}
 
 
-def run_preset(output: Path, preset: str, cache: Path | None, labels: list[str]) -> list[dict]:
+def run_preset(output: Path, preset: str, cache: Path | None, chosen: dict[str, tuple[str, dict]]) -> list[dict]:
     rows: list[dict] = []
-    for label in labels:
-        method, settings = VARIANTS[label]
+    for label, (method, settings) in chosen.items():
         folder = output / preset / label
         started = time.perf_counter()
         run_methods(folder, [method], preset, SPLIT, settings, cache)
@@ -117,13 +116,14 @@ def main() -> None:
     parser.add_argument("--variant", dest="extra", action="append", default=[], metavar="LABEL=METHOD:KEY=VALUE,...",
                         help="Another run (e.g. a first-order method given more epochs, to match a second-order run's time).")
     options = parser.parse_args()
-    for text in options.extra:
-        label, method, settings = parse_variant(text)
-        VARIANTS[label] = (method, settings)
-    labels = [label.strip() for label in options.variants.split(",") if label.strip()] + [parse_variant(text)[0] for text in options.extra]
+    labels = [label.strip() for label in options.variants.split(",") if label.strip()]
     unknown = sorted(set(labels) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    chosen = {label: VARIANTS[label] for label in labels}
+    for text in options.extra:
+        label, method, settings = parse_variant(text)
+        chosen[label] = (method, settings)
     set_threads(options.threads)
     quiet_libraries()
     logging.basicConfig(level=logging.WARNING)
@@ -133,7 +133,7 @@ def main() -> None:
         if preset != "micro" and not prepared(preset, options.cache):
             print(f"{preset}: not prepared in the cache; skipped (run `unlearnkit prepare --preset {preset}` first).", flush=True)
             continue
-        results[preset] = run_preset(options.output, preset, options.cache, labels)
+        results[preset] = run_preset(options.output, preset, options.cache, chosen)
     text = markdown(results)
     if options.json:
         options.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

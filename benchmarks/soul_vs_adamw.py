@@ -88,10 +88,15 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+def step_settings(result: dict) -> str:
+    """The epochs and batch size every run of ``result`` shared (so both optimisers took the same steps)."""
+    runs = result["runs"]
+    return f"num_epochs={runs[0]['num_epochs']:g}, batch_size={runs[0]['batch_size']}" if runs else ""
+
+
 def markdown(result: dict, threads: int) -> str:
     """docs/soul.md: what SOUL is here, how it was checked against the paper's code, and the measured table."""
-    runs = result["runs"]
-    steps = f"num_epochs={runs[0]['num_epochs']:g}, batch_size={runs[0]['batch_size']}" if runs else ""
+    steps = step_settings(result)
     return "\n".join([
         "# SOUL: Sophia as an unlearning optimiser (`optimizer=soul`)",
         "",
@@ -154,8 +159,7 @@ def markdown(result: dict, threads: int) -> str:
 
 def pretrained_section(result: dict, threads: int) -> str:
     """The table on a pretrained preset, between the markers (the tiny-model notes above are not repeated)."""
-    runs = result["runs"]
-    steps = f"num_epochs={runs[0]['num_epochs']:g}, batch_size={runs[0]['batch_size']}" if runs else ""
+    steps = step_settings(result)
     return "\n".join([
         PRETRAINED_BEGIN,
         f"## AdamW vs SOUL on a pretrained model (preset `{result['preset']}`)",

@@ -169,7 +169,7 @@ def test_newton_steps_only_the_mlp_and_raises_the_forget_nll(micro_bench, curvat
 
 
 def test_newton_backtracks_below_a_grid_that_breaks_the_retain_bound(micro_bench) -> None:
-    # A grid of huge multiples breaks the bound everywhere (the micro model passes 0.25 and fails at 8 with the defaults);
+    # A grid of huge multiples breaks the bound everywhere (with the defaults the micro model passes 0.25 and fails above);
     # the search quarters 64 until a scale passes, and applies the first that does (the largest below the grid).
     outcome, _, before_nll, after_nll = run_micro(micro_bench, "newton", step_scales="64,128", min_step_scale="1e-3")
     tried, final = merged_log(outcome)
