@@ -109,3 +109,39 @@ def test_a_missing_probes_file_is_a_usage_error(tmp_path: Path, inputs: dict[str
     inputs["probes"] = tmp_path / "absent.jsonl"
     assert run_cli(_args(tmp_path / "no-model", inputs, tmp_path / "run"), monkeypatch) == 2
     assert "absent.jsonl" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+SECOND_TARGET = [
+    {"entity": "Cor Venn", "role": "forget", "form": "qa", "question": "Where was Cor Venn born?", "answer": "Oswick"},
+    {"entity": "Cor Venn", "role": "forget", "form": "cloze", "text": "Cor Venn was born in ___.", "answer": "Oswick"},
+]
+
+
+def test_targets_unlearn_some_entities_and_keep_the_others_as_neighbours(
+    micro_bench, tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _jsonl(inputs["probes"], [*PROBES, *SECOND_TARGET])
+    _jsonl(inputs["forget"], [*FORGET, {"entity": "Cor Venn", "text": "Cor Venn kept bees in Oswick and wrote about them."}])
+    output = tmp_path / "run"
+    args = [*_args(micro_bench.target_dir, inputs, output), "--cache", str(tmp_path / "cache"), "--targets", "Cor Venn"]
+    assert run_cli(args, monkeypatch) == 0
+    per_sample = json.loads((output / "per_sample.json").read_text())["unlearned"]
+    assert {row["entity"] for row in per_sample["forget"]} == {"Cor Venn"}
+    assert {row["entity"] for row in per_sample["neighbour"]} == {"Ada Quell", "Ben Tarrow"}  # the other target is kept
+    config = json.loads((output / "config.json").read_text())
+    assert config["targets"] == ["Cor Venn"] and config["sha256"]["forget_rows"]
+
+
+@pytest.mark.parametrize(("targets", "message"), [
+    ("Ada Quel", "Did you mean: Ada Quell"),
+    ("Ada Quell,Ada Quell", "more than once"),
+    ("Ada Quell,", "comma-separated"),
+    ("Cor Venn", "no passage about Cor Venn"),
+])
+def test_bad_targets_are_refused(micro_bench, tmp_path: Path, inputs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str], targets: str, message: str) -> None:
+    _jsonl(inputs["probes"], [*PROBES, *SECOND_TARGET])  # Cor Venn has probes, but the forget corpus has no passage about him
+    args = [*_args(micro_bench.target_dir, inputs, tmp_path / "run"), "--cache", str(tmp_path / "cache"), "--targets", targets]
+    assert run_cli(args, monkeypatch) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

@@ -16,7 +16,8 @@ from unlearnkit.api import tune
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.evaluation.tracking import Constraint
 from unlearnkit.runs.inputs import Builtin, resolve_method
-from unlearnkit.runs.tune import auto_eval_every, resolve_tune
+from unlearnkit.runs.tune import resolve_tune
+from unlearnkit.tuning.benchmarks import BuiltinTuning
 from unlearnkit.tuning.objective import MISSING_VIOLATION, STRICT_MARGIN, Objective, choose_best, mean_metrics, pareto_front, violation
 from unlearnkit.tuning.plan import TunePlan
 from unlearnkit.tuning.space import Dimension, check_space, default_space, parse_dimension, parse_space
@@ -25,6 +26,7 @@ from unlearnkit.tuning.study import open_study, storage
 # Two optimiser steps per trial (micro forget10: 8 questions, batch 8), no warm-up: a trial takes a few seconds.
 QUICK = {"num_epochs": "2", "warmup_ratio": "0"}
 QUICK_SETS = [arg for name, value in QUICK.items() for arg in ("--set", f"{name}={value}")]
+MICRO = BuiltinTuning(Builtin("micro", None, False))
 SPACE = ["learning_rate=log:1e-3:2e-2", "beta=log:0.05:1"]
 
 
@@ -169,11 +171,11 @@ def test_default_space_is_derived_from_the_resolved_settings() -> None:
     # A fraction is cut at 1; a method with no coefficient of its own searches the optimiser's settings only.
     assert {dimension.name for dimension in default_space("ga", _builder(builtin, "ga")({}), {}, _builder(builtin, "ga"))} == {
         "learning_rate", "num_epochs"}
-    assert auto_eval_every(builtin, "forget10", config) == 2  # 10 steps (8 rows, batch 8, 10 epochs) / 4
+    assert BuiltinTuning(builtin).auto_eval_every("forget10", config) == 2  # 10 steps (8 rows, batch 8, 10 epochs) / 4
 
 
 def test_plan_round_trips_through_its_identity() -> None:
-    plan, holdout = resolve_tune(builtin=Builtin("micro", None, False), method="npo", space=SPACE, fixed=QUICK, prune_after=1)
+    plan, holdout = resolve_tune(benchmark=MICRO, method="npo", space=SPACE, fixed=QUICK, prune_after=1)
     assert holdout == "forget05" and plan.eval_every == 1  # 2 steps: every step
     assert TunePlan.from_identity(json.loads(json.dumps(plan.identity()))) == plan
 
@@ -229,7 +231,8 @@ def test_resume_runs_only_the_rest_and_reruns_an_interrupted_trial(micro_cache: 
     tune(method="npo", output=output, trials=2, **settings)
     before = {name: folder_hash(output / "trials" / name) for name in ("trial-0000-seed0", "trial-0001-seed0")}
     # A trial interrupted by a kill: left RUNNING in the database, its run half-built.
-    plan, _ = resolve_tune(builtin=Builtin("micro", micro_cache, False), method="npo", space=SPACE, fixed=QUICK, pruner="none")
+    plan, _ = resolve_tune(benchmark=BuiltinTuning(Builtin("micro", micro_cache, False)), method="npo", space=SPACE, fixed=QUICK,
+                           pruner="none")
     study = open_study(output, plan, 0)
     killed = study.ask()
     params = {dimension.name: dimension.suggest(killed) for dimension in plan.space}
@@ -291,7 +294,7 @@ def test_worker_records_failures_and_requeues_an_interrupted_trial(tmp_path: Pat
     from unlearnkit.tuning import worker
     from unlearnkit.tuning.trial import TrialContext
 
-    plan, _ = resolve_tune(builtin=Builtin("micro", None, False), method="npo", space=SPACE, fixed=QUICK, pruner="none",
+    plan, _ = resolve_tune(benchmark=MICRO, method="npo", space=SPACE, fixed=QUICK, pruner="none",
                            subject_to="")
     context = TrialContext(tmp_path, plan, None, {})
     outcomes = iter([0.5, NumericalFault("loss is nan"), KeyboardInterrupt(), 0.7, 0.9])

@@ -564,38 +564,52 @@ def tune(
     *,
     method: str,
     output: PathLike,
+    benchmark: str = "builtin",
     preset: str = "default",
-    split: str = "forget10",
+    split: str | None = None,
     holdout_split: str = "auto",
     trials: int = 20,
     jobs: int = 1,
     space: Sequence[str] | None = None,
-    objective: str = "forget_quality",
-    subject_to: str = "model_utility>=0.95*oracle",
+    objective: str | None = None,
+    subject_to: str | None = None,
     settings: Mapping[str, Any] | None = None,
     seeds: Sequence[int] = (0,),
     eval_every: int | None = None,
     eval_rows: int = 0,
-    pruner: str = "median",
+    pruner: str | None = None,
     prune_after: int = 5,
     sampler_seed: int = 0,
     cache: PathLike | None = None,
     threads: int | None = None,
     keep_models: bool = False,
     progress: bool = True,
+    model: str | None = None,
+    probes: PathLike | None = None,
+    forget_corpus: PathLike | None = None,
+    retain_corpus: PathLike | None = None,
+    general_text: PathLike | None = None,
 ) -> Results:
-    """``unlearnkit tune``: search ``method``'s hyperparameters on the built-in benchmark into the study folder ``output``.
+    """``unlearnkit tune``: search ``method``'s hyperparameters on a benchmark into the study folder ``output``.
 
+    ``benchmark``: ``"builtin"`` (``preset``; ``split`` a forget split, default forget10) or ``"real-knowledge"``
+    (``model`` and the data files, None for the shipped ones; ``split`` comma-separated forget entities, default the
+    first half). None for ``split``, ``objective``, ``subject_to`` or ``pruner``: the benchmark's default.
     ``space``: ``--space`` entries, e.g. ``["learning_rate=log:1e-5:1e-3", "beta=float:0.05:1"]`` (None: the method's
     default space); ``settings``: fixed settings (``--set``). Rerunning on the same folder resumes the study (``trials``
     is its total). The result's ``summary`` is ``best.json``: the chosen trial, its settings, its metrics on the tuned
     split and on ``holdout_split`` (docs/tuning.md).
     """
-    from unlearnkit.runs.inputs import Builtin
     from unlearnkit.runs.tune import TuneOptions, resolve_tune, run_tune
+    from unlearnkit.tuning.benchmarks import tuning_benchmark
     from unlearnkit.tuning.plan import check_counts
 
-    _check_text(method=method, split=split, holdout_split=holdout_split, objective=objective, pruner=pruner)
+    _check_text(method=method, benchmark=benchmark, holdout_split=holdout_split)
+    for name, value in (("split", split), ("objective", objective), ("pruner", pruner), ("model", model)):
+        if value is not None:
+            _check_text(**{name: value})
+    if subject_to is not None and not isinstance(subject_to, str):
+        raise UnlearnkitError(f"subject_to must be a string such as 'model_utility>=0.95*oracle'; got {subject_to!r}.")
     output = _path(output)
     check_counts(trials, jobs, prune_after, eval_every, eval_rows)
     if isinstance(space, str) or (space is not None and not all(isinstance(entry, str) for entry in space)):
@@ -604,12 +618,15 @@ def tune(
         raise UnlearnkitError(f"seeds must be a list of whole numbers, e.g. [0, 1, 2]; got {seeds!r}.")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UnlearnkitError(f"threads must be a whole number, 1 or more; got {threads!r}.")
-    builtin = Builtin(preset, _optional_path(cache), progress)
-    plan, holdout = resolve_tune(builtin=builtin, method=method, split=split, holdout=holdout_split, space=space, objective=objective,
+    files = {"model": model, "probes": probes, "forget_corpus": forget_corpus, "retain_corpus": retain_corpus,
+             "general_text": general_text}
+    ground = tuning_benchmark(benchmark, preset=preset, cache=_optional_path(cache), show_progress=progress,
+                              inputs={key: str(value) for key, value in files.items() if value is not None})
+    plan, holdout = resolve_tune(benchmark=ground, method=method, split=split, holdout=holdout_split, space=space, objective=objective,
                                  subject_to=subject_to, fixed={key: str(value) for key, value in _settings(settings).items()},
                                  seeds=list(seeds), eval_every=eval_every, eval_rows=eval_rows, pruner=pruner,
                                  prune_after=prune_after, sampler_seed=sampler_seed)
     _log_into_results_folders()
-    outcome = run_tune(plan=plan, holdout=holdout, builtin=builtin, output=output,
+    outcome = run_tune(plan=plan, holdout=holdout, benchmark=ground, output=output,
                        options=TuneOptions(trials, jobs, threads, progress, keep_models))
     return Results(outcome.output, outcome.best)

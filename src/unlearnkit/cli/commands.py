@@ -119,6 +119,9 @@ def real_knowledge(
     forget_corpus: Annotated[Path | None, typer.Option(help="Passages to forget, JSONL {entity, text} (default: shipped).")] = None,
     retain_corpus: Annotated[Path | None, typer.Option(help="Passages the method keeps, JSONL {entity, text} (default: shipped).")] = None,
     general_text: Annotated[Path | None, typer.Option(help="Plain text for perplexity, paragraphs apart (default: shipped).")] = None,
+    targets: Annotated[str | None, typer.Option(
+        help="Unlearn only these forget entities, comma-separated (e.g. 'Albert Einstein,Paris'); the other forget entities' "
+             "probes then count as neighbours. Default: every forget entity.")] = None,
     sets: Sets = None,
     prompt_format: PromptStyle = "auto",
     system_prompt: SystemPrompt = None,
@@ -130,14 +133,17 @@ def real_knowledge(
     trust_remote_code: RemoteCode = False,
 ) -> None:
     """Unlearn real knowledge of a pretrained model (no retain oracle): forget vs neighbour accuracy, before and after."""
+    from unlearnkit.data.real_knowledge import parse_targets
     from unlearnkit.runs.real_knowledge import resolve_method, resolve_real_knowledge, run_real_knowledge
 
     fmt = _prompt_format(prompt_format, system_prompt, date_string)
+    chosen_targets = parse_targets(targets) if targets is not None else None
     chosen = resolve_method(method, parse_sets(sets))
     check_outputs(output, overwrite, model=model, probes=probes, forget_corpus=forget_corpus, retain_corpus=retain_corpus,
                   general_text=general_text, files={"--cache": cache})
     inputs = resolve_real_knowledge(model=model, method=chosen, probes=probes, forget_corpus=forget_corpus,
-                                    retain_corpus=retain_corpus, general_text=general_text, prompt_format=fmt)
+                                    retain_corpus=retain_corpus, general_text=general_text, prompt_format=fmt,
+                                    targets=chosen_targets)
     summary = run_real_knowledge(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), checkpoint_every, resume,
                                                                    trust_remote_code), cache=cache)
     typer.echo(f"\n{method} on real knowledge ({model}):\n")

@@ -1,4 +1,4 @@
-"""``unlearnkit tune``: search a method's hyperparameters on the built-in benchmark (docs/tuning.md)."""
+"""``unlearnkit tune``: search a method's hyperparameters on the built-in or the real-knowledge benchmark (docs/tuning.md)."""
 
 from __future__ import annotations
 
@@ -17,28 +17,37 @@ def tune(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="Study folder: new or empty, or an earlier study with the same settings (resumed; --trials is "
                                "the study's total). Needed unless --show-space.")] = None,
+    benchmark: Annotated[str, typer.Option(
+        callback=choice("builtin", "real-knowledge"),
+        help="'builtin': the built-in benchmark (--preset; a retain oracle per split); 'real-knowledge': what a pretrained "
+             "model really knows about real entities (no oracle; docs/real_knowledge.md).")] = "builtin",
     preset: Preset = "default",
-    split: Annotated[str, typer.Option(help="Forget split tuned on: forget01, forget05 or forget10.")] = "forget10",
+    split: Annotated[str | None, typer.Option(
+        help="What the study tunes on. Built-in: a forget split, forget01, forget05 or forget10 (default forget10). "
+             "Real knowledge: comma-separated forget entities (default: the first half of them).")] = None,
     holdout_split: Annotated[str, typer.Option(
-        help="Forget split the chosen setting is re-evaluated on, not tuned on ('auto': forget05 for forget10, forget10 "
-             "otherwise; 'none': skip).")] = "auto",
+        help="What the chosen setting is re-evaluated on, not tuned on. Built-in: a forget split ('auto': forget05 for "
+             "forget10, forget10 otherwise). Real knowledge: forget entities ('auto': those not tuned on). 'none': skip.")] = "auto",
     trials: Annotated[int, typer.Option(min=1, help="Trials in the study, in all (a resumed study runs only the rest).")] = 20,
     jobs: Annotated[int, typer.Option(min=1, help="Trials run at once, each in its own process.")] = 1,
     space: Annotated[list[str] | None, typer.Option(
         "--space", help="A setting to search, NAME=KIND:ARGS (repeatable): log:LOW:HIGH, float:LOW:HIGH[:STEP], "
                         "int:LOW:HIGH[:STEP] or choice:A,B,...; replaces the default space (see --show-space).")] = None,
-    objective: Annotated[str, typer.Option(
-        help="Metric to optimise: METRIC, max:METRIC or min:METRIC (default direction: the metric's own).")] = "forget_quality",
-    subject_to: Annotated[str, typer.Option(
+    objective: Annotated[str | None, typer.Option(
+        help="Metric to optimise: METRIC, max:METRIC or min:METRIC (default direction: the metric's own). Default: "
+             "forget_quality (built-in), forget_accuracy (real knowledge).")] = None,
+    subject_to: Annotated[str | None, typer.Option(
         help="Constraints, comma-separated METRIC OP VALUE; VALUE a number, F*oracle or F*target on the tuned split "
-             "('' for none).")] = "model_utility>=0.95*oracle",
+             "('' for none). Default: model_utility>=0.95*oracle (built-in); neighbour_accuracy>=0.9*target,"
+             "general_perplexity<=1.2*target (real knowledge).")] = None,
     eval_every: Annotated[int | None, typer.Option(
         min=0, help="Evaluate every N optimiser steps during each trial, for pruning (default: about 4 evaluations per trial "
                     "at the method's settings before the search; 0 without pruning).")] = None,
     eval_rows: Annotated[int, typer.Option(min=0, help="Evaluations during training use at most N rows per set (0: all).")] = 0,
-    pruner: Annotated[str, typer.Option(
+    pruner: Annotated[str | None, typer.Option(
         callback=choice("median", "none"), help="'median': stop a trial whose evaluations during training are worse than "
-                                                "the median of the finished trials' at the same step; 'none'.")] = "median",
+                                                "the median of the finished trials' at the same step; 'none'. Default: median "
+                                                "(built-in), none (real knowledge).")] = None,
     prune_after: Annotated[int, typer.Option(min=0, help="Prune only once this many trials have finished.")] = 5,
     sets: Sets = None,
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each trial runs every seed and is judged on their mean.")] = "0",
@@ -49,27 +58,37 @@ def tune(
     keep_models: Annotated[bool, typer.Option(
         "--keep-models", help="Keep every trial's model (default: only the chosen trial's, the others' metrics and logs stay).")] = False,
     show_space: Annotated[bool, typer.Option("--show-space", help="Print the search space and exit (nothing is run or written).")] = False,
+    model: Annotated[str | None, typer.Option(
+        help="Real knowledge: the pretrained model (default smollm2-135m, the shipped probes' model).")] = None,
+    probes: Annotated[Path | None, typer.Option(help="Real knowledge: probes JSONL (default: shipped).")] = None,
+    forget_corpus: Annotated[Path | None, typer.Option(help="Real knowledge: passages to forget, JSONL (default: shipped).")] = None,
+    retain_corpus: Annotated[Path | None, typer.Option(help="Real knowledge: passages to keep, JSONL (default: shipped).")] = None,
+    general_text: Annotated[Path | None, typer.Option(help="Real knowledge: plain text for perplexity (default: shipped).")] = None,
 ) -> None:
     """Search a method's hyperparameters with Optuna for the best objective subject to constraints (resumable)."""
     from unlearnkit.errors import UnlearnkitError
     from unlearnkit.runs.bench import parse_seeds
-    from unlearnkit.runs.inputs import Builtin, parse_sets
+    from unlearnkit.runs.inputs import parse_sets
     from unlearnkit.runs.tune import TuneOptions, resolve_tune, run_tune
+    from unlearnkit.tuning.benchmarks import tuning_benchmark
     from unlearnkit.tuning.plan import check_counts
 
     check_counts(trials, jobs, prune_after, eval_every, eval_rows)
     if output is None and not show_space:
         raise UnlearnkitError("--output is needed: the study folder to create (or to resume), e.g. --output runs/tune-npo.")
-    builtin = Builtin(preset, cache, show_progress())
-    plan, holdout = resolve_tune(builtin=builtin, method=method, split=split, holdout=holdout_split, space=space, objective=objective,
+    inputs = {"model": model, "probes": probes, "forget_corpus": forget_corpus, "retain_corpus": retain_corpus,
+              "general_text": general_text}
+    ground = tuning_benchmark(benchmark, preset=preset, cache=cache, show_progress=show_progress(),
+                              inputs={key: str(value) for key, value in inputs.items() if value is not None})
+    plan, holdout = resolve_tune(benchmark=ground, method=method, split=split, holdout=holdout_split, space=space, objective=objective,
                                  subject_to=subject_to, fixed=parse_sets(sets), seeds=parse_seeds(seeds), eval_every=eval_every,
                                  eval_rows=eval_rows, pruner=pruner, prune_after=prune_after, sampler_seed=sampler_seed)
     if show_space:
-        typer.echo(f"Search space of {method} on preset {preset}" + (f" (fixed: {plan.fixed})" if plan.fixed else "") + ":")
+        typer.echo(f"Search space of {method} on {ground.describe()}" + (f" (fixed: {plan.fixed})" if plan.fixed else "") + ":")
         for dimension in plan.space:
             typer.echo(f"  --space {dimension}")
         return
-    outcome = run_tune(plan=plan, holdout=holdout, builtin=builtin, output=output,
+    outcome = run_tune(plan=plan, holdout=holdout, benchmark=ground, output=output,
                        options=TuneOptions(trials, jobs, threads, show_progress(), keep_models))
     best = outcome.best
     counts = best["trials"]
@@ -82,7 +101,8 @@ def tune(
         for part in ("tuned", "holdout"):
             result = best.get(part) or {}
             if "metrics" in result:
-                shown = ", ".join(f"{name}={_number(value)} (oracle {_number(result['oracle'].get(name))})"
+                reference = "oracle" if any(value is not None for value in result["oracle"].values()) else "target"
+                shown = ", ".join(f"{name}={_number(value)} ({reference} {_number(result[reference].get(name))})"
                                   for name, value in list(result["metrics"].items())[:2])
                 typer.echo(f"  {result['split']} ({'tuned' if part == 'tuned' else 'held out'}): {shown}; "
                            f"{'meets' if result['meets_constraints'] else 'breaks'} the constraints")

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearnkit.data.anchors import load_anchored_terms
-from unlearnkit.errors import UnlearnkitError
+from unlearnkit.errors import UnlearnkitError, did_you_mean
 
 logger = logging.getLogger("unlearnkit")
 
@@ -264,16 +264,40 @@ def _copied(value: Any) -> Any:
     return list(value) if isinstance(value, list) else value
 
 
+def forget_targets(probes: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The forget entities of a probe set, in the order they first appear."""
+    return list(dict.fromkeys(probe["entity"] for probe in probes if probe["role"] == "forget"))
+
+
 def probes_for_target(probes: Sequence[Mapping[str, Any]], target: str) -> list[dict[str, Any]]:
     """The probes of a run that unlearns one forget entity: its probes stay forget, every other probe becomes a neighbour.
 
     The shipped set has several forget targets; a method that unlearns only one
     of them must keep the others, so their probes count as neighbours there.
     """
-    targets = sorted({probe["entity"] for probe in probes if probe["role"] == "forget"})
-    if target not in targets:
-        raise UnlearnkitError(f"No forget probes about {target!r}; the forget entities are: {', '.join(targets) or 'none'}.")
-    return [{**probe, "role": "forget" if probe["role"] == "forget" and probe["entity"] == target else "neighbour"} for probe in probes]
+    return probes_for_targets(probes, [target])
+
+
+def probes_for_targets(probes: Sequence[Mapping[str, Any]], targets: Sequence[str]) -> list[dict[str, Any]]:
+    """The probes of a run that unlearns some of the forget entities: theirs stay forget, every other probe is a neighbour."""
+    known = forget_targets(probes)
+    for target in targets:
+        if target not in known:
+            raise UnlearnkitError(f"No forget probes about {target!r}; the forget entities are: {', '.join(known) or 'none'}."
+                                  + did_you_mean(target, known))
+    chosen = set(targets)
+    return [{**probe, "role": "forget" if probe["role"] == "forget" and probe["entity"] in chosen else "neighbour"} for probe in probes]
+
+
+def parse_targets(text: str) -> list[str]:
+    """``--targets``: comma-separated forget entities, each once (``"Albert Einstein,Paris"``)."""
+    targets = [part.strip() for part in str(text).split(",")]
+    if not text or not all(targets):
+        raise UnlearnkitError(f"--targets takes comma-separated forget entities, e.g. 'Albert Einstein,Paris'; got {text!r}.")
+    repeated = sorted({target for target in targets if targets.count(target) > 1})
+    if repeated:
+        raise UnlearnkitError(f"--targets names {', '.join(repeated)} more than once.")
+    return targets
 
 
 # --- Files ------------------------------------------------------------------------------

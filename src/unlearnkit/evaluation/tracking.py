@@ -177,8 +177,9 @@ def _constraint_fault(part: str) -> str:
     return f": {loose['rest']!r} is not a number, F*oracle or F*target." if loose["rest"] else ": the value is missing."
 
 
-def parse_objective(text: str) -> tuple[str, bool]:
-    """``"forget_quality"`` / ``"max:METRIC"`` / ``"min:METRIC"`` → (metric, maximise)."""
+def parse_objective(text: str, reported: Sequence[str] | None = None) -> tuple[str, bool]:
+    """``"forget_quality"`` / ``"max:METRIC"`` / ``"min:METRIC"`` → (metric, maximise); ``reported`` as for
+    :func:`check_metric_name`."""
     direction, _, name = text.strip().rpartition(":")
     direction, name = direction.strip(), name.strip()
     if direction not in ("", "max", "min") or not _METRIC_NAME.match(name):
@@ -187,7 +188,7 @@ def parse_objective(text: str) -> tuple[str, bool]:
         return name, direction == "max"
     catalog = metric_catalog()
     if name not in catalog:
-        check_metric_name(name, "--select-best")  # unknown: refused with the closest names
+        check_metric_name(name, "--select-best", reported)  # unknown: refused with the closest names
     better = catalog.get(name).direction
     if better not in ("higher", "lower"):
         raise UnlearnkitError(
@@ -197,8 +198,8 @@ def parse_objective(text: str) -> tuple[str, bool]:
     return name, better == "higher"
 
 
-def parse_criterion(select_best: str, subject_to: str | None = None) -> Criterion:
-    metric, maximise = parse_objective(select_best)
+def parse_criterion(select_best: str, subject_to: str | None = None, reported: Sequence[str] | None = None) -> Criterion:
+    metric, maximise = parse_objective(select_best, reported)
     return Criterion(metric, maximise, parse_constraints(subject_to))
 
 
@@ -255,19 +256,20 @@ def trackable_metrics() -> tuple[str, ...]:
     return tuple(name for name in metric_catalog().names() if name in names)
 
 
-def check_metric_name(name: str, option: str) -> None:
-    """``name`` is a catalog metric the evaluation during training reports; otherwise the closest ones."""
-    trackable = trackable_metrics()
-    if name in trackable:
+def check_metric_name(name: str, option: str, reported: Sequence[str] | None = None) -> None:
+    """``name`` is a catalog metric the evaluation during training reports (or one of ``reported``, the metrics
+    another benchmark reports); otherwise the closest ones."""
+    known = tuple(reported) if reported is not None else trackable_metrics()
+    where = "the benchmark reports" if reported is not None else "evaluated during training"
+    if name in known:
         return
     if name in metric_catalog():
         raise UnlearnkitError(
-            f"{option}: {name} is not among the metrics evaluated during training (it comes from another command). "
-            f"Use one of: {', '.join(trackable)}."
+            f"{option}: {name} is not among the metrics {where} (it comes from another command). Use one of: {', '.join(known)}."
         )
     raise UnlearnkitError(
-        f"{option}: unknown metric {name!r}.{did_you_mean(name, trackable)} Metrics evaluated during training: "
-        f"{', '.join(trackable)} (`unlearnkit metrics` describes them)."
+        f"{option}: unknown metric {name!r}.{did_you_mean(name, known)} Metrics {where}: "
+        f"{', '.join(known)} (`unlearnkit metrics` describes them)."
     )
 
 

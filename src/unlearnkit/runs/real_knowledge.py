@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ class RealKnowledgeInputs:
     retain: DataChoice = field(repr=False)
     general_text: list[str] = field(repr=False)
     prompts: list[str] = field(repr=False)
-    sources: dict[str, str | None] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 def benchmark_settings(method: str) -> dict[str, Any]:
@@ -99,9 +100,21 @@ def resolve_real_knowledge(
     retain_corpus: Path | None = None,
     general_text: Path | None = None,
     prompt_format: PromptFormat = PromptFormat(),
+    targets: Sequence[str] | None = None,
 ) -> RealKnowledgeInputs:
-    """Read and check every input (the shipped data where a path is None) before any model loads."""
-    from unlearnkit.data.real_knowledge import load_corpus, load_general_text, load_generation_prompts, load_probes, probes_in_corpus
+    """Read and check every input (the shipped data where a path is None) before any model loads.
+
+    ``targets``: unlearn only these forget entities (None: all). The other forget entities' probes then
+    count as neighbours (they must be kept) and only the targets' passages are trained on.
+    """
+    from unlearnkit.data.real_knowledge import (
+        load_corpus,
+        load_general_text,
+        load_generation_prompts,
+        load_probes,
+        probes_for_targets,
+        probes_in_corpus,
+    )
     from unlearnkit.runs.inputs import resolve_model
 
     if probes is None and model != SHIPPED_PROBES_MODEL:
@@ -117,6 +130,14 @@ def resolve_real_knowledge(
         raise UnlearnkitError(f"The probes{f' in {probes}' if probes else ''} have no {' or '.join(missing)} rows; the benchmark "
                               "compares forget accuracy with neighbour accuracy and needs both roles.")
     forget_passages, retain_passages = load_corpus("forget", forget_corpus), load_corpus("neighbour", retain_corpus)
+    if targets is not None:
+        probe_rows = probes_for_targets(probe_rows, targets)
+        forget_passages = [passage for passage in forget_passages if passage["entity"] in set(targets)]
+        bare = [target for target in targets if not any(passage["entity"] == target for passage in forget_passages)]
+        if bare:
+            raise UnlearnkitError(f"The forget corpus{f' {forget_corpus}' if forget_corpus else ''} has no passage about "
+                                  f"{', '.join(bare)}: a method would have nothing of it to unlearn. Add passages "
+                                  '({"entity": ..., "text": ...}) or leave it out of --targets.')
     leaked = probes_in_corpus(forget_passages + retain_passages, probe_rows)
     if leaked:
         raise UnlearnkitError(f"{len(leaked)} probe(s) appear word for word in the corpora (first: {leaked[0]!r}); a method "
@@ -124,6 +145,8 @@ def resolve_real_knowledge(
     sources = {"probes": str(probes) if probes else "shipped", "forget_corpus": str(forget_corpus) if forget_corpus else "shipped",
                "retain_corpus": str(retain_corpus) if retain_corpus else "shipped",
                "general_text": str(general_text) if general_text else "shipped"}
+    if targets is not None:
+        sources["targets"] = list(targets)
     return RealKnowledgeInputs(
         model=resolve_model(model, prompt_format),
         method=method,
@@ -179,6 +202,24 @@ def run_real_knowledge(*, inputs: RealKnowledgeInputs, options: RunOptions, cach
         write(folder / "timing.json", {"unlearn_seconds": round(seconds, 2), "total_seconds": round(time.perf_counter() - started, 2)})
         write_run_report(folder, options.output, title=f"unlearnkit real knowledge: {method.name}")
     return summary
+
+
+def target_evaluation(inputs: RealKnowledgeInputs, cache: Path | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
+    """The model before unlearning evaluated on the inputs' probes (from the cache when there; the model loads otherwise)."""
+    from unlearnkit.evaluation.real_knowledge import evaluate_real_knowledge
+    from unlearnkit.inference.loading import load_any_model
+    from unlearnkit.modeling import load_tokenizer
+    from unlearnkit.provenance import weights_sha256
+
+    model = inputs.model
+
+    def compute() -> dict[str, Any]:
+        tokenizer = load_tokenizer(model.source, trust_remote_code)
+        model.fmt.check(tokenizer)
+        network = load_any_model(model.source, trust_remote_code)
+        return evaluate_real_knowledge(network, tokenizer, inputs.probes, model.fmt, inputs.general_text, inputs.prompts)
+
+    return _cached_evaluation(cache, weights_sha256(model.source), inputs, model.fmt, compute)
 
 
 def _per_sample(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -32,18 +32,24 @@ class Objective:
     """A metric to maximise (or minimise) subject to constraints, with what the constraints compare with."""
 
     criterion: Criterion
+    # What the objective is traded against when no constraint names it: the benchmark's utility metric.
+    utility: str = "model_utility"
 
     @classmethod
-    def parse(cls, objective: str, subject_to: str | None) -> Objective:
-        """``--objective`` and ``--subject-to``; every metric named is checked against the catalog (closest names)."""
+    def parse(cls, objective: str, subject_to: str | None, reported: Sequence[str] | None = None) -> Objective:
+        """``--objective`` and ``--subject-to``; every metric named is checked against the catalog (closest names).
+
+        ``reported``: the metrics the benchmark reports (None: the built-in benchmark's, as evaluated during training).
+        """
         try:
-            criterion = parse_criterion(objective, subject_to or None)
+            criterion = parse_criterion(objective, subject_to or None, reported)
         except UnlearnkitError as error:  # the parser names the option of evaluation during training
             raise UnlearnkitError(str(error).replace("--select-best", "--objective")) from None
-        check_metric_name(criterion.metric, "--objective")
+        check_metric_name(criterion.metric, "--objective", reported)
         for constraint in criterion.constraints:
-            check_metric_name(constraint.metric, f"--subject-to {constraint}")
-        return cls(criterion)
+            check_metric_name(constraint.metric, f"--subject-to {constraint}", reported)
+        utility = "model_utility" if reported is None or "model_utility" in reported else "neighbour_accuracy"
+        return cls(criterion, utility)
 
     @property
     def metric(self) -> str:
@@ -87,11 +93,12 @@ class Objective:
 
     def trade_off(self) -> tuple[str, bool]:
         """The metric traded against the objective, and whether higher is better: the first constraint's metric (better
-        the way its bound points), else model utility. The trade-off plot's x axis; the tie-break between equal objectives."""
+        the way its bound points), else the benchmark's utility (model utility; neighbour accuracy on real knowledge).
+        The trade-off plot's x axis; the tie-break between equal objectives."""
         if self.constraints:
             first = self.constraints[0]
             return first.metric, first.op in (">=", ">")
-        return "model_utility", True
+        return self.utility, True
 
 
 def violation(constraint: Constraint, metrics: Mapping[str, Any], references: Mapping[str, Mapping[str, float]]) -> float:

@@ -42,10 +42,12 @@ class TunePlan:
     sampler_seed: int = 0
     # The method's settings before the search (the benchmark's, the fixed ones and the defaults), for the record.
     base_settings: dict[str, Any] = field(default_factory=dict)
+    # What the real-knowledge benchmark reads (model, probes, corpora, text; None: shipped); empty for the built-in one.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def goal(self) -> Objective:
-        return Objective.parse(self.objective, self.subject_to)
+        return Objective.parse(self.objective, self.subject_to, reported_metrics(self.preset))
 
     @property
     def prunes(self) -> bool:
@@ -58,6 +60,8 @@ class TunePlan:
             "fixed": dict(sorted(self.fixed.items())), "seeds": list(self.seeds), "eval_every": self.eval_every,
             "eval_rows": self.eval_rows, "pruner": self.pruner, "prune_after": self.prune_after,
             "sampler_seed": self.sampler_seed, "base_settings": _json_safe(self.base_settings),
+            # Only where there are some: a built-in study written before the field existed resumes unchanged.
+            **({"inputs": dict(self.inputs)} if self.inputs else {}),
         }
 
     @classmethod
@@ -66,6 +70,17 @@ class TunePlan:
         values["space"] = parse_space(values["space"])
         values["seeds"] = tuple(values["seeds"])
         return cls(**values)
+
+
+def reported_metrics(preset: str) -> list[str] | None:
+    """The metrics a study on ``preset`` can name: the real-knowledge benchmark's; None (the built-in ones) otherwise."""
+    from unlearnkit.tuning.benchmarks import REAL_KNOWLEDGE
+
+    if preset != REAL_KNOWLEDGE:
+        return None
+    from unlearnkit.evaluation.real_knowledge import summary_keys
+
+    return summary_keys()
 
 
 def differences(stored: dict[str, Any], wanted: dict[str, Any]) -> list[str]:

@@ -7,7 +7,7 @@ run of the command, so that they describe every trial run so far.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -67,8 +67,12 @@ def front_numbers(records: Sequence[Mapping[str, Any]], objective: Objective) ->
 
 
 def best_summary(records: Sequence[Mapping[str, Any]], plan: TunePlan, references: Mapping[str, Mapping[str, float]],
-                 holdout: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``best.json``: the chosen trial (best feasible), its settings and metrics, and the held-out re-evaluation."""
+                 holdout: Mapping[str, Any] | None, rerun_command: Callable[[TunePlan, Mapping[str, Any]], str] | None = None,
+                 ) -> dict[str, Any]:
+    """``best.json``: the chosen trial (best feasible), its settings and metrics, and the held-out re-evaluation.
+
+    ``rerun_command(plan, settings)``: the command line that reruns the chosen setting (default: ``unlearnkit demo``).
+    """
     objective = plan.goal
     best = choose_best(records, objective)
     counts = {state: sum(record["state"] == state for record in records) for state in ("complete", "pruned", "failed")}
@@ -83,7 +87,7 @@ def best_summary(records: Sequence[Mapping[str, Any]], plan: TunePlan, reference
         return summary
     settings = {**plan.fixed, **best["settings"]}
     summary["settings"] = settings
-    summary["command"] = demo_command(plan, settings)
+    summary["command"] = (rerun_command or demo_command)(plan, settings)
     summary["tuned"] = split_result(plan.split, best["metrics"], references, objective)
     summary["holdout"] = dict(holdout) if holdout is not None else None
     return summary
@@ -104,22 +108,22 @@ def split_result(split: str, metrics: Mapping[str, float], references: Mapping[s
 
 def demo_command(plan: TunePlan, settings: Mapping[str, Any]) -> str:
     """The ``unlearnkit demo`` command that reruns the chosen setting (first seed) on the tuned split."""
-    parts = ["unlearnkit", "demo", "--preset", plan.preset, "--method", plan.method, "--split", plan.split]
-    for name, value in {**settings, "seed": plan.seeds[0]}.items():
-        parts += ["--set", f"{name}={value!r}" if isinstance(value, float) else f"{name}={value}"]
-    return shlex.join(parts)
+    from unlearnkit.tuning.benchmarks import set_options
+
+    return shlex.join(["unlearnkit", "demo", "--preset", plan.preset, "--method", plan.method, "--split", plan.split,
+                       *set_options({**settings, "seed": plan.seeds[0]})])
 
 
 def write_summary(output: Path, plan: TunePlan, references: Mapping[str, Mapping[str, float]], records: Sequence[Mapping[str, Any]],
-                  best: Mapping[str, Any]) -> None:
-    """Write every summary file of the study folder ``output``."""
+                  best: Mapping[str, Any], benchmark: str | None = None) -> None:
+    """Write every summary file of the study folder ``output``; ``benchmark`` says in words what the study tuned on."""
     output = Path(output)
     write_json(output / TRIALS_FILE, {"objective": str(plan.goal.criterion), "split": plan.split, "trials": list(records)})
     write_json(output / BEST_FILE, dict(best))
     png = tradeoff_png(plan, references, records, best)
     write_bytes(output / PLOT_FILE, png)
-    write_text(output / "report.md", report_markdown(plan, records, best))
-    write_text(output / "report.html", report_html(plan, records, best, png))
+    write_text(output / "report.md", report_markdown(plan, records, best, benchmark))
+    write_text(output / "report.html", report_html(plan, records, best, png, benchmark))
 
 
 def tradeoff_png(plan: TunePlan, references: Mapping[str, Mapping[str, float]], records: Sequence[Mapping[str, Any]],
@@ -152,7 +156,8 @@ def _comparison_rows(best: Mapping[str, Any]) -> tuple[list[dict[str, Any]], lis
         columns = list(result["metrics"])
         label = f"{result['split']} ({'tuned on' if part == 'tuned' else 'held out'})"
         rows.append({"model": f"chosen, {label}", **result["metrics"]})
-        rows.append({"model": f"retain oracle, {result['split']}", **result["oracle"]})
+        if any(value is not None for value in result["oracle"].values()):
+            rows.append({"model": f"retain oracle, {result['split']}", **result["oracle"]})
         rows.append({"model": f"target, {result['split']}", **result["target"]})
     return rows, columns
 
@@ -174,9 +179,9 @@ def _trial_rows(records: Sequence[Mapping[str, Any]], plan: TunePlan) -> tuple[l
     return rows, [name for name in ["state", *names, objective.metric, x_name, "feasible", "note"]]
 
 
-def _headline(plan: TunePlan, best: Mapping[str, Any]) -> list[str]:
+def _headline(plan: TunePlan, best: Mapping[str, Any], benchmark: str | None) -> list[str]:
     counts = best["trials"]
-    lines = [f"Method {plan.method} on the built-in benchmark (preset {plan.preset}), tuned on {plan.split}: "
+    lines = [f"Method {plan.method} on {benchmark or f'the built-in benchmark (preset {plan.preset})'}, tuned on {plan.split}: "
              f"{best['objective']}. Trials: {counts['complete']} complete ({counts['feasible']} meeting the constraints), "
              f"{counts['pruned']} pruned, {counts['failed']} failed. Seeds per trial: {', '.join(map(str, plan.seeds))}.",
              "Search space: " + "; ".join(str(dimension) for dimension in plan.space)
@@ -197,10 +202,10 @@ def _headline(plan: TunePlan, best: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def report_markdown(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: Mapping[str, Any]) -> str:
+def report_markdown(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: Mapping[str, Any], benchmark: str | None = None) -> str:
     comparison, columns = _comparison_rows(best)
     trials, trial_columns = _trial_rows(records, plan)
-    parts = [f"# Tuning {plan.method} on {plan.split}", "", *(f"{line}\n" for line in _headline(plan, best)),
+    parts = [f"# Tuning {plan.method} on {plan.split}", "", *(f"{line}\n" for line in _headline(plan, best, benchmark)),
              f"![trade-off]({PLOT_FILE})", ""]
     if comparison:
         parts += ["## Chosen setting", "", format_table(comparison, ["model", *columns], style="markdown", right=columns), ""]
@@ -208,7 +213,8 @@ def report_markdown(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: 
     return "\n".join(parts)
 
 
-def report_html(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: Mapping[str, Any], png: bytes) -> str:
+def report_html(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: Mapping[str, Any], png: bytes,
+                benchmark: str | None = None) -> str:
     from unlearnkit.report.html import STYLE, figure_html
 
     comparison, columns = _comparison_rows(best)
@@ -216,7 +222,7 @@ def report_html(plan: TunePlan, records: Sequence[Mapping[str, Any]], best: Mapp
     caption = ("Every trial: the objective against the constrained metric. Filled: meets the constraints; hollow: breaks one; "
                "crosses: pruned, at their last evaluation during training. Green: the Pareto front of the complete trials; "
                "ringed: the chosen trial; dashed: the constraint's bound.")
-    body = "".join(f"<p>{escape(line)}</p>" for line in _headline(plan, best)) + figure_html(png, "trade-off plot", caption)
+    body = "".join(f"<p>{escape(line)}</p>" for line in _headline(plan, best, benchmark)) + figure_html(png, "trade-off plot", caption)
     if comparison:
         body += "<h2>Chosen setting</h2>" + _html_table(comparison, ["model", *columns])
     body += "<h2>Trials</h2>" + _html_table(trials, ["trial", *trial_columns])

@@ -1,7 +1,8 @@
-"""One trial of a study: the drawn settings run on the built-in benchmark (one ``demo`` results folder per seed).
+"""One trial of a study: the drawn settings run on the study's benchmark (one results folder per seed).
 
-Each trial runs :func:`unlearnkit.runs.unlearn.run_demo` with the fixed settings and the drawn ones,
-once per seed, into ``trials/trial-NNNN-seedS``; its metrics are the mean over the seeds of the
+Each trial runs the method with the fixed settings and the drawn ones (``demo`` on the built-in
+benchmark, ``real-knowledge`` on that one), once per seed, into ``trials/trial-NNNN-seedS``; its
+metrics are the mean over the seeds of the
 unlearned model's. With pruning, the first seed's run evaluates every ``eval_every`` optimiser steps
 and reports each evaluation to Optuna (:class:`PruningReporter`), which may stop the trial there.
 """
@@ -28,7 +29,7 @@ class TrialContext:
 
     output: Path
     plan: TunePlan
-    builtin: Any
+    benchmark: Any  # unlearnkit.tuning.benchmarks.BuiltinTuning or RealKnowledgeTuning
     references: Mapping[str, Mapping[str, float]]
 
 
@@ -81,7 +82,9 @@ def run_trial(context: TrialContext, trial: Any) -> float:
 
     plan, objective = context.plan, context.plan.goal
     trial.set_user_attr("process", os.getpid())
-    settings = {**plan.fixed, **{dimension.name: dimension.suggest(trial) for dimension in plan.space}}
+    drawn = {dimension.name: dimension.suggest(trial) for dimension in plan.space}
+    logger.info("trial %d: %s", trial.number, describe(drawn))  # drawn here: Optuna samples as the trial asks
+    settings = {**plan.fixed, **drawn}
     per_seed = []
     for position, seed in enumerate(plan.seeds):
         reporter = PruningReporter(trial, context) if position == 0 and plan.prunes and plan.eval_every else None
@@ -105,19 +108,16 @@ def run_trial(context: TrialContext, trial: Any) -> float:
 
 def _run_seed(context: TrialContext, number: int, settings: dict[str, Any], seed: int, reporter: PruningReporter | None) -> dict:
     from unlearnkit.evaluation.tracking import TrackingConfig
-    from unlearnkit.runs.inputs import RunOptions, resolve_method
-    from unlearnkit.runs.unlearn import run_demo
 
-    plan = context.plan
-    method = resolve_method(plan.method, {**settings, "seed": seed}, context.builtin)
+    plan, benchmark = context.plan, context.benchmark
+    method = benchmark.method(plan.method, {**settings, "seed": seed})
     tracking = TrackingConfig(every=plan.eval_every, max_rows=plan.eval_rows) if plan.eval_every else TrackingConfig()
     quiet = _QuietPrunedRun(reporter) if reporter is not None else None
     if quiet is not None:
         logger.addFilter(quiet)
     try:
-        summary = run_demo(builtin=context.builtin, method=method, forget_split=plan.split,
-                           options=RunOptions(trial_folder(context.output, number, seed), show_progress=False),
-                           tracking=tracking, listeners=[reporter] if reporter is not None else ())
+        summary = benchmark.run(method, plan.split, trial_folder(context.output, number, seed), tracking=tracking,
+                                listeners=[reporter] if reporter is not None else ())
     finally:
         if quiet is not None:
             logger.removeFilter(quiet)
@@ -127,6 +127,10 @@ def _run_seed(context: TrialContext, number: int, settings: dict[str, Any], seed
 def _set_constraints(trial: Any, violations: Mapping[str, float]) -> None:
     for name, value in violations.items():
         trial.set_constraint(name, value)
+
+
+def describe(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in params.items())
 
 
 def numeric(metrics: Mapping[str, Any]) -> dict[str, float]:

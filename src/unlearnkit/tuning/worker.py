@@ -57,7 +57,6 @@ def run_one(context: TrialContext, study: Any, trial: Any) -> None:
     from unlearnkit.errors import Interrupted, UnlearnkitError
 
     number, objective = trial.number, context.plan.goal
-    logger.info("trial %d: %s", number, describe(trial.params))
     started = time.perf_counter()
     try:
         value = run_trial(context, trial)
@@ -87,21 +86,17 @@ def run_one(context: TrialContext, study: Any, trial: Any) -> None:
                     "meets the constraints" if met else "breaks a constraint", time.perf_counter() - started)
 
 
-def describe(params: dict[str, Any]) -> str:
-    return ", ".join(f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}" for name, value in params.items())
-
-
 def load_context(output: Path, cache: Path | None, show_progress: bool = False) -> TrialContext:
     """The context of the study in ``output``, read back from its ``tune.json`` (in a worker process)."""
     from unlearnkit.errors import UnlearnkitError
-    from unlearnkit.runs.inputs import Builtin
+    from unlearnkit.tuning.benchmarks import plan_benchmark
     from unlearnkit.tuning.plan import TunePlan
 
     stored = read_plan_file(output)
     if stored is None:
         raise UnlearnkitError(f"{output} holds no tuning study.")
     plan = TunePlan.from_identity(stored["identity"])
-    return TrialContext(Path(output), plan, Builtin(plan.preset, cache, show_progress), stored["references"])
+    return TrialContext(Path(output), plan, plan_benchmark(plan, cache, show_progress), stored["references"])
 
 
 def worker_seed(sampler_seed: int, existing: int, index: int) -> int:
