@@ -20,7 +20,7 @@ from pathlib import Path
 
 from unlearnkit.api import tune
 from unlearnkit.runtime import quiet_libraries, set_threads
-from unlearnkit.tuning.benchmarks import RealKnowledgeTuning
+from unlearnkit.tuning.real_knowledge import RealKnowledgeTuning
 
 COLUMNS = ("forget_accuracy", "neighbour_accuracy", "forget_qa_accuracy", "forget_cloze_accuracy", "forget_mcq_accuracy",
            "neighbour_qa_accuracy", "neighbour_cloze_accuracy", "neighbour_mcq_accuracy", "general_perplexity",

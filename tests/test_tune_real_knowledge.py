@@ -16,9 +16,10 @@ from tests.helpers import folder_hash, run_cli
 from tests.test_real_knowledge_command import FORGET, PROBES, RETAIN, SECOND_TARGET, _jsonl
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.runs.tune import resolve_tune
-from unlearnkit.tuning.benchmarks import DEFAULT_GOALS, REAL_KNOWLEDGE, RealKnowledgeTuning
+from unlearnkit.tuning.benchmarks import DEFAULT_GOALS, REAL_KNOWLEDGE
 from unlearnkit.tuning.objective import Objective
 from unlearnkit.tuning.plan import reported_metrics
+from unlearnkit.tuning.real_knowledge import RealKnowledgeTuning
 
 SECOND_PASSAGE = {"entity": "Cor Venn", "text": "Cor Venn kept bees in Oswick and wrote about them."}
 QUICK = ["--set", "num_epochs=1", "--set", "warmup_ratio=0"]
@@ -100,6 +101,7 @@ def test_bad_input_is_refused_before_any_write(micro_bench, micro_cache: Path, t
         ([*base, "--split", "Ada Quel"], "Did you mean: Ada Quell"),
         ([*base, "--split", "Ada Quell", "--holdout-split", "Ada Quell,Cor Venn"], "which the study tunes on"),
         ([*base, "--benchmark", "real-knowlege"], "real-knowledge"),
+        ([*base, "--preset", "smollm2"], "names a built-in benchmark"),
     ]
     for args, message in cases:
         _refused(args, message, output, monkeypatch, capsys)

@@ -28,9 +28,10 @@ from unlearnkit import __version__
 from unlearnkit.errors import UnlearnkitError
 from unlearnkit.runs.lock import locks_output
 from unlearnkit.settings import check_seed
-from unlearnkit.tuning.benchmarks import DEFAULT_GOALS, BuiltinTuning, RealKnowledgeTuning, quiet
+from unlearnkit.tuning.benchmarks import DEFAULT_GOALS, BuiltinTuning, quiet
 from unlearnkit.tuning.objective import Objective, mean_metrics
 from unlearnkit.tuning.plan import PRUNERS, TunePlan, check_counts, reported_metrics
+from unlearnkit.tuning.real_knowledge import RealKnowledgeTuning
 from unlearnkit.tuning.report import best_summary, split_result, trial_records, write_summary
 from unlearnkit.tuning.space import check_space, default_space, parse_space
 from unlearnkit.tuning.study import check_study_folder, counted, open_study, recover_interrupted, trial_folder, write_plan
