@@ -69,6 +69,7 @@ def test_a_study_end_to_end(micro_bench, tmp_path: Path, files: dict[str, Path],
     assert best["tuned"]["metrics"]["forget_accuracy"] == pytest.approx(summary["unlearned"]["forget_accuracy"])
     assert best["tuned"]["target"]["forget_accuracy"] == pytest.approx(summary["target"]["forget_accuracy"])
     assert chosen["value"] == min(record["value"] for record in records)  # forget accuracy: lower is better
+    assert "forget_cloze_accuracy" in best["tuned"]["metrics"] and "model_utility" not in best["tuned"]["metrics"]
     # Held out on the other entity, beside the model before unlearning on that split.
     held = best["holdout"]
     assert held["split"] == "Cor Venn" and held["targets"] == ["Cor Venn"] and held["forget_overlap"] == 0.0

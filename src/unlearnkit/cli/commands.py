@@ -134,6 +134,7 @@ def real_knowledge(
 ) -> None:
     """Unlearn real knowledge of a pretrained model (no retain oracle): forget vs neighbour accuracy, before and after."""
     from unlearnkit.data.real_knowledge import parse_targets
+    from unlearnkit.evaluation.real_knowledge import HEADLINE_KEYS
     from unlearnkit.runs.real_knowledge import resolve_method, resolve_real_knowledge, run_real_knowledge
 
     fmt = _prompt_format(prompt_format, system_prompt, date_string)
@@ -147,14 +148,10 @@ def real_knowledge(
     summary = run_real_knowledge(inputs=inputs, options=RunOptions(output, overwrite, show_progress(), checkpoint_every, resume,
                                                                    trust_remote_code), cache=cache)
     typer.echo(f"\n{method} on real knowledge ({model}):\n")
-    _echo_table(summary, REAL_KNOWLEDGE_COLUMNS)
+    _echo_table(summary, HEADLINE_KEYS)
     typer.echo(f"\nResults: {output}/summary.json (per-probe results in per_sample.json, model in model/)")
     if (output / "report.html").is_file():
         typer.echo(f"Report: {output / 'report.html'}")
-
-
-REAL_KNOWLEDGE_COLUMNS = ("forget_accuracy", "neighbour_accuracy", "forget_qa_accuracy", "forget_cloze_accuracy",
-                          "forget_mcq_accuracy", "general_perplexity", "generation_distinct_2")
 
 
 @app.command()

@@ -69,6 +69,9 @@ QA_STOP_STRINGS = ("\nQuestion", "Question:")
 MCQ_SCORES = ("mean", "sum")
 """How an mcq option is scored: its mean NLL per answer token (the default) or its summed NLL."""
 DISTINCT_N = 2
+# The summary keys a table of a real-knowledge run shows first (the terminal's, a tuning study's).
+HEADLINE_KEYS = ("forget_accuracy", "neighbour_accuracy", "forget_qa_accuracy", "forget_cloze_accuracy",
+                 "forget_mcq_accuracy", "general_perplexity", "generation_distinct_2")
 
 
 # --- Pure functions ---------------------------------------------------------------------

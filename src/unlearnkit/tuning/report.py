@@ -96,7 +96,7 @@ def best_summary(records: Sequence[Mapping[str, Any]], plan: TunePlan, reference
 def split_result(split: str, metrics: Mapping[str, float], references: Mapping[str, Mapping[str, float]],
                  objective: Objective) -> dict[str, Any]:
     """A setting's metrics on one split, beside the oracle's and the target's, with the constraints' bounds there."""
-    shown = list(dict.fromkeys([*objective.metrics(), *HEADLINE_METRICS]))
+    shown = list(dict.fromkeys([*objective.metrics(), *headline_metrics(objective)]))
     return {
         "split": split, "metrics": {name: metrics.get(name) for name in shown},
         "oracle": {name: references.get("oracle", {}).get(name) for name in shown},
@@ -104,6 +104,15 @@ def split_result(split: str, metrics: Mapping[str, float], references: Mapping[s
         "bounds": {str(constraint): constraint.bound(references) for constraint in objective.constraints},
         "meets_constraints": objective.feasible(metrics, references),
     }
+
+
+def headline_metrics(objective: Objective) -> tuple[str, ...]:
+    """The metrics a study's tables show beside its objective's: the built-in benchmark's, or the real-knowledge ones."""
+    if objective.utility == "model_utility":
+        return HEADLINE_METRICS
+    from unlearnkit.evaluation.real_knowledge import HEADLINE_KEYS
+
+    return HEADLINE_KEYS
 
 
 def demo_command(plan: TunePlan, settings: Mapping[str, Any]) -> str:
