@@ -40,7 +40,7 @@ def collect(study: Path, untuned_root: Path, method: str, seconds: float) -> dic
     trials = json.loads((study / "trials.json").read_text(encoding="utf-8"))["trials"]
     result = {"method": method, "benchmark": "real-knowledge", "objective": best["objective"], "trials": best["trials"],
               "chosen": best["chosen"], "settings": best.get("settings"), "command": best.get("command"),
-              "wall_seconds": round(seconds, 1), "trial_seconds": round(sum(t["seconds"] or 0 for t in trials), 1), "splits": {},
+              "tune_call_seconds": round(seconds, 1), "trial_seconds": round(sum(t["seconds"] or 0 for t in trials), 1), "splits": {},
               "per_trial": [{"number": t["number"], "state": t["state"], "settings": t["settings"],
                              **{key: t["metrics"].get(key) for key in COLUMNS}, "feasible": t["feasible"],
                              "seconds": t["seconds"]} for t in trials]}
