@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shlex
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,8 +158,9 @@ class BuiltinTuning:
 
     def rerun_command(self, plan: Any, settings: Mapping[str, Any]) -> str:
         """The ``unlearnkit demo`` command that reruns ``settings`` (first seed) on the tuned split."""
-        return shlex.join(["unlearnkit", "demo", "--preset", plan.preset, "--method", plan.method, "--split", plan.split,
-                           *set_options({**settings, "seed": plan.seeds[0]})])
+        from unlearnkit.tuning.report import demo_command
+
+        return demo_command(plan, settings)
 
 
 def set_options(settings: Mapping[str, Any]) -> list[str]:
