@@ -170,3 +170,41 @@ def test_scale_benchmark_smoke(tmp_path: Path) -> None:
     assert all(row["seconds_per_step"] > 0 and row["peak_memory_mib"] > 0 for row in rows)
     table = output.read_text()
     assert "| ga | full |" in table and "| ga | lora |" in table
+
+
+# --- scratch output folder ---------------------------------------------------------------------
+
+
+def _scratch_folders(folder: Path) -> list[Path]:
+    return sorted(folder.glob("unlearnkit-trainer-*"))
+
+
+def test_scratch_output_folder_goes_with_the_arguments(tmp_path: Path, monkeypatch) -> None:
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    args = training_arguments(
+        learning_rate=1e-3, num_epochs=1, batch_size=2, gradient_accumulation_steps=1, weight_decay=0.0, warmup_ratio=0.0,
+        lr_scheduler="constant", max_grad_norm=1.0, seed=0, show_progress=False,
+    )
+    assert _scratch_folders(tmp_path) == [Path(args.output_dir)]
+    del args
+    gc.collect()
+    assert _scratch_folders(tmp_path) == []
+    checkpointed = training_arguments(
+        learning_rate=1e-3, num_epochs=1, batch_size=2, gradient_accumulation_steps=1, weight_decay=0.0, warmup_ratio=0.0,
+        lr_scheduler="constant", max_grad_norm=1.0, seed=0, show_progress=False, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5,
+    )
+    assert checkpointed.output_dir == str(tmp_path / "ckpt")
+    assert _scratch_folders(tmp_path) == []
+
+
+def test_unlearning_without_checkpoints_leaves_no_folder(micro_bench, tmp_path: Path, monkeypatch) -> None:
+    import gc
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _unlearn(micro_bench, "ga", num_epochs=1)
+    gc.collect()
+    assert _scratch_folders(tmp_path) == []

@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,8 +88,9 @@ def training_arguments(
         if checkpoint_every > 0 and checkpoint_dir is not None
         else {"save_strategy": "no"}
     )
-    return TrainingArguments(
-        output_dir=str(checkpoint_dir) if checkpoint_dir is not None else tempfile.mkdtemp(prefix="unlearnkit-trainer-"),
+    scratch = None if checkpoint_dir is not None else tempfile.mkdtemp(prefix="unlearnkit-trainer-")
+    arguments = TrainingArguments(
+        output_dir=str(checkpoint_dir) if scratch is None else scratch,
         learning_rate=learning_rate,
         # unlearnkit's own optimisers (optimizer=soul) are built by UnlearnTrainer.create_optimizer, which ignores optim;
         # TrainingArguments only knows transformers' names, so it gets a harmless one.
@@ -116,6 +118,11 @@ def training_arguments(
         **precision,
         **checkpoints,
     )
+    if scratch is not None:
+        # The Trainer creates its output folder even when it saves nothing there: the scratch folder goes
+        # when the arguments do (or at exit), so runs without checkpoints leave no empty folders behind.
+        weakref.finalize(arguments, shutil.rmtree, scratch, ignore_errors=True)
+    return arguments
 
 
 def precision_arguments(mixed_precision: str) -> dict[str, bool]:
