@@ -177,6 +177,31 @@ def test_lock_refuses_a_second_holder_and_releases(tmp_path: Path) -> None:
     assert not lock_path(out).exists()
 
 
+def test_the_lock_leaves_no_folder_behind(tmp_path: Path) -> None:
+    # A refused command: the folders made for its lock go with it.
+    with pytest.raises(RuntimeError), output_lock(tmp_path / "a" / "b" / "out"):
+        assert (tmp_path / "a" / "b").is_dir()
+        raise RuntimeError("refused")
+    assert list(tmp_path.iterdir()) == []
+    # A finished one: its results stay, and so do the folders that hold them.
+    with output_lock(tmp_path / "c" / "d" / "out"):
+        (tmp_path / "c" / "d" / "out").mkdir()
+    assert (tmp_path / "c" / "d" / "out").is_dir() and not lock_path(tmp_path / "c" / "d" / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["under a file", "unwritable"])
+def test_an_output_that_cannot_be_made_is_a_usage_error(where: str, tmp_path: Path, monkeypatch, capsys) -> None:
+    from unlearnkit.errors import UnlearnkitError
+
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "sub" / "out" if where == "under a file" else Path("/proc/unlearnkit-test/out")
+    with pytest.raises(UnlearnkitError, match=r"Cannot write results under .*Choose another --output"), output_lock(out):
+        pass
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+    assert run_cli(["bench", "--methods", "ga", "--preset", "micro", "--output", str(out)], monkeypatch) == 2
+    assert capsys.readouterr().err.startswith("error: Cannot write results under")
+
+
 def test_a_dead_holder_s_lock_is_taken_over(tmp_path: Path, caplog) -> None:
     out = tmp_path / "out"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -101,6 +101,11 @@ def test_bad_input_is_refused_before_any_write(micro_bench, micro_cache: Path, t
         ([*base, "--eval-every", "3"], "pass --pruner none"),
         ([*base, "--split", "Ada Quel"], "Did you mean: Ada Quell"),
         ([*base, "--split", "Ada Quell", "--holdout-split", "Ada Quell,Cor Venn"], "which the study tunes on"),
+        # Each message names the option the user typed.
+        ([*base, "--split", ""], "--split takes comma-separated forget entities"),
+        ([*base, "--split", "Ada Quell,Ada Quell"], "--split names Ada Quell more than once"),
+        ([*base, "--split", "Ada Quell", "--holdout-split", "Cor Venn,"], "--holdout-split takes comma-separated forget entities"),
+        ([*base, "--split", "Ada Quell", "--holdout-split", "Cor Venn,Cor Venn"], "--holdout-split names Cor Venn more than once"),
         ([*base, "--benchmark", "real-knowlege"], "real-knowledge"),
         ([*base, "--preset", "smollm2"], "names a built-in benchmark"),
     ]

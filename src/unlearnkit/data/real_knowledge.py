@@ -289,14 +289,14 @@ def probes_for_targets(probes: Sequence[Mapping[str, Any]], targets: Sequence[st
     return [{**probe, "role": "forget" if probe["role"] == "forget" and probe["entity"] in chosen else "neighbour"} for probe in probes]
 
 
-def parse_targets(text: str) -> list[str]:
-    """``--targets``: comma-separated forget entities, each once (``"Albert Einstein,Paris"``)."""
+def parse_targets(text: str, option: str = "--targets") -> list[str]:
+    """``--targets`` (or the ``option`` named in messages): comma-separated forget entities, each once (``"Albert Einstein,Paris"``)."""
     targets = [part.strip() for part in str(text).split(",")]
     if not text or not all(targets):
-        raise UnlearnkitError(f"--targets takes comma-separated forget entities, e.g. 'Albert Einstein,Paris'; got {text!r}.")
+        raise UnlearnkitError(f"{option} takes comma-separated forget entities, e.g. 'Albert Einstein,Paris'; got {text!r}.")
     repeated = sorted({target for target in targets if targets.count(target) > 1})
     if repeated:
-        raise UnlearnkitError(f"--targets names {', '.join(repeated)} more than once.")
+        raise UnlearnkitError(f"{option} names {', '.join(repeated)} more than once.")
     return targets
 
 

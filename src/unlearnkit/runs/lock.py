@@ -27,8 +27,8 @@ def lock_path(output: Path) -> Path:
     return output.parent / f".{output.name}.lock"
 
 
-# The lock files this process holds, with their descriptors (see :func:`output_lock`).
-_held_locks: dict[Path, int] = {}
+# The lock files this process holds, with their descriptors and the folders made for them (see :func:`output_lock`).
+_held_locks: dict[Path, tuple[int, list[Path]]] = {}
 
 
 @contextlib.contextmanager
@@ -51,13 +51,20 @@ def output_lock(output: Path) -> Iterator[None]:
     if path in _held_locks or not distributed.is_main_process():
         yield
         return
-    _held_locks[path] = _acquire(path, output)
+    made = _make_parents(path.parent, output)
+    try:
+        _held_locks[path] = (_acquire(path, output), made)
+    except BaseException:
+        _remove_if_empty(made)
+        raise
     try:
         yield
     finally:
-        fd = _held_locks.pop(path)
+        fd, made = _held_locks.pop(path)
         path.unlink(missing_ok=True)  # unlink before unlocking: a waiter that locked the old file sees it is gone and retries
         os.close(fd)
+        # A refused or failed command leaves nothing behind, not even the empty folders made for its lock.
+        _remove_if_empty(made)
 
 
 def locks_output(function: Callable[..., T]) -> Callable[..., T]:
@@ -76,11 +83,37 @@ def locks_output(function: Callable[..., T]) -> Callable[..., T]:
     return locked
 
 
+def _make_parents(folder: Path, output: Path) -> list[Path]:
+    """Create ``folder`` and its missing parents; return the ones created, deepest first."""
+    missing = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        _remove_if_empty(missing)
+        raise _unwritable(output, error) from None
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first) while they are empty; a folder holding results stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _unwritable(output: Path, error: OSError) -> UnlearnkitError:
+    return UnlearnkitError(f"Cannot write results under {output}: {error.strerror or error}. Choose another --output.")
+
+
 def _acquire(path: Path, output: Path) -> int:
     """Lock ``path`` (creating it) and record this process in it; refuse when a live run holds it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise _unwritable(output, error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

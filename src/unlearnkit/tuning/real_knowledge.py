@@ -82,10 +82,10 @@ class RealKnowledgeTuning:
         targets = self.targets()
         return ",".join(targets[: math.ceil(len(targets) / 2)])
 
-    def check_split(self, split: str) -> str:
+    def check_split(self, split: str, option: str = "--split") -> str:
         from unlearnkit.data.real_knowledge import probes_for_targets
 
-        targets = split_targets(split)
+        targets = split_targets(split, option)
         probes_for_targets(self._data().probes, targets)  # unknown entities refused, with did-you-mean
         return ",".join(targets)
 
@@ -102,7 +102,7 @@ class RealKnowledgeTuning:
                 logger.warning("every forget entity is tuned on: no entity is left for the held-out check")
                 return None
             return ",".join(rest)
-        held = split_targets(self.check_split(holdout))
+        held = split_targets(self.check_split(holdout, "--holdout-split"))
         shared = [target for target in held if target in tuned]
         if shared:
             raise UnlearnkitError(f"--holdout-split names {', '.join(shared)}, which the study tunes on: the held-out check "
@@ -160,7 +160,7 @@ class RealKnowledgeTuning:
                            "--targets", plan.split, *set_options({**settings, "seed": plan.seeds[0]})])
 
 
-def split_targets(split: str) -> list[str]:
+def split_targets(split: str, option: str = "--split") -> list[str]:
     from unlearnkit.data.real_knowledge import parse_targets
 
-    return parse_targets(split)
+    return parse_targets(split, option)
