@@ -286,3 +286,30 @@ def test_bench_runs_undo_from_the_target(micro_cache, tmp_path, monkeypatch) -> 
     assert "| undo |" in (out / "leaderboard.md").read_text(encoding="utf-8")
     config = json.loads((out / "undo-forget10-seed0" / "config.json").read_text(encoding="utf-8"))
     assert "unlearn_method" in json.dumps(config)
+
+
+def test_distillation_in_chunks_equals_the_whole_batch(micro_bench) -> None:
+    # 5 right-padded rows of different lengths, chunks of 2: value and gradients as one pass over all rows gives.
+    from types import SimpleNamespace
+
+    from unlearnkit.methods.undo import UNDO
+
+    student, teacher = load_model(micro_bench.target_dir), load_model(micro_bench.target_dir)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.mul_(0.9)
+    generator = torch.Generator().manual_seed(0)
+    lengths = [7, 3, 5, 1, 6]
+    input_ids = torch.randint(3, 100, (len(lengths), max(lengths)), generator=generator)
+    attention_mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+    batch = {"input_ids": input_ids * attention_mask, "attention_mask": attention_mask}
+
+    whole = losses.forward_kl_distillation_loss(UNDO.logits(student, batch), UNDO.logits(teacher, batch).detach(), attention_mask)
+    whole_grads = torch.autograd.grad(whole, list(student.parameters()))
+    trainer = SimpleNamespace(teacher=teacher, method_config=SimpleNamespace(batch_size=2), logits=UNDO.logits)
+    chunked, tokens = UNDO.distillation_term(trainer, student, batch)
+    chunked_grads = torch.autograd.grad(chunked, list(student.parameters()))
+    assert tokens == sum(lengths)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
+    for got, expected in zip(chunked_grads, whole_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)

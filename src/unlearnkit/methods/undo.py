@@ -427,11 +427,31 @@ class UNDO(UnlearnTrainer):
             control.should_training_stop = True
 
     def distillation_term(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """KL(p_T ‖ p_S) over the batch's non-pad positions, and their count (for pooling two batches by token)."""
-        with torch.no_grad():
-            teacher_logits = self.logits(self.teacher, batch)
-        kl = losses.forward_kl_distillation_loss(self.logits(model, batch), teacher_logits, batch["attention_mask"])
-        return kl, int(batch["attention_mask"].sum())
+        """KL(p_T ‖ p_S) over the batch's non-pad positions, and their count (for pooling two batches by token).
+
+        Computed ``batch_size`` rows at a time: the retain side of a step holds ``retain_per_forget`` x
+        ``batch_size`` rows, and full-vocabulary logits of teacher and student for all of them at once
+        (rows x length x vocabulary, several copies) took 16.6 GB on SmolLM2's 49,152-token vocabulary at the
+        defaults. Per chunk only the student's log-probabilities and the teacher's probabilities stay for the
+        backward pass; the value is the same token mean.
+        """
+        rows, mask = batch["attention_mask"].shape[0], batch["attention_mask"]
+        chunk = max(1, self.method_config.batch_size)
+        tokens = int(mask.sum())
+        total = None
+        for start in range(0, rows, chunk):
+            part = {key: value[start:start + chunk] for key, value in batch.items()}
+            part_tokens = int(part["attention_mask"].sum())
+            if part_tokens == 0:
+                continue
+            with torch.no_grad():
+                teacher_logits = self.logits(self.teacher, part)
+            kl = losses.forward_kl_distillation_loss(self.logits(model, part), teacher_logits, part["attention_mask"])
+            del teacher_logits
+            total = kl * part_tokens if total is None else total + kl * part_tokens
+        if total is None:
+            raise ValueError("attention_mask has no real token: a batch needs at least one position to distil.")
+        return total / tokens, tokens
 
     def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
         forget_kl, forget_tokens = self.distillation_term(model, inputs["forget"])
