@@ -289,7 +289,8 @@ def test_bench_runs_undo_from_the_target(micro_cache, tmp_path, monkeypatch) -> 
 
 
 def test_distillation_in_chunks_equals_the_whole_batch(micro_bench) -> None:
-    # 5 right-padded rows of different lengths, chunks of 2: value and gradients as one pass over all rows gives.
+    # 5 right-padded rows of different lengths, back-propagated 2 at a time: the gradient of one token mean over all.
+    import contextlib
     from types import SimpleNamespace
 
     from unlearnkit.methods.undo import UNDO
@@ -306,10 +307,11 @@ def test_distillation_in_chunks_equals_the_whole_batch(micro_bench) -> None:
 
     whole = losses.forward_kl_distillation_loss(UNDO.logits(student, batch), UNDO.logits(teacher, batch).detach(), attention_mask)
     whole_grads = torch.autograd.grad(whole, list(student.parameters()))
-    trainer = SimpleNamespace(teacher=teacher, method_config=SimpleNamespace(batch_size=2), logits=UNDO.logits)
-    chunked, tokens = UNDO.distillation_term(trainer, student, batch)
-    chunked_grads = torch.autograd.grad(chunked, list(student.parameters()))
-    assert tokens == sum(lengths)
-    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
-    for got, expected in zip(chunked_grads, whole_grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    trainer = SimpleNamespace(teacher=teacher, method_config=SimpleNamespace(batch_size=2), logits=UNDO.logits,
+                              compute_loss_context_manager=contextlib.nullcontext,
+                              accelerator=SimpleNamespace(backward=lambda loss: loss.backward()))
+    weight = 0.5 / sum(lengths)  # e.g. two micro-batches per optimiser step
+    summed = UNDO.distil_backward(trainer, student, batch, weight)
+    torch.testing.assert_close(summed / sum(lengths), whole.detach(), rtol=1e-6, atol=1e-7)
+    for parameter, expected in zip(student.parameters(), whole_grads, strict=True):
+        torch.testing.assert_close(parameter.grad, 0.5 * expected, rtol=1e-5, atol=1e-8)

@@ -65,7 +65,8 @@ The inner unlearning's run, then the distillation: per step one teacher forward
 (no gradient) and one student forward and backward on twice the rows of the other
 methods (forget and retain rows both distilled), plus the stopping checks (a forward
 of the student over ``check_rows`` retain rows each). Memory: the teacher is a full
-frozen copy of the model beside the student and its optimiser state.
+frozen copy of the model beside the student and its optimiser state; a step's rows are
+distilled and back-propagated ``batch_size`` at a time (:meth:`UNDO.gradient_step`).
 """
 
 from __future__ import annotations
@@ -426,41 +427,45 @@ class UNDO(UnlearnTrainer):
                         self.state.global_step, student_ce, 100 * self.method_config.retain_threshold, self.teacher_retain_ce)
             control.should_training_stop = True
 
-    def distillation_term(self, model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-        """KL(p_T ‖ p_S) over the batch's non-pad positions, and their count (for pooling two batches by token).
+    def gradient_step(self, model, inputs, num_items_in_batch=None):  # noqa: ANN001 - Trainer signature
+        """KL(p_T ‖ p_S) as one token mean over the step's forget and retain rows, its gradient accumulated chunk by chunk.
 
-        Computed ``batch_size`` rows at a time: the retain side of a step holds ``retain_per_forget`` x
-        ``batch_size`` rows, and full-vocabulary logits of teacher and student for all of them at once
-        (rows x length x vocabulary, several copies) took 16.6 GB on SmolLM2's 49,152-token vocabulary at the
-        defaults. Per chunk only the student's log-probabilities and the teacher's probabilities stay for the
-        backward pass; the value is the same token mean.
+        A step holds ``batch_size × (1 + retain_per_forget)`` rows. Run at once, the student's activations and the
+        full-vocabulary logits of all of them are held until the backward pass: at the defaults on the ``smollm2``
+        preset (160 rows, 49,152-token vocabulary) that was 16-21 GB, and the kernel killed the run. Each chunk of
+        ``batch_size`` rows is distilled and back-propagated on its own, weighted by its share of the step's tokens:
+        the same gradient as one pass, with one chunk's activations in memory at a time.
         """
-        rows, mask = batch["attention_mask"].shape[0], batch["attention_mask"]
+        model.train()
+        inputs = self._prepare_inputs(inputs)
+        forget = inputs["forget"]
+        retain = stack_batches([batch for key, batch in inputs.items() if key != "forget"], self.train_dataset.tokenizer.pad_token_id)
+        forget_tokens, retain_tokens = int(forget["attention_mask"].sum()), int(retain["attention_mask"].sum())
+        # Micro-batches of one optimiser step add up to their mean, as the Trainer's loss scaling does.
+        scale = 1.0 / self.current_gradient_accumulation_steps
+        weight = scale / (forget_tokens + retain_tokens)
+        forget_sum = self.distil_backward(model, forget, weight)
+        retain_sum = self.distil_backward(model, retain, weight)
+        self.record(forget_loss=forget_sum / max(forget_tokens, 1), retain_loss=retain_sum / max(retain_tokens, 1))
+        return (forget_sum + retain_sum) * weight
+
+    def distil_backward(self, model: PreTrainedModel, batch: dict[str, torch.Tensor], weight: float) -> torch.Tensor:
+        """Back-propagate ``weight × Σ_t m_t KL_t`` over ``batch``, ``batch_size`` rows at a time; return the detached sum."""
         chunk = max(1, self.method_config.batch_size)
-        tokens = int(mask.sum())
-        total = None
-        for start in range(0, rows, chunk):
+        total = torch.zeros((), device=batch["attention_mask"].device)
+        for start in range(0, batch["attention_mask"].shape[0], chunk):
             part = {key: value[start:start + chunk] for key, value in batch.items()}
-            part_tokens = int(part["attention_mask"].sum())
-            if part_tokens == 0:
+            tokens = int(part["attention_mask"].sum())
+            if tokens == 0:
                 continue
             with torch.no_grad():
                 teacher_logits = self.logits(self.teacher, part)
-            kl = losses.forward_kl_distillation_loss(self.logits(model, part), teacher_logits, part["attention_mask"])
+            with self.compute_loss_context_manager():
+                kl = losses.forward_kl_distillation_loss(self.logits(model, part), teacher_logits, part["attention_mask"])
             del teacher_logits
-            total = kl * part_tokens if total is None else total + kl * part_tokens
-        if total is None:
-            raise ValueError("attention_mask has no real token: a batch needs at least one position to distil.")
-        return total / tokens, tokens
-
-    def compute_loss(self, model: PreTrainedModel, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None):
-        forget_kl, forget_tokens = self.distillation_term(model, inputs["forget"])
-        retain = stack_batches([batch for key, batch in inputs.items() if key != "forget"], self.train_dataset.tokenizer.pad_token_id)
-        retain_kl, retain_tokens = self.distillation_term(model, retain)
-        self.record(forget_loss=forget_kl, retain_loss=retain_kl)
-        # One token mean over the mixture, as one batch of interleaved forget and retain text would give.
-        loss = (forget_kl * forget_tokens + retain_kl * retain_tokens) / (forget_tokens + retain_tokens)
-        return (loss, None) if return_outputs else loss
+            self.accelerator.backward(kl * (tokens * weight))
+            total += kl.detach() * tokens
+        return total
 
     def finalize(self, model: PreTrainedModel) -> PreTrainedModel:
         for line in self.inner_log:
