@@ -1,0 +1,40 @@
+"""benchmarks/rmu_activation_norms.py: the norms it reports are those of the steered block's output."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from unlearnkit.data.encoding import PromptFormat, encode_qa
+from unlearnkit.modeling import load_tokenizer
+
+
+def _module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rmu_activation_norms.py"
+    spec = importlib.util.spec_from_file_location("rmu_activation_norms", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_norms_are_the_block_outputs_per_token(micro_bench) -> None:
+    tokenizer = load_tokenizer(micro_bench.target_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(config).eval()
+    rows = micro_bench.split("forget10")[:3]
+    fmt = PromptFormat("plain")
+    norms = _module().token_norms(model, tokenizer, fmt, rows, layer=1)
+    expected = []
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([encode_qa(tokenizer, fmt, row["question"], row["answer"], 512)["input_ids"]])
+            # hidden_states[2] is block 1's output (the final norm only touches the last entry).
+            expected.append(model(input_ids=ids, output_hidden_states=True).hidden_states[2][0].norm(dim=-1))
+    torch.testing.assert_close(norms, torch.cat(expected))
+    other = _module().token_norms(model, tokenizer, fmt, rows, layer=0)
+    assert other.shape == norms.shape and not torch.allclose(other, norms)
