@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -92,3 +93,14 @@ def blank_llama(tokenizer, num_layers: int):
         embedding.normal_(0, 0.3)
         embedding[:, :3] = torch.tensor([0.0, 0.0, 1.0])
     return model
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """Import ``benchmarks/NAME.py`` (not a package) as a module, for testing its functions."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

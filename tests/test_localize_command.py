@@ -16,7 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import micro, run_cli
+from tests.helpers import load_benchmark_script, micro, run_cli
 from unlearnkit.localization import LOCALIZERS, Localization, LocalizerSpec, LocatedSelection, load_localization, model_signature
 from unlearnkit.localization.base import config_settings
 from unlearnkit.localization.subjects import subject_of, subject_token_span
@@ -233,13 +233,7 @@ def test_causal_trace_end_to_end(micro_cache: Path, tmp_path: Path, monkeypatch)
 
 
 def benchmark_module():
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "localization_vs_random.py"
-    spec = importlib.util.spec_from_file_location("localization_vs_random", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("localization_vs_random")
 
 
 def test_random_layers_by_hand() -> None:

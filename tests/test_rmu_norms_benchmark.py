@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from tests.helpers import load_benchmark_script
 from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.modeling import load_tokenizer
 
 
 def _module():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "rmu_activation_norms.py"
-    spec = importlib.util.spec_from_file_location("rmu_activation_norms", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark_script("rmu_activation_norms")
 
 
 def test_norms_are_the_block_outputs_per_token(micro_bench) -> None:
