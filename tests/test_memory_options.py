@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -180,9 +182,6 @@ def _scratch_folders(folder: Path) -> list[Path]:
 
 
 def test_scratch_output_folder_goes_with_the_arguments(tmp_path: Path, monkeypatch) -> None:
-    import gc
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     args = training_arguments(
         learning_rate=1e-3, num_epochs=1, batch_size=2, gradient_accumulation_steps=1, weight_decay=0.0, warmup_ratio=0.0,
@@ -201,9 +200,6 @@ def test_scratch_output_folder_goes_with_the_arguments(tmp_path: Path, monkeypat
 
 
 def test_unlearning_without_checkpoints_leaves_no_folder(micro_bench, tmp_path: Path, monkeypatch) -> None:
-    import gc
-    import tempfile
-
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     _unlearn(micro_bench, "ga", num_epochs=1)
     gc.collect()

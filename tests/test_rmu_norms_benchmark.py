@@ -10,10 +10,6 @@ from unlearnkit.data.encoding import PromptFormat, encode_qa
 from unlearnkit.modeling import load_tokenizer
 
 
-def _module():
-    return load_benchmark_script("rmu_activation_norms")
-
-
 def test_norms_are_the_block_outputs_per_token(micro_bench) -> None:
     tokenizer = load_tokenizer(micro_bench.target_dir)
     torch.manual_seed(0)
@@ -22,7 +18,8 @@ def test_norms_are_the_block_outputs_per_token(micro_bench) -> None:
     model = LlamaForCausalLM(config).eval()
     rows = micro_bench.split("forget10")[:3]
     fmt = PromptFormat("plain")
-    norms = _module().token_norms(model, tokenizer, fmt, rows, layer=1)
+    script = load_benchmark_script("rmu_activation_norms")
+    norms = script.token_norms(model, tokenizer, fmt, rows, layer=1)
     expected = []
     with torch.no_grad():
         for row in rows:
@@ -30,5 +27,5 @@ def test_norms_are_the_block_outputs_per_token(micro_bench) -> None:
             # hidden_states[2] is block 1's output (the final norm only touches the last entry).
             expected.append(model(input_ids=ids, output_hidden_states=True).hidden_states[2][0].norm(dim=-1))
     torch.testing.assert_close(norms, torch.cat(expected))
-    other = _module().token_norms(model, tokenizer, fmt, rows, layer=0)
+    other = script.token_norms(model, tokenizer, fmt, rows, layer=0)
     assert other.shape == norms.shape and not torch.allclose(other, norms)

@@ -432,7 +432,7 @@ class UNDO(UnlearnTrainer):
 
         A step holds ``batch_size × (1 + retain_per_forget)`` rows. Run at once, the student's activations and the
         full-vocabulary logits of all of them are held until the backward pass: at the defaults on the ``smollm2``
-        preset (160 rows, 49,152-token vocabulary) that was 16-21 GB, and the kernel killed the run. Each chunk of
+        preset (160 rows, 49,152-token vocabulary) that was 16-20 GiB, and the kernel killed the run. Each chunk of
         ``batch_size`` rows is distilled and back-propagated on its own, weighted by its share of the step's tokens:
         the same gradient as one pass, with one chunk's activations in memory at a time.
         """
